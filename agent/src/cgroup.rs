@@ -1,1 +1,534 @@
-//! TODO(helper-2)
+//! Container attribution from cgroups.
+//!
+//! Why: every kernel event is tagged with `bpf_get_current_cgroup_id()`,
+//! which is the cgroup v2 id of the task, and on cgroup v2 that id is the
+//! inode number of the cgroup's directory in cgroupfs. [`CgroupIndex`] maps
+//! ids back to cgroup paths by walking cgroupfs (refreshing when an unknown
+//! id shows up, and keeping removed cgroups for a few seconds because events
+//! of a container that just exited arrive after its cgroup is gone).
+//! [`container_id_from_cgroup_path`] then recognises the container runtimes'
+//! cgroup naming schemes and extracts the 64-hex container id, which the
+//! runtime APIs turn into names.
+//!
+//! Nested containers (Docker in Docker, kind) have several ids in one path;
+//! we take the one nearest the root, the container the host knows about.
+
+use serde::Serialize;
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Container runtime recognised from a cgroup path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Docker,
+    Containerd,
+    CriO,
+    Podman,
+    /// A container id in a kubelet cgroupfs-driver path
+    /// (`/kubepods/<qos>/pod<uid>/<id>`): the path does not say which
+    /// runtime; ask the runtimes' sockets.
+    Unknown,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Containerd => "containerd",
+            Runtime::CriO => "crio",
+            Runtime::Podman => "podman",
+            Runtime::Unknown => "unknown",
+        }
+    }
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `<prefix><id>[.scope]` component prefixes. `crio-conmon-<id>.scope` and
+/// `libpod-conmon-<id>.scope` (the runtime monitors) do not match because
+/// `conmon-<id>` is not an id.
+const PREFIXES: &[(&str, Runtime)] = &[
+    ("docker-", Runtime::Docker),
+    ("cri-containerd-", Runtime::Containerd),
+    ("nerdctl-", Runtime::Containerd),
+    ("crio-", Runtime::CriO),
+    ("libpod-", Runtime::Podman),
+];
+
+fn match_component(prev: Option<&str>, c: &str) -> Option<(Runtime, String)> {
+    let stem = c.strip_suffix(".scope").unwrap_or(c);
+    for &(prefix, rt) in PREFIXES {
+        if let Some(id) = stem.strip_prefix(prefix) {
+            if is_container_id(id) {
+                return Some((rt, id.to_string()));
+            }
+        }
+    }
+    // systemd slice + cgroupfs-style name used by kubelet with cgroup v1
+    // and the systemd driver:
+    // `kubepods-besteffort-pod<uid>.slice:cri-containerd:<id>`
+    if let Some((head, id)) = c.rsplit_once(':') {
+        if is_container_id(id) {
+            let rt = match head.rsplit(':').next().unwrap_or("") {
+                "cri-containerd" | "containerd" => Runtime::Containerd,
+                "docker" => Runtime::Docker,
+                "crio" | "cri-o" => Runtime::CriO,
+                "libpod" | "podman" => Runtime::Podman,
+                _ => Runtime::Unknown,
+            };
+            return Some((rt, id.to_string()));
+        }
+    }
+    if is_container_id(c) {
+        return match prev {
+            Some("docker") => Some((Runtime::Docker, c.to_string())),
+            Some(p) if p.starts_with("pod") => Some((Runtime::Unknown, c.to_string())),
+            _ => None,
+        };
+    }
+    None
+}
+
+/// The container id in a cgroup path, and the runtime its naming scheme
+/// belongs to; the match nearest the root wins (nested containers).
+pub fn container_id_from_cgroup_path(path: &str) -> Option<(Runtime, String)> {
+    let mut prev = None;
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        if let Some(m) = match_component(prev, c) {
+            return Some(m);
+        }
+        prev = Some(c);
+    }
+    None
+}
+
+/// Picks the cgroup path of a task from `/proc/<pid>/cgroup` text.
+///
+/// Pure cgroup v2 (a single `0::` line): that path. Hybrid or v1: the first
+/// line whose path holds a container id, else the v2 `0::` line if it is not
+/// the root, else `name=systemd`, else the first line.
+pub fn cgroup_path_from_proc(text: &str) -> Option<String> {
+    let lines: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_id, ctrl, path) = (f.next()?, f.next()?, f.next()?);
+            Some((ctrl, path))
+        })
+        .collect();
+    let v2 = lines.iter().find(|(c, _)| c.is_empty()).map(|(_, p)| *p);
+    if lines.len() == 1 {
+        if let Some(p) = v2 {
+            return Some(p.to_string());
+        }
+    }
+    if let Some((_, p)) = lines
+        .iter()
+        .find(|(_, p)| container_id_from_cgroup_path(p).is_some())
+    {
+        return Some(p.to_string());
+    }
+    if let Some(p) = v2.filter(|p| *p != "/") {
+        return Some(p.to_string());
+    }
+    lines
+        .iter()
+        .find(|(c, _)| *c == "name=systemd")
+        .or(lines.first())
+        .map(|(_, p)| p.to_string())
+}
+
+/// The cgroup path of process `pid` (see [`cgroup_path_from_proc`]).
+pub fn cgroup_of_pid(pid: u32) -> io::Result<Option<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    Ok(cgroup_path_from_proc(&text))
+}
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own; c is a valid
+    // NUL-terminated string.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC
+    }
+}
+
+/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on unified
+/// hosts, `/sys/fs/cgroup/unified` on systemd hybrid hosts (whose ids are
+/// what `bpf_get_current_cgroup_id` returns there).
+pub fn default_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| is_cgroup2(p))
+}
+
+struct Entry {
+    path: String,
+    removed_at: Option<Instant>,
+}
+
+/// Map from cgroup id (directory inode) to path relative to the cgroupfs
+/// root (`"/"` for the root, `"/system.slice/docker-<id>.scope"`...).
+pub struct CgroupIndex {
+    root: PathBuf,
+    max_depth: usize,
+    entries: HashMap<u64, Entry>,
+    last_refresh: Instant,
+    /// Minimum time between refreshes triggered by lookup misses.
+    pub min_refresh_interval: Duration,
+    /// How long removed cgroups stay resolvable.
+    pub keep_removed: Duration,
+}
+
+/// Default depth bound: systemd + kubepods nesting is < 10 deep.
+pub const DEFAULT_MAX_DEPTH: usize = 16;
+
+impl CgroupIndex {
+    /// Walks the cgroup tree at `root` (e.g. `/sys/fs/cgroup`).
+    pub fn scan(root: impl AsRef<Path>) -> io::Result<CgroupIndex> {
+        Self::scan_with_depth(root, DEFAULT_MAX_DEPTH)
+    }
+
+    /// As [`CgroupIndex::scan`], descending at most `max_depth` levels.
+    pub fn scan_with_depth(root: impl AsRef<Path>, max_depth: usize) -> io::Result<CgroupIndex> {
+        let root = root.as_ref().to_path_buf();
+        let now = Instant::now();
+        let entries = walk(&root, max_depth)?
+            .into_iter()
+            .map(|(id, path)| {
+                (
+                    id,
+                    Entry {
+                        path,
+                        removed_at: None,
+                    },
+                )
+            })
+            .collect();
+        Ok(CgroupIndex {
+            root,
+            max_depth,
+            entries,
+            last_refresh: now,
+            min_refresh_interval: Duration::from_millis(200),
+            keep_removed: Duration::from_secs(5),
+        })
+    }
+
+    /// Number of known cgroups (removed ones still kept included).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Path of cgroup `id`, rescanning on a miss (at most once per
+    /// `min_refresh_interval`).
+    pub fn lookup(&mut self, id: u64) -> Option<&str> {
+        self.lookup_at(id, Instant::now())
+    }
+
+    /// [`CgroupIndex::lookup`] at a given time (for tests and batching).
+    pub fn lookup_at(&mut self, id: u64, now: Instant) -> Option<&str> {
+        if !self.entries.contains_key(&id)
+            && now.saturating_duration_since(self.last_refresh) >= self.min_refresh_interval
+        {
+            self.refresh_at(now);
+        }
+        self.entries.get(&id).map(|e| e.path.as_str())
+    }
+
+    /// Rescans now. Cgroups that disappeared are kept for `keep_removed`.
+    pub fn refresh(&mut self) {
+        self.refresh_at(Instant::now())
+    }
+
+    /// [`CgroupIndex::refresh`] at a given time.
+    pub fn refresh_at(&mut self, now: Instant) {
+        self.last_refresh = now;
+        // A vanished root (cgroupfs unmounted) looks like "everything
+        // removed": the retention below then applies to all entries.
+        let fresh = walk(&self.root, self.max_depth).unwrap_or_default();
+        let keep = self.keep_removed;
+        self.entries.retain(|id, e| {
+            if fresh.contains_key(id) {
+                return true;
+            }
+            let removed_at = *e.removed_at.get_or_insert(now);
+            now.saturating_duration_since(removed_at) < keep
+        });
+        for (id, path) in fresh {
+            let e = self.entries.entry(id).or_insert(Entry {
+                path: String::new(),
+                removed_at: None,
+            });
+            e.path = path;
+            e.removed_at = None;
+        }
+    }
+}
+
+/// Walks directories under `root` up to `max_depth` levels, returning
+/// inode -> relative path. Only the root must be readable; directories that
+/// vanish or cannot be read during the walk are skipped.
+fn walk(root: &Path, max_depth: usize) -> io::Result<HashMap<u64, String>> {
+    let mut out = HashMap::new();
+    out.insert(std::fs::metadata(root)?.ino(), "/".to_string());
+    let mut stack = vec![(root.to_path_buf(), String::new(), 0usize)];
+    while let Some((dir, rel, depth)) = stack.pop() {
+        if depth >= max_depth {
+            continue;
+        }
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for ent in rd.flatten() {
+            // file_type() does not follow symlinks: only real directories.
+            if !ent.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = ent.file_name();
+            let child_rel = format!("{rel}/{}", name.to_string_lossy());
+            // d_ino from readdir is the cgroup id on cgroupfs, no stat needed.
+            out.insert(ent.ino(), child_rel.clone());
+            stack.push((ent.path(), child_rel, depth + 1));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f9c2a1e7b6d5c4b3a29181706f5e4d3c2b1a09f8e7d6c5b4a3928170605f4e3";
+    const ID2: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+
+    fn cid(p: &str) -> Option<(Runtime, String)> {
+        container_id_from_cgroup_path(p)
+    }
+
+    #[test]
+    fn runtime_path_patterns() {
+        let d = Runtime::Docker;
+        let cases: Vec<(String, Option<(Runtime, &str)>)> = vec![
+            // Docker, systemd driver (cgroup v2) and cgroupfs driver
+            (format!("/system.slice/docker-{ID}.scope"), Some((d, ID))),
+            (format!("/docker/{ID}"), Some((d, ID))),
+            // rootless docker
+            (
+                format!("/user.slice/user-1000.slice/user@1000.service/app.slice/docker-{ID}.scope"),
+                Some((d, ID)),
+            ),
+            // containerd CRI, systemd driver v2
+            (
+                format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1b2c3d4e_5f60_7182_93a4_b5c6d7e8f90a.slice/cri-containerd-{ID}.scope"),
+                Some((Runtime::Containerd, ID)),
+            ),
+            // containerd CRI, cgroup v1 style systemd name
+            (
+                format!("/system.slice/containerd.service/kubepods-besteffort-pod1b2c3d4e_5f60.slice:cri-containerd:{ID}"),
+                Some((Runtime::Containerd, ID)),
+            ),
+            // CRI-O
+            (
+                format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1b2c.slice/crio-{ID}.scope"),
+                Some((Runtime::CriO, ID)),
+            ),
+            (
+                format!("/kubepods/besteffort/pod1b2c3d4e-5f60/crio-{ID}"),
+                Some((Runtime::CriO, ID)),
+            ),
+            // conmon is not the container
+            (
+                format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1b2c.slice/crio-conmon-{ID}.scope"),
+                None,
+            ),
+            // podman: rootful, rootless with the inner "container" cgroup,
+            // cgroupfs manager; conmon excluded
+            (format!("/machine.slice/libpod-{ID}.scope"), Some((Runtime::Podman, ID))),
+            (
+                format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container"),
+                Some((Runtime::Podman, ID)),
+            ),
+            (format!("/libpod_parent/libpod-{ID}"), Some((Runtime::Podman, ID))),
+            (format!("/machine.slice/libpod-conmon-{ID}.scope"), None),
+            // kubelet cgroupfs driver: runtime unknown from the path
+            (
+                format!("/kubepods/burstable/pod1b2c3d4e-5f60-7182-93a4-b5c6d7e8f90a/{ID}"),
+                Some((Runtime::Unknown, ID)),
+            ),
+            // nested: docker in docker, kind node running CRI containers
+            (format!("/docker/{ID}/docker/{ID2}"), Some((d, ID))),
+            (
+                format!("/system.slice/docker-{ID}.scope/kubelet.slice/kubelet-kubepods.slice/cri-containerd-{ID2}.scope"),
+                Some((d, ID)),
+            ),
+            // not containers
+            ("/".into(), None),
+            ("/user.slice/user-1000.slice/session-3.scope".into(), None),
+            ("/system.slice/docker.service".into(), None),
+            (format!("/system.slice/docker-{}.scope", &ID[..63]), None),
+            (format!("/somewhere/{ID}"), None),
+            (format!("/system.slice/docker-{ID}x.scope"), None),
+        ];
+        for (path, want) in cases {
+            let want = want.map(|(r, i)| (r, i.to_string()));
+            assert_eq!(cid(&path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn runtime_serializes_lowercase() {
+        assert_eq!(serde_json::to_string(&Runtime::CriO).unwrap(), "\"crio\"");
+        assert_eq!(Runtime::Containerd.as_str(), "containerd");
+    }
+
+    #[test]
+    fn proc_cgroup_selection() {
+        assert_eq!(
+            cgroup_path_from_proc(&format!("0::/system.slice/docker-{ID}.scope\n")).as_deref(),
+            Some(format!("/system.slice/docker-{ID}.scope").as_str())
+        );
+        assert_eq!(cgroup_path_from_proc("0::/\n").as_deref(), Some("/"));
+        // v1 / hybrid: the line with a container id wins
+        let v1 = format!(
+            "12:pids:/docker/{ID}\n1:name=systemd:/docker/{ID}\n0::/\n4:memory:/docker/{ID}\n"
+        );
+        assert_eq!(cgroup_path_from_proc(&v1), Some(format!("/docker/{ID}")));
+        // hybrid, no container: the v2 path if meaningful, else name=systemd
+        let hy = "9:name=systemd:/user.slice/session-1.scope\n4:memory:/x\n0::/user.slice/session-1.scope\n";
+        assert_eq!(
+            cgroup_path_from_proc(hy).as_deref(),
+            Some("/user.slice/session-1.scope")
+        );
+        let hy = "9:name=systemd:/init.scope\n4:memory:/x\n0::/\n";
+        assert_eq!(cgroup_path_from_proc(hy).as_deref(), Some("/init.scope"));
+        assert_eq!(
+            cgroup_path_from_proc("4:memory:/x\n").as_deref(),
+            Some("/x")
+        );
+        assert_eq!(cgroup_path_from_proc(""), None);
+        // paths may contain ':'
+        assert_eq!(
+            cgroup_path_from_proc(&format!("0::/a.slice:cri-containerd:{ID}\n")),
+            Some(format!("/a.slice:cri-containerd:{ID}"))
+        );
+    }
+
+    #[test]
+    fn own_cgroup_is_readable() {
+        let p = cgroup_of_pid(std::process::id()).unwrap().unwrap();
+        assert!(p.starts_with('/'), "{p}");
+    }
+
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let p = std::env::temp_dir().join(format!(
+                "cowtrace-cgroup-{tag}-{}-{:?}",
+                std::process::id(),
+                Instant::now()
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn ino(p: &Path) -> u64 {
+        std::fs::metadata(p).unwrap().ino()
+    }
+
+    #[test]
+    fn scan_maps_inodes_to_paths() {
+        let t = TempDir::new("scan");
+        let r = &t.0;
+        let scope = format!("system.slice/docker-{ID}.scope");
+        for d in [scope.as_str(), "user.slice/user-1000.slice", "a/b/c/d/e"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::write(r.join("system.slice/cgroup.procs"), "").unwrap();
+        std::os::unix::fs::symlink(r.join("a"), r.join("link")).unwrap();
+        let mut idx = CgroupIndex::scan(r).unwrap();
+        // root + system.slice + scope + user.slice + user-1000.slice + a..e
+        assert_eq!(idx.len(), 10);
+        assert_eq!(idx.lookup(ino(r)), Some("/"));
+        let want = format!("/{scope}");
+        assert_eq!(idx.lookup(ino(&r.join(&scope))), Some(want.as_str()));
+        assert_eq!(idx.lookup(ino(&r.join("a/b/c/d/e"))), Some("/a/b/c/d/e"));
+        // files are not cgroups
+        assert_eq!(idx.lookup(ino(&r.join("system.slice/cgroup.procs"))), None);
+        // depth bound
+        let idx = CgroupIndex::scan_with_depth(r, 2).unwrap();
+        assert_eq!(idx.len(), 7);
+        assert!(CgroupIndex::scan(r.join("missing")).is_err());
+    }
+
+    #[test]
+    fn refresh_on_miss_is_rate_limited_and_removed_entries_linger() {
+        let t = TempDir::new("refresh");
+        let r = &t.0;
+        let mut idx = CgroupIndex::scan(r).unwrap();
+        let t0 = Instant::now();
+        idx.refresh_at(t0);
+        std::fs::create_dir(r.join("new")).unwrap();
+        let new = ino(&r.join("new"));
+        // too soon after the last refresh: no rescan
+        assert_eq!(idx.lookup_at(new, t0 + Duration::from_millis(50)), None);
+        // later: the miss triggers a rescan
+        assert_eq!(
+            idx.lookup_at(new, t0 + Duration::from_millis(250)),
+            Some("/new")
+        );
+        // removal: kept for keep_removed after the refresh that noticed it
+        std::fs::remove_dir(r.join("new")).unwrap();
+        let t1 = t0 + Duration::from_secs(1);
+        idx.refresh_at(t1);
+        assert_eq!(
+            idx.lookup_at(new, t1 + Duration::from_secs(1)),
+            Some("/new")
+        );
+        idx.refresh_at(t1 + Duration::from_secs(4));
+        assert_eq!(
+            idx.lookup_at(new, t1 + Duration::from_secs(4)),
+            Some("/new")
+        );
+        idx.refresh_at(t1 + Duration::from_secs(6));
+        assert_eq!(idx.len(), 1);
+        // within the rate limit, so the miss does not rescan either
+        assert_eq!(idx.lookup_at(new, t1 + Duration::from_secs(6)), None);
+    }
+
+    #[test]
+    fn real_cgroup2_hierarchy() {
+        let root = default_root().expect("no cgroup v2 hierarchy mounted");
+        let mut idx = CgroupIndex::scan(&root).unwrap();
+        assert_eq!(idx.lookup(ino(&root)), Some("/"));
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let v2 = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("0:: line");
+        let dir = root.join(v2.trim_start_matches('/'));
+        assert_eq!(idx.lookup(ino(&dir)), Some(v2));
+    }
+}
