@@ -150,6 +150,26 @@ pub fn cgroup_of_pid(pid: u32) -> io::Result<Option<String>> {
     Ok(cgroup_path_from_proc(&text))
 }
 
+/// The cgroup v2 path (the `0::` line) from `/proc/<pid>/cgroup` text.
+/// This is the cgroup whose id `bpf_get_current_cgroup_id` returns, also on
+/// hybrid hosts where [`cgroup_path_from_proc`] may pick a v1 path.
+pub fn cgroup_v2_path_from_proc(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+/// The cgroup v2 id (as `bpf_get_current_cgroup_id` sees it) of `pid`:
+/// the inode of its `0::` cgroup's directory under [`default_root`].
+pub fn cgroup_id_of_pid(pid: u32) -> io::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let path = cgroup_v2_path_from_proc(&text)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 entry"))?;
+    let root = default_root()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 hierarchy"))?;
+    Ok(std::fs::metadata(root.join(path.trim_start_matches('/')))?.ino())
+}
+
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 fn is_cgroup2(path: &Path) -> bool {
@@ -190,6 +210,20 @@ pub struct CgroupIndex {
     pub min_refresh_interval: Duration,
     /// How long removed cgroups stay resolvable.
     pub keep_removed: Duration,
+}
+
+impl Default for CgroupIndex {
+    /// An empty index over `/sys/fs/cgroup` (filled by the first refresh).
+    fn default() -> CgroupIndex {
+        CgroupIndex {
+            root: PathBuf::from("/sys/fs/cgroup"),
+            max_depth: DEFAULT_MAX_DEPTH,
+            entries: HashMap::new(),
+            last_refresh: Instant::now(),
+            min_refresh_interval: Duration::from_millis(200),
+            keep_removed: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Default depth bound: systemd + kubepods nesting is < 10 deep.
@@ -434,6 +468,19 @@ mod tests {
     fn own_cgroup_is_readable() {
         let p = cgroup_of_pid(std::process::id()).unwrap().unwrap();
         assert!(p.starts_with('/'), "{p}");
+        let hy = format!("4:memory:/docker/{ID}\n0::/system.slice/x.scope\n");
+        assert_eq!(
+            cgroup_v2_path_from_proc(&hy).as_deref(),
+            Some("/system.slice/x.scope")
+        );
+        assert_eq!(cgroup_v2_path_from_proc("4:memory:/x\n"), None);
+        let root = default_root().expect("no cgroup v2 hierarchy mounted");
+        let own = cgroup_v2_path_from_proc(&std::fs::read_to_string("/proc/self/cgroup").unwrap())
+            .unwrap();
+        assert_eq!(
+            cgroup_id_of_pid(std::process::id()).unwrap(),
+            ino(&root.join(own.trim_start_matches('/')))
+        );
     }
 
     struct TempDir(PathBuf);
