@@ -1,1 +1,296 @@
+//! The wire between cowtrace's kernel side and its agent: every type that
+//! crosses from the eBPF programs (`main.rs`) to userspace lives here, once.
+//!
+//! This is cowtrace's equivalent of libbpf-tools' `fsdist.h`. It is
+//! `no_std`, `#[repr(C)]` and free of kernel knowledge: struct offsets and
+//! argument positions are *not* constants here, they are read from the
+//! running kernel's BTF by the agent and handed to the programs in
+//! [`Config`] at load time.
 #![no_std]
+
+/// Kernel `TASK_COMM_LEN`.
+pub const COMM_LEN: usize = 16;
+/// Path components walked up from a dentry before the path is marked cut.
+pub const PATH_DEPTH: usize = 16;
+/// Bytes kept per path component, NUL included; a longer name is marked cut.
+pub const NAME_LEN: usize = 64;
+/// Kernel stack frames kept with a copy-up, for classifying its trigger.
+pub const STACK_DEPTH: usize = 24;
+
+/// What an [`Event`] is. Also the index into the drop counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    CopyUp = 0,
+    Whiteout = 1,
+    OpaqueDir = 2,
+}
+/// Number of [`EventKind`]s (size of the `DROPS` map).
+pub const EVENT_KINDS: u32 = 3;
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::CopyUp),
+            1 => Some(Self::Whiteout),
+            2 => Some(Self::OpaqueDir),
+            _ => None,
+        }
+    }
+}
+
+/// Bits of [`Event::flags`].
+pub mod flags {
+    /// Copy-up: file data was copied (the data function ran with len > 0).
+    pub const DATA: u32 = 1 << 0;
+    /// Copy-up: this object is a parent directory copied up on the way to
+    /// the operation's target, not the target itself.
+    pub const ANCESTOR: u32 = 1 << 1;
+    /// Copy-up: the operation timing (`op_latency_ns`, `parents`) is known.
+    pub const OP_TARGET: u32 = 1 << 2;
+    /// Whiteout / opaque dir: the object is a directory.
+    pub const DIR: u32 = 1 << 3;
+    /// The path was cut: deeper than [`crate::PATH_DEPTH`] or a component
+    /// longer than [`crate::NAME_LEN`].
+    pub const PATH_CUT: u32 = 1 << 4;
+}
+
+/// Why a whiteout was made ([`Event::cause`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhiteoutCause {
+    Unlink = 0,
+    Rmdir = 1,
+    Rename = 2,
+}
+
+/// A dentry's path relative to its overlay mount root, leaf first:
+/// `names[0]` is the object's own name, `names[depth-1]` the child of the
+/// root. Each name is NUL-terminated unless it filled its slot.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Path {
+    pub depth: u32,
+    pub _pad: u32,
+    pub names: [[u8; NAME_LEN]; PATH_DEPTH],
+}
+
+/// One copy-up, whiteout or opaque directory, as the kernel saw it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event {
+    /// [`EventKind`] as u32.
+    pub kind: u32,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event ended.
+    pub ts_ns: u64,
+    /// Thread group id (what userspace calls the pid) and thread id.
+    pub pid: u32,
+    pub tid: u32,
+    pub cgroup_id: u64,
+    /// Overlay superblock `s_dev`, kernel encoding (major << 20 | minor).
+    pub dev: u32,
+    /// Inode mode (file type bits) of the object.
+    pub mode: u32,
+    pub comm: [u8; COMM_LEN],
+    /// Copy-up: time spent copying this one object.
+    pub latency_ns: u64,
+    /// Copy-up (target only): the whole operation, parents included.
+    pub op_latency_ns: u64,
+    /// Copy-up: data bytes requested from the data-copy function.
+    pub bytes: u64,
+    /// Copy-up (target only): parent directories copied up with it.
+    pub parents: u32,
+    /// Whiteout: [`WhiteoutCause`] as u32.
+    pub cause: u32,
+    /// Copy-up: valid frames in `stack`.
+    pub stack_len: u32,
+    pub _pad: u32,
+    /// Copy-up: kernel return addresses, innermost first.
+    pub stack: [u64; STACK_DEPTH],
+    pub path: Path,
+}
+
+/// Key of the in-kernel write histograms: who wrote, into which overlay.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WriteKey {
+    pub cgroup_id: u64,
+    pub dev: u32,
+    pub _pad: u32,
+}
+
+/// Log-linear latency histogram: values below [`HIST_LINEAR`] get a bucket
+/// each, then every power of two is split into [`HIST_SUB`] buckets, up to
+/// 2^[`HIST_MAX_EXP`] ns (about 18 minutes); larger values share the last.
+pub const HIST_SUB_BITS: u32 = 3;
+pub const HIST_SUB: usize = 1 << HIST_SUB_BITS;
+pub const HIST_LINEAR: usize = 2 * HIST_SUB;
+pub const HIST_MAX_EXP: u32 = 40;
+pub const HIST_BUCKETS: usize =
+    HIST_LINEAR + (HIST_MAX_EXP as usize - (HIST_SUB_BITS as usize + 1)) * HIST_SUB;
+
+/// Per-CPU aggregate of normal writes for one [`WriteKey`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WriteStats {
+    pub count: u64,
+    pub bytes: u64,
+    /// Writes whose latency went into `buckets` (all of them, or a sample).
+    pub timed: u64,
+    pub buckets: [u64; HIST_BUCKETS],
+}
+
+/// floor(log2(v)) for v > 0, without loops (the verifier prefers it).
+#[inline(always)]
+pub fn log2(mut v: u64) -> u32 {
+    let mut r = 0;
+    if v >= 1 << 32 {
+        v >>= 32;
+        r += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        r += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        r += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        r += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        r += 2;
+    }
+    if v >= 1 << 1 {
+        r += 1;
+    }
+    r
+}
+
+/// Bucket index of a latency in ns.
+#[inline(always)]
+pub fn hist_bucket(v: u64) -> usize {
+    if v < HIST_LINEAR as u64 {
+        return v as usize;
+    }
+    let e = log2(v);
+    if e >= HIST_MAX_EXP {
+        return HIST_BUCKETS - 1;
+    }
+    let sub = ((v >> (e - HIST_SUB_BITS)) as usize) & (HIST_SUB - 1);
+    HIST_LINEAR + (e - HIST_SUB_BITS - 1) as usize * HIST_SUB + sub
+}
+
+/// The inclusive value range `[lo, hi]` a bucket stands for.
+pub fn hist_bucket_range(i: usize) -> (u64, u64) {
+    if i < HIST_LINEAR {
+        return (i as u64, i as u64);
+    }
+    let e = (i - HIST_LINEAR) / HIST_SUB + HIST_SUB_BITS as usize + 1;
+    let sub = ((i - HIST_LINEAR) % HIST_SUB) as u64;
+    let width = 1u64 << (e - HIST_SUB_BITS as usize);
+    let lo = (1u64 << e) + sub * width;
+    if i == HIST_BUCKETS - 1 {
+        return (lo, u64::MAX);
+    }
+    (lo, lo + width - 1)
+}
+
+/// Sentinel for "this argument is passed directly, not through a pointer".
+pub const DIRECT: u32 = u32::MAX;
+
+/// Everything kernel-specific the programs need, computed by the agent from
+/// the running kernel's BTF and written into the `CONFIG` global at load.
+/// Offsets are byte offsets; `*_arg` fields are 0-based argument positions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// Filter bits: 1 = only cgroup ids in `CGROUP_FILTER` or devices in
+    /// `DEV_FILTER` pass. 0 = trace everything.
+    pub filter: u32,
+    /// Time one write in `2^write_sample_shift` (0 = every write).
+    pub write_sample_shift: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name_name: u32,
+    pub dentry_d_name_len: u32,
+    pub dentry_d_inode: u32,
+    pub dentry_d_sb: u32,
+    pub inode_i_mode: u32,
+    pub inode_i_sb: u32,
+    pub sb_s_dev: u32,
+    pub sb_s_magic: u32,
+    pub file_f_inode: u32,
+    pub kiocb_ki_filp: u32,
+    /// `ovl_copy_up_flags(dentry, flags)`: the dentry.
+    pub copy_up_flags_dentry_arg: u32,
+    /// `ovl_copy_up_one(parent, dentry, flags)`: the dentry.
+    pub copy_up_one_dentry_arg: u32,
+    /// The data-copy function's `len`.
+    pub copy_data_len_arg: u32,
+    /// `ovl_do_remove(dentry, is_dir)`.
+    pub do_remove_dentry_arg: u32,
+    pub do_remove_is_dir_arg: u32,
+    /// `ovl_rename(..., olddir, old, newdir, new, flags)`: old and new.
+    pub rename_old_arg: u32,
+    pub rename_new_arg: u32,
+    /// `ovl_mkdir(..., dir, dentry, mode)`: the new dentry.
+    pub mkdir_dentry_arg: u32,
+    /// `vfs_rename`: the argument that holds the rename flags, and if it is
+    /// a `struct renamedata *`, the offset of `flags` in it (else [`DIRECT`]).
+    pub vfs_rename_flags_arg: u32,
+    pub vfs_rename_flags_off: u32,
+    /// `vfs_setxattr`: the xattr name.
+    pub vfs_setxattr_name_arg: u32,
+}
+
+/// `OVERLAYFS_SUPER_MAGIC`: a uapi constant, not a layout detail.
+pub const OVERLAYFS_SUPER_MAGIC: u64 = 0x794c_7630;
+/// uapi `RENAME_WHITEOUT`.
+pub const RENAME_WHITEOUT: u32 = 1 << 2;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `#[repr(C)]` integers and arrays, no padding holes that
+    // matter (explicit `_pad` fields), valid for any bit pattern.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::WriteKey {}
+    unsafe impl aya::Pod for super::WriteStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_every_value_in_order() {
+        let mut last = 0;
+        for v in (0..100_000u64).chain([1 << 39, (1 << 40) - 1, 1 << 40, u64::MAX]) {
+            let b = hist_bucket(v);
+            assert!(b < HIST_BUCKETS, "{v} -> {b}");
+            assert!(b >= last, "{v} went backwards");
+            let (lo, hi) = hist_bucket_range(b);
+            assert!(lo <= v && v <= hi, "{v} not in bucket {b} = [{lo}, {hi}]");
+            last = b;
+        }
+    }
+
+    #[test]
+    fn eight_buckets_per_power_of_two() {
+        let first = hist_bucket(1 << 20);
+        let next = hist_bucket(1 << 21);
+        assert_eq!(next - first, HIST_SUB);
+        assert_eq!(hist_bucket_range(first), (1 << 20, (1 << 20) + (1 << 17) - 1));
+    }
+
+    #[test]
+    fn log2_matches_leading_zeros() {
+        for v in [1u64, 2, 3, 4, 255, 256, 1 << 33, u64::MAX] {
+            assert_eq!(log2(v), 63 - v.leading_zeros());
+        }
+    }
+}

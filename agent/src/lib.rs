@@ -1,8 +1,23 @@
-//! cowtrace's userspace side as a library: the binary in `main.rs` wires
-//! these together. Data flows one way: kernel records (`agent_ebpf` wire
-//! types) -> `probes` (load and attach) -> `attribution` -> `report` outputs.
+//! cowtrace's userspace side as a library; the binary in `main.rs` wires
+//! it together. Data flows one way:
+//!
+//! kernel records (`agent_ebpf` wire types)
+//!   -> [`probes`] (load and attach, layout from [`btf`])
+//!   -> [`event`] (decoded) -> [`attribution`] (container, via [`cgroup`])
+//!   -> [`stats`] (HDR histograms) -> [`live`] / [`report`] (outputs).
+//!
+//! [`kallsyms`] turns a copy-up's kernel stack into its trigger;
+//! [`mountinfo`] maps overlay devices to mounts; [`doctor`] checks the
+//! kernel before anything is attached.
 
+pub mod attribution;
 pub mod btf;
 pub mod cgroup;
+pub mod doctor;
+pub mod event;
 pub mod kallsyms;
+pub mod live;
 pub mod mountinfo;
+pub mod probes;
+pub mod report;
+pub mod stats;

@@ -1,1 +1,572 @@
-fn main(){}
+//! `cowtrace`: what container copy-on-write really costs, live.
+//!
+//! main wires the pipeline: preflight checks -> probes attached ->
+//! ring-buffer events decoded -> attributed -> aggregated -> printed and
+//! exported; the write histograms are read from kernel maps each interval.
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand};
+use cowtrace::attribution::ContainerResolver;
+use cowtrace::event::{decode, KernelEvent};
+use cowtrace::kallsyms::Symbols;
+use cowtrace::probes::{ProbeOptions, Probes};
+use cowtrace::report::{self, RunInfo};
+use cowtrace::stats::{Owner, Stats, WriteTotals};
+use cowtrace::{doctor, live};
+use agent_ebpf::{WriteKey, WriteStats};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, SignalKind};
+
+const EXAMPLES: &str = "\
+Examples:
+  sudo cowtrace --container nginx                 watch one container live
+  sudo cowtrace --duration 30s --json cow.json    everything on the host for 30 s
+  sudo cowtrace --quiet --events - | jq .         NDJSON events on stdout
+  sudo cowtrace --cgroup /sys/fs/cgroup/system.slice/foo.service
+  cowtrace doctor                                 can this kernel run cowtrace?";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cowtrace",
+    version,
+    about = "Trace overlayfs copy-up, whiteouts and opaque directories per container, with copy-up versus write latency",
+    after_help = EXAMPLES
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Only this container (name or id prefix; repeatable), e.g. --container nginx
+    #[arg(long = "container", value_name = "NAME_OR_ID")]
+    containers: Vec<String>,
+    /// Only this process's cgroup, and its events (repeatable), e.g. --pid 4242
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    /// Only this cgroup v2 directory (repeatable), e.g. --cgroup /sys/fs/cgroup/system.slice
+    #[arg(long = "cgroup", value_name = "PATH")]
+    cgroups: Vec<PathBuf>,
+    /// Stop after this long, e.g. --duration 30s (units: ms, s, m, h)
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Print a summary this often, e.g. --interval 10s
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    interval: Duration,
+    /// Write the latency report here (strict JSON, atomically, every interval and at exit), e.g. --json cow.json
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Stream every event as NDJSON to FILE, or `-` for stdout, e.g. --events events.ndjson
+    #[arg(long, value_name = "FILE")]
+    events: Option<String>,
+    /// No per-event lines (summaries only)
+    #[arg(long)]
+    quiet: bool,
+    /// No ANSI colour
+    #[arg(long)]
+    no_color: bool,
+    /// Use kprobes even where fentry/fexit would work (to compare methods)
+    #[arg(long)]
+    kprobes_only: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// What this kernel offers, and how cowtrace would attach each probe
+    Doctor,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?} (try 30s)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unknown unit in {s:?}: use ms, s, m or h")),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("duration must be positive: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Usage errors exit 2, runtime failures 1.
+enum Failure {
+    Usage(String),
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Some(Command::Doctor) => run_doctor(&cli),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Failure::Runtime(e.into()))
+            .and_then(|rt| rt.block_on(trace(cli))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => {
+            eprintln!("cowtrace: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("cowtrace: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn probe_options(cli: &Cli, filter: bool) -> ProbeOptions {
+    ProbeOptions {
+        force_kprobes: cli.kprobes_only,
+        filter,
+    }
+}
+
+fn run_doctor(cli: &Cli) -> Result<(), Failure> {
+    let (findings, _, _) = doctor::check(&probe_options(cli, false));
+    print!("{}", doctor::render(&findings));
+    match doctor::first_fatal(&findings) {
+        Some(msg) => Err(Failure::Runtime(anyhow!("cannot run here: {msg}"))),
+        None => {
+            println!("cowtrace can run on this kernel");
+            Ok(())
+        }
+    }
+}
+
+/// Where output goes; a closed stdout ends the run quietly.
+struct Out {
+    stdout: std::io::Stdout,
+    events: Option<Box<dyn Write>>,
+    closed: bool,
+}
+
+impl Out {
+    fn line(&mut self, s: &str) {
+        if self.closed {
+            return;
+        }
+        let mut lock = self.stdout.lock();
+        if writeln!(lock, "{s}").and_then(|_| lock.flush()).is_err() {
+            self.closed = true;
+        }
+    }
+
+    fn event(&mut self, v: &serde_json::Value) -> Result<()> {
+        if let Some(w) = &mut self.events {
+            if let Err(e) = writeln!(w, "{v}") {
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    self.closed = true;
+                    return Ok(());
+                }
+                return Err(anyhow!("writing events: {e}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_writable(path: &std::path::Path) -> Result<(), Failure> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let probe = dir.join(format!(".cowtrace-probe-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(Failure::Usage(format!("cannot write {}: {e}", path.display()))),
+    }
+}
+
+async fn trace(cli: Cli) -> Result<(), Failure> {
+    let started_wall = SystemTime::now();
+    let filter = !cli.containers.is_empty() || !cli.pids.is_empty() || !cli.cgroups.is_empty();
+    let opts = probe_options(&cli, filter);
+
+    // Usage first: these need no privileges.
+    if let Some(p) = &cli.json {
+        check_writable(p)?;
+    }
+    let events_out: Option<Box<dyn Write>> = match cli.events.as_deref() {
+        None => None,
+        Some("-") => Some(Box::new(std::io::stdout())),
+        Some(p) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| Failure::Usage(format!("cannot write {p}: {e}")))?,
+        ))),
+    };
+    let mut cgroup_ids = Vec::new();
+    for p in &cli.cgroups {
+        let md = std::fs::metadata(p)
+            .map_err(|e| Failure::Usage(format!("--cgroup {}: {e}", p.display())))?;
+        cgroup_ids.push(md.ino());
+    }
+    for pid in &cli.pids {
+        let path = cowtrace::cgroup::cgroup_of_pid(*pid)
+            .ok()
+            .flatten()
+            .ok_or_else(|| Failure::Usage(format!("--pid {pid}: no such process (or no cgroup v2)")))?;
+        let md = std::fs::metadata(PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/')))
+            .map_err(|e| Failure::Usage(format!("--pid {pid}: {e}")))?;
+        cgroup_ids.push(md.ino());
+    }
+
+    let (findings, syms, btf) = doctor::check(&opts);
+    if let Some(msg) = doctor::first_fatal(&findings) {
+        return Err(Failure::Runtime(anyhow!("cannot run here: {msg} (see `cowtrace doctor`)")));
+    }
+    let (syms, btf) = match (syms, btf) {
+        (Some(s), Some(b)) => (s, b),
+        _ => return Err(Failure::Runtime(anyhow!("cannot read kernel symbols or BTF"))),
+    };
+
+    let mut resolver = ContainerResolver::new();
+    let mut container_filter = Vec::new();
+    for name in &cli.containers {
+        match resolver.find(name) {
+            Some(c) => container_filter.push(c),
+            None => {
+                let mut names: Vec<String> = resolver.containers().into_iter().map(|c| c.name).collect();
+                names.sort();
+                let list = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+                return Err(Failure::Usage(format!(
+                    "no running container {name:?}; running containers: {list}"
+                )));
+            }
+        }
+    }
+    if let Some(w) = &resolver.warned {
+        eprintln!("cowtrace: warning: {w}");
+    }
+
+    let t_attach = Instant::now();
+    let mut probes = Probes::attach(&syms, &btf, &opts).map_err(Failure::Runtime)?;
+    drop(syms);
+    // Filter maps filled before events can pass: with the filter flag set
+    // and empty maps, nothing passes until now.
+    {
+        let mut cg: BpfHashMap<_, u64, u8> = BpfHashMap::try_from(
+            probes.ebpf.map_mut("CGROUP_FILTER").context("CGROUP_FILTER map")?,
+        )
+        .context("CGROUP_FILTER map")?;
+        for c in &container_filter {
+            if let Some(id) = c.pid.and_then(|p| cowtrace::cgroup::cgroup_of_pid(p).ok().flatten()).and_then(|p| {
+                std::fs::metadata(PathBuf::from("/sys/fs/cgroup").join(p.trim_start_matches('/')))
+                    .ok()
+                    .map(|m| m.ino())
+            }) {
+                cgroup_ids.push(id);
+            }
+        }
+        for id in &cgroup_ids {
+            cg.insert(id, 1, 0).context("filling the cgroup filter")?;
+        }
+    }
+    let symbols = Symbols::load()?;
+    let kernel = doctor::kernel_release();
+    eprintln!(
+        "tracing overlayfs copy-up on {kernel}: {} probes attached in {} ms{}. Ctrl-C to stop.",
+        probes.report.points.len(),
+        t_attach.elapsed().as_millis(),
+        if filter { ", filtered in the kernel" } else { "" }
+    );
+
+    let ring = RingBuf::try_from(probes.ebpf.take_map("EVENTS").context("EVENTS map")?)
+        .context("EVENTS map")?;
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
+    // for as long as the AsyncFd holds it.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
+    let writes: PerCpuHashMap<MapData, WriteKey, WriteStats> =
+        PerCpuHashMap::try_from(probes.ebpf.take_map("WRITES").context("WRITES map")?)
+            .context("WRITES map")?;
+    let drops: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(probes.ebpf.take_map("DROPS").context("DROPS map")?)
+            .context("DROPS map")?;
+
+    let mut out = Out {
+        stdout: std::io::stdout(),
+        events: events_out,
+        closed: false,
+    };
+    let print_events = !cli.quiet && cli.events.as_deref() != Some("-");
+    if print_events {
+        out.line(&live::event_header());
+    }
+    let mut stats = Stats::default();
+    for c in &container_filter {
+        stats.touch(&Owner {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            image: c.image.clone(),
+        });
+    }
+    let mut write_snapshot: HashMap<WriteKey, WriteStats> = HashMap::new();
+    let mono_to_wall = mono_offset();
+    let pid_filter = &cli.pids;
+
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cli.interval, cli.interval);
+    let started = Instant::now();
+
+    let probes_json = serde_json::to_value(&probes.report.points).unwrap_or_default();
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("ring buffer")?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    if let Some(ev) = decode(&item) {
+                        handle_event(&ev, pid_filter, &mut resolver, &symbols, &mut stats, &mut out, print_events, mono_to_wall)?;
+                    }
+                }
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                read_writes(&writes, &mut write_snapshot);
+                let d = read_drops(&drops);
+                let rows = owner_rows(&stats, &write_snapshot, &mut resolver);
+                if !out.closed {
+                    let refs: Vec<_> = rows.iter().map(|(o, s, w)| (o, s, w)).collect();
+                    eprint!("{}", live::summary_table(&refs, d.iter().sum()));
+                }
+                if let Some(p) = &cli.json {
+                    let v = build_report(&kernel, started_wall, started.elapsed().as_secs_f64(), &probes_json, d, &rows);
+                    report::write_atomic(p, &v)?;
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+        }
+        if out.closed {
+            break;
+        }
+    }
+
+    // Drain what the kernel delivered before we stop, then detach.
+    {
+        let rb = ring.get_mut();
+        while let Some(item) = rb.next() {
+            if let Some(ev) = decode(&item) {
+                handle_event(&ev, pid_filter, &mut resolver, &symbols, &mut stats, &mut out, print_events, mono_to_wall)?;
+            }
+        }
+    }
+    read_writes(&writes, &mut write_snapshot);
+    let d = read_drops(&drops);
+    drop(probes);
+    let elapsed = started.elapsed().as_secs_f64();
+    let rows = owner_rows(&stats, &write_snapshot, &mut resolver);
+    if let Some(p) = &cli.json {
+        let v = build_report(&kernel, started_wall, elapsed, &probes_json, d, &rows);
+        report::write_atomic(p, &v)?;
+    }
+    if let Some(w) = &mut out.events {
+        let _ = w.flush();
+    }
+    if !out.closed {
+        let refs: Vec<_> = rows.iter().map(|(o, s, w)| (o, s, w)).collect();
+        let mut text = format!("\n--- cowtrace summary ({elapsed:.1} s) ---\n");
+        text.push_str(&live::summary_table(&refs, d.iter().sum()));
+        for (o, s, w) in &rows {
+            if s.copy_up.is_empty() && w.latency.is_empty() {
+                continue;
+            }
+            text.push_str(&format!("\n{} ({}): copy-up vs write latency\n", o.name, short(&o.id)));
+            text.push_str(&live::histogram_pair(&s.copy_up, &w.latency));
+            if !s.files.is_empty() {
+                text.push_str(&format!("\n{}: top files by copy-up time\n", o.name));
+                text.push_str(&live::top_files_table(s, 10));
+            }
+        }
+        eprint!("{text}");
+    }
+    Ok(())
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+#[allow(clippy::too_many_arguments)]
+fn handle_event(
+    ev: &KernelEvent,
+    pid_filter: &[u32],
+    resolver: &mut ContainerResolver,
+    symbols: &Symbols,
+    stats: &mut Stats,
+    out: &mut Out,
+    print_events: bool,
+    mono_to_wall: i128,
+) -> Result<()> {
+    if !pid_filter.is_empty() && !pid_filter.contains(&ev.pid) {
+        return Ok(());
+    }
+    let owner = resolver.owner_of_cgroup(ev.cgroup_id);
+    let trigger = match &ev.kind {
+        cowtrace::event::Kind::CopyUp(c) => Some(symbols.classify_copy_up(&c.stack).as_str()),
+        _ => None,
+    };
+    stats.record(&owner, ev);
+    out.event(&report::event_json(&owner, trigger, ev))?;
+    if print_events {
+        let wall = wall_clock((ev.ts_ns as i128 + mono_to_wall) as u64);
+        out.line(&live::event_line(&wall, &owner, trigger, ev));
+    }
+    Ok(())
+}
+
+type Row = (Owner, cowtrace::stats::OwnerStats, WriteTotals);
+
+fn owner_rows(stats: &Stats, writes: &HashMap<WriteKey, WriteStats>, resolver: &mut ContainerResolver) -> Vec<Row> {
+    let mut totals: HashMap<Owner, WriteTotals> = HashMap::new();
+    for (k, s) in writes {
+        let owner = resolver.owner_of_cgroup(k.cgroup_id);
+        totals.entry(owner).or_default().add_kernel(s);
+    }
+    let mut rows: Vec<Row> = stats
+        .owners
+        .iter()
+        .map(|(o, s)| (o.clone(), s.clone(), totals.remove(o).unwrap_or_default()))
+        .collect();
+    for (o, w) in totals {
+        rows.push((o, Default::default(), w));
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows
+}
+
+fn build_report(
+    kernel: &str,
+    started: SystemTime,
+    elapsed: f64,
+    probes: &serde_json::Value,
+    drops: [u64; 3],
+    rows: &[Row],
+) -> serde_json::Value {
+    let started = fmt_rfc3339(started);
+    let info = RunInfo {
+        kernel,
+        started: &started,
+        duration_s: elapsed,
+        probes: probes.clone(),
+        drops,
+        write_sample_every: 1,
+    };
+    let containers = rows.iter().map(|(o, s, w)| report::container_json(o, s, w)).collect();
+    report::report_json(&info, containers)
+}
+
+fn read_writes(map: &PerCpuHashMap<MapData, WriteKey, WriteStats>, snap: &mut HashMap<WriteKey, WriteStats>) {
+    for item in map.iter().flatten() {
+        let (k, per_cpu) = item;
+        let mut sum: WriteStats = unsafe { std::mem::zeroed() };
+        for s in per_cpu.iter() {
+            sum.count += s.count;
+            sum.bytes += s.bytes;
+            sum.timed += s.timed;
+            for (a, b) in sum.buckets.iter_mut().zip(s.buckets.iter()) {
+                *a += b;
+            }
+        }
+        snap.insert(k, sum);
+    }
+}
+
+fn read_drops(map: &PerCpuArray<MapData, u64>) -> [u64; 3] {
+    let mut d = [0u64; 3];
+    for (i, slot) in d.iter_mut().enumerate() {
+        if let Ok(v) = map.get(&(i as u32), 0) {
+            *slot = v.iter().sum();
+        }
+    }
+    d
+}
+
+/// Wall-clock ns minus CLOCK_MONOTONIC ns, to place kernel timestamps.
+fn mono_offset() -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let mono = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
+    let wall = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    wall - mono
+}
+
+fn wall_clock(ns: u64) -> String {
+    let secs = (ns / 1_000_000_000) as libc::time_t;
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    format!("{:02}:{:02}:{:02}.{:03}", tm.tm_hour, tm.tm_min, tm.tm_sec, (ns / 1_000_000) % 1000)
+}
+
+fn fmt_rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as libc::time_t;
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe { libc::gmtime_r(&secs, &mut tm) };
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("abc").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,639 @@
+//! The programs themselves (see `main.rs` for the design).
+
+use agent_ebpf::{
+    flags, hist_bucket, Config, Event, EventKind, WhiteoutCause, WriteKey, WriteStats,
+    EVENT_KINDS, HIST_BUCKETS, NAME_LEN, OVERLAYFS_SUPER_MAGIC, PATH_DEPTH, RENAME_WHITEOUT,
+    STACK_DEPTH,
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel_str,
+        },
+    },
+    macros::{fentry, fexit, kprobe, kretprobe, map},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    EbpfContext,
+};
+use core::ffi::c_void;
+
+#[no_mangle]
+static CONFIG: Config = unsafe { core::mem::zeroed() };
+
+/// Reads a field of [`CONFIG`]; volatile so the compiler cannot fold the
+/// zero it was compiled with (the loader rewrites it).
+macro_rules! conf {
+    ($f:ident) => {
+        unsafe { core::ptr::read_volatile(&CONFIG.$f) }
+    };
+}
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KINDS, 0);
+#[map]
+static WRITES: PerCpuHashMap<WriteKey, WriteStats> = PerCpuHashMap::with_max_entries(4096, 0);
+#[map]
+static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+#[map]
+static DEV_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+#[map]
+static COPY_OPS: LruHashMap<u32, CopyOp> = LruHashMap::with_max_entries(16384, 0);
+#[map]
+static COPY_OBJS: LruHashMap<u32, CopyObj> = LruHashMap::with_max_entries(16384, 0);
+#[map]
+static OVL_OPS: LruHashMap<u32, OvlOp> = LruHashMap::with_max_entries(16384, 0);
+#[map]
+static WRITE_STARTS: LruHashMap<u32, WriteStart> = LruHashMap::with_max_entries(16384, 0);
+
+/// Large values are built here, not on the 512-byte BPF stack.
+#[map]
+static EVENT_SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static ZERO_STATS: Array<WriteStats> = Array::with_max_entries(1, 0);
+
+#[repr(C)]
+struct CopyOp {
+    start_ns: u64,
+    target: u64,
+    parents: u32,
+    stack_len: u32,
+    stack: [u64; STACK_DEPTH],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CopyObj {
+    start_ns: u64,
+    dentry: u64,
+    bytes: u64,
+    did_work: u32,
+    data: u32,
+}
+
+const OVL_REMOVE: u32 = 1;
+const OVL_RENAME: u32 = 2;
+const OVL_MKDIR: u32 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct OvlOp {
+    kind: u32,
+    is_dir: u32,
+    dentry: u64,
+    dentry2: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct WriteStart {
+    start_ns: u64,
+    dev: u32,
+    _pad: u32,
+}
+
+// ---------------------------------------------------------------- helpers
+
+#[inline(always)]
+fn now() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// Reads a `T` at `base + off` in kernel memory; zero if unreadable.
+#[inline(always)]
+fn read<T: Copy>(base: u64, off: u32) -> T {
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).unwrap_or(core::mem::zeroed()) }
+}
+
+#[inline(always)]
+fn kp_arg(ctx: &ProbeContext, n: u32) -> u64 {
+    ctx.arg::<u64>(n as usize).unwrap_or(0)
+}
+
+/// A tracing-program argument by runtime position. Each arm reads the
+/// context at a constant offset, which is what the verifier accepts.
+#[inline(always)]
+fn btf_arg(ctx: &FEntryContext, n: u32) -> u64 {
+    match n {
+        0 => ctx.arg(0),
+        1 => ctx.arg(1),
+        2 => ctx.arg(2),
+        3 => ctx.arg(3),
+        4 => ctx.arg(4),
+        _ => ctx.arg(5),
+    }
+}
+
+#[inline(always)]
+fn dentry_sb(dentry: u64) -> u64 {
+    read(dentry, conf!(dentry_d_sb))
+}
+
+#[inline(always)]
+fn dentry_dev(dentry: u64) -> u32 {
+    read(dentry_sb(dentry), conf!(sb_s_dev))
+}
+
+#[inline(always)]
+fn dentry_mode(dentry: u64) -> u32 {
+    let inode: u64 = read(dentry, conf!(dentry_d_inode));
+    if inode == 0 {
+        return 0;
+    }
+    read::<u16>(inode, conf!(inode_i_mode)) as u32
+}
+
+/// With a filter set, the only cost for unwanted activity is these lookups.
+#[inline(always)]
+fn wanted(dev: u32) -> bool {
+    if conf!(filter) == 0 {
+        return true;
+    }
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    unsafe { CGROUP_FILTER.get(&cgroup).is_some() || DEV_FILTER.get(&dev).is_some() }
+}
+
+#[inline(always)]
+fn count_drop(kind: EventKind) {
+    if let Some(p) = DROPS.get_ptr_mut(kind as u32) {
+        unsafe { *p += 1 };
+    }
+}
+
+/// Starts an event in the per-CPU scratch with the fields every kind has.
+#[inline(always)]
+fn new_event(kind: EventKind, dentry: u64) -> Option<&'static mut Event> {
+    let ev = unsafe { &mut *EVENT_SCRATCH.get_ptr_mut(0)? };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ev.kind = kind as u32;
+    ev.flags = 0;
+    ev.ts_ns = now();
+    ev.pid = (pid_tgid >> 32) as u32;
+    ev.tid = pid_tgid as u32;
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.dev = dentry_dev(dentry);
+    ev.mode = dentry_mode(dentry);
+    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    ev.latency_ns = 0;
+    ev.op_latency_ns = 0;
+    ev.bytes = 0;
+    ev.parents = 0;
+    ev.cause = 0;
+    ev.stack_len = 0;
+    read_path(dentry, ev);
+    Some(ev)
+}
+
+/// Walks `d_parent` up to the overlay root (the dentry that is its own
+/// parent), at most [`PATH_DEPTH`] names.
+#[inline(always)]
+fn read_path(mut dentry: u64, ev: &mut Event) {
+    let parent_off = conf!(dentry_d_parent);
+    let name_off = conf!(dentry_d_name_name);
+    let len_off = conf!(dentry_d_name_len);
+    ev.path.depth = 0;
+    for i in 0..PATH_DEPTH {
+        let parent: u64 = read(dentry, parent_off);
+        if parent == dentry || parent == 0 {
+            return;
+        }
+        let name: u64 = read(dentry, name_off);
+        let len: u32 = read(dentry, len_off);
+        if len as usize >= NAME_LEN {
+            ev.flags |= flags::PATH_CUT;
+        }
+        let slot = &mut ev.path.names[i];
+        unsafe {
+            bpf_probe_read_kernel_str(
+                slot.as_mut_ptr() as *mut c_void,
+                NAME_LEN as u32,
+                name as *const c_void,
+            )
+        };
+        ev.path.depth = i as u32 + 1;
+        dentry = parent;
+    }
+    let parent: u64 = read(dentry, parent_off);
+    if parent != dentry {
+        ev.flags |= flags::PATH_CUT;
+    }
+}
+
+#[inline(always)]
+fn submit(ev: &Event) {
+    if EVENTS.output::<Event>(ev, 0).is_err() {
+        count_drop(unsafe { core::mem::transmute::<u32, EventKind>(ev.kind) });
+    }
+}
+
+// --------------------------------------------------------------- copy-up
+
+#[kprobe]
+pub fn ovl_copy_up_flags(ctx: ProbeContext) -> u32 {
+    let tid = tid();
+    let dentry = kp_arg(&ctx, conf!(copy_up_flags_dentry_arg));
+    if !wanted(dentry_dev(dentry)) {
+        let _ = COPY_OPS.remove(&tid);
+        return 0;
+    }
+    let op = CopyOp {
+        start_ns: now(),
+        target: dentry,
+        parents: 0,
+        stack_len: 0,
+        stack: [0; STACK_DEPTH],
+    };
+    if COPY_OPS.insert(&tid, &op, 0).is_err() {
+        return 0;
+    }
+    if let Some(p) = COPY_OPS.get_ptr_mut(&tid) {
+        let p = unsafe { &mut *p };
+        let n = unsafe {
+            bpf_get_stack(
+                ctx.as_ptr(),
+                p.stack.as_mut_ptr() as *mut c_void,
+                (STACK_DEPTH * 8) as u32,
+                0,
+            )
+        };
+        if n > 0 {
+            p.stack_len = (n / 8) as u32;
+        }
+    }
+    0
+}
+
+#[kprobe]
+pub fn ovl_copy_up_one(ctx: ProbeContext) -> u32 {
+    let tid = tid();
+    let dentry = kp_arg(&ctx, conf!(copy_up_one_dentry_arg));
+    // Inside an unwanted operation there is no op entry; outside any
+    // operation (no known caller does that) decide by the filter.
+    if COPY_OPS.get_ptr(&tid).is_none() && !wanted(dentry_dev(dentry)) {
+        return 0;
+    }
+    let obj = CopyObj {
+        start_ns: now(),
+        dentry,
+        bytes: 0,
+        did_work: 0,
+        data: 0,
+    };
+    let _ = COPY_OBJS.insert(&tid, &obj, 0);
+    0
+}
+
+#[inline(always)]
+fn mark_copy_work() -> u32 {
+    if let Some(p) = COPY_OBJS.get_ptr_mut(&tid()) {
+        unsafe { (*p).did_work = 1 };
+    }
+    0
+}
+
+#[kprobe]
+pub fn security_inode_copy_up(_ctx: ProbeContext) -> u32 {
+    mark_copy_work()
+}
+
+#[fentry(function = "security_inode_copy_up")]
+pub fn security_inode_copy_up_fentry(_ctx: FEntryContext) -> u32 {
+    mark_copy_work()
+}
+
+/// Attached to whichever data-copy function the kernel has
+/// (`ovl_copy_up_data` on 5.10, `ovl_copy_up_file` later).
+#[kprobe]
+pub fn ovl_copy_up_data(ctx: ProbeContext) -> u32 {
+    let len = kp_arg(&ctx, conf!(copy_data_len_arg)) as i64;
+    if let Some(p) = COPY_OBJS.get_ptr_mut(&tid()) {
+        let p = unsafe { &mut *p };
+        if len > 0 {
+            p.bytes += len as u64;
+            p.data = 1;
+        }
+    }
+    0
+}
+
+#[kretprobe]
+pub fn ovl_copy_up_one_ret(ctx: RetProbeContext) -> u32 {
+    let tid = tid();
+    let end = now();
+    let obj = match unsafe { COPY_OBJS.get(&tid) } {
+        Some(o) => *o,
+        None => return 0,
+    };
+    let _ = COPY_OBJS.remove(&tid);
+    let ret: i64 = ctx.ret::<i64>() as i32 as i64;
+    let op = COPY_OPS.get_ptr_mut(&tid);
+    let is_target = match op {
+        Some(p) => unsafe { (*p).target == obj.dentry },
+        None => false,
+    };
+    if ret != 0 || obj.did_work == 0 {
+        if is_target {
+            let _ = COPY_OPS.remove(&tid);
+        }
+        return 0;
+    }
+    let ev = match new_event(EventKind::CopyUp, obj.dentry) {
+        Some(ev) => ev,
+        None => return 0,
+    };
+    ev.ts_ns = end;
+    ev.latency_ns = end - obj.start_ns;
+    ev.bytes = obj.bytes;
+    if obj.data != 0 {
+        ev.flags |= flags::DATA;
+    }
+    if let Some(p) = op {
+        let op = unsafe { &mut *p };
+        ev.stack = op.stack;
+        ev.stack_len = op.stack_len;
+        if is_target {
+            ev.op_latency_ns = end - op.start_ns;
+            ev.parents = op.parents;
+            ev.flags |= flags::OP_TARGET;
+        } else {
+            op.parents += 1;
+            ev.flags |= flags::ANCESTOR;
+        }
+    }
+    submit(ev);
+    if is_target {
+        let _ = COPY_OPS.remove(&tid);
+    }
+    0
+}
+
+// ------------------------------------------------ whiteouts, opaque dirs
+
+#[inline(always)]
+fn begin_ovl_op(kind: u32, dentry: u64, dentry2: u64, is_dir: u32) -> u32 {
+    if !wanted(dentry_dev(dentry)) {
+        return 0;
+    }
+    let op = OvlOp {
+        kind,
+        is_dir,
+        dentry,
+        dentry2,
+    };
+    let _ = OVL_OPS.insert(&tid(), &op, 0);
+    0
+}
+
+#[inline(always)]
+fn end_ovl_op() -> u32 {
+    let _ = OVL_OPS.remove(&tid());
+    0
+}
+
+#[inline(always)]
+fn current_ovl_op() -> Option<OvlOp> {
+    unsafe { OVL_OPS.get(&tid()).copied() }
+}
+
+#[kprobe]
+pub fn ovl_do_remove(ctx: ProbeContext) -> u32 {
+    let dentry = kp_arg(&ctx, conf!(do_remove_dentry_arg));
+    let is_dir = kp_arg(&ctx, conf!(do_remove_is_dir_arg)) as u8 != 0;
+    begin_ovl_op(OVL_REMOVE, dentry, 0, is_dir as u32)
+}
+
+#[kretprobe]
+pub fn ovl_do_remove_ret(_ctx: RetProbeContext) -> u32 {
+    end_ovl_op()
+}
+
+#[kprobe]
+pub fn ovl_rename(ctx: ProbeContext) -> u32 {
+    let old = kp_arg(&ctx, conf!(rename_old_arg));
+    let new = kp_arg(&ctx, conf!(rename_new_arg));
+    begin_ovl_op(OVL_RENAME, old, new, 0)
+}
+
+#[kretprobe]
+pub fn ovl_rename_ret(_ctx: RetProbeContext) -> u32 {
+    end_ovl_op()
+}
+
+#[kprobe]
+pub fn ovl_mkdir(ctx: ProbeContext) -> u32 {
+    let dentry = kp_arg(&ctx, conf!(mkdir_dentry_arg));
+    begin_ovl_op(OVL_MKDIR, dentry, 0, 1)
+}
+
+#[kretprobe]
+pub fn ovl_mkdir_ret(_ctx: RetProbeContext) -> u32 {
+    end_ovl_op()
+}
+
+#[inline(always)]
+fn emit_whiteout(dentry: u64, cause: WhiteoutCause, is_dir: bool) {
+    if let Some(ev) = new_event(EventKind::Whiteout, dentry) {
+        ev.cause = cause as u32;
+        if is_dir {
+            ev.flags |= flags::DIR;
+        }
+        submit(ev);
+    }
+}
+
+/// Runs only when overlayfs leaves a whiteout for a removed lower object.
+#[kprobe]
+pub fn ovl_cleanup_and_whiteout(_ctx: ProbeContext) -> u32 {
+    if let Some(op) = current_ovl_op() {
+        if op.kind == OVL_REMOVE {
+            let cause = if op.is_dir != 0 {
+                WhiteoutCause::Rmdir
+            } else {
+                WhiteoutCause::Unlink
+            };
+            emit_whiteout(op.dentry, cause, op.is_dir != 0);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn on_vfs_rename(flags_arg: u64) -> u32 {
+    let op = match current_ovl_op() {
+        Some(op) if op.kind == OVL_RENAME => op,
+        _ => return 0,
+    };
+    let off = conf!(vfs_rename_flags_off);
+    let rename_flags: u32 = if off == agent_ebpf::DIRECT {
+        flags_arg as u32
+    } else {
+        read(flags_arg, off)
+    };
+    if rename_flags & RENAME_WHITEOUT != 0 {
+        let is_dir = dentry_mode(op.dentry) & 0o170000 == 0o040000;
+        emit_whiteout(op.dentry, WhiteoutCause::Rename, is_dir);
+    }
+    0
+}
+
+#[kprobe]
+pub fn vfs_rename(ctx: ProbeContext) -> u32 {
+    on_vfs_rename(kp_arg(&ctx, conf!(vfs_rename_flags_arg)))
+}
+
+#[fentry(function = "vfs_rename")]
+pub fn vfs_rename_fentry(ctx: FEntryContext) -> u32 {
+    on_vfs_rename(btf_arg(&ctx, conf!(vfs_rename_flags_arg)))
+}
+
+/// `trusted.overlay.opaque`, or `user.overlay.opaque` with `userxattr`.
+#[inline(always)]
+fn is_opaque_xattr(name: u64) -> bool {
+    let mut buf = [0u8; 24];
+    let n = unsafe {
+        bpf_probe_read_kernel_str(buf.as_mut_ptr() as *mut c_void, 24, name as *const c_void)
+    };
+    (n == 23 && &buf[..22] == b"trusted.overlay.opaque")
+        || (n == 20 && &buf[..19] == b"user.overlay.opaque")
+}
+
+#[inline(always)]
+fn on_vfs_setxattr(name: u64) -> u32 {
+    let op = match current_ovl_op() {
+        Some(op) => op,
+        None => return 0,
+    };
+    if !is_opaque_xattr(name) {
+        return 0;
+    }
+    let dentry = match op.kind {
+        OVL_MKDIR => op.dentry,
+        OVL_RENAME => op.dentry2,
+        _ => return 0,
+    };
+    if let Some(ev) = new_event(EventKind::OpaqueDir, dentry) {
+        ev.flags |= flags::DIR;
+        submit(ev);
+    }
+    0
+}
+
+#[kprobe]
+pub fn vfs_setxattr(ctx: ProbeContext) -> u32 {
+    on_vfs_setxattr(kp_arg(&ctx, conf!(vfs_setxattr_name_arg)))
+}
+
+#[fentry(function = "vfs_setxattr")]
+pub fn vfs_setxattr_fentry(ctx: FEntryContext) -> u32 {
+    on_vfs_setxattr(btf_arg(&ctx, conf!(vfs_setxattr_name_arg)))
+}
+
+// ----------------------------------------------------------------- writes
+
+/// Remembers the start of a write if `file` is on a wanted overlay.
+#[inline(always)]
+fn write_begin(file: u64) -> u32 {
+    let inode: u64 = read(file, conf!(file_f_inode));
+    let sb: u64 = read(inode, conf!(inode_i_sb));
+    let magic: u64 = read(sb, conf!(sb_s_magic));
+    if magic != OVERLAYFS_SUPER_MAGIC {
+        return 0;
+    }
+    let dev: u32 = read(sb, conf!(sb_s_dev));
+    if !wanted(dev) {
+        return 0;
+    }
+    let start = WriteStart {
+        start_ns: now(),
+        dev,
+        _pad: 0,
+    };
+    let _ = WRITE_STARTS.insert(&tid(), &start, 0);
+    0
+}
+
+#[inline(always)]
+fn write_end(ret: i64) -> u32 {
+    let tid = tid();
+    let start = match unsafe { WRITE_STARTS.get(&tid) } {
+        Some(s) => *s,
+        None => return 0,
+    };
+    let _ = WRITE_STARTS.remove(&tid);
+    if ret < 0 {
+        return 0;
+    }
+    let latency = now() - start.start_ns;
+    let key = WriteKey {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        dev: start.dev,
+        _pad: 0,
+    };
+    let stats = match WRITES.get_ptr_mut(&key) {
+        Some(p) => p,
+        None => {
+            let zero = match ZERO_STATS.get(0) {
+                Some(z) => z,
+                None => return 0,
+            };
+            if WRITES.insert(&key, zero, 0).is_err() {
+                return 0;
+            }
+            match WRITES.get_ptr_mut(&key) {
+                Some(p) => p,
+                None => return 0,
+            }
+        }
+    };
+    let stats = unsafe { &mut *stats };
+    stats.count += 1;
+    stats.bytes += ret as u64;
+    stats.timed += 1;
+    let b = hist_bucket(latency);
+    if b < HIST_BUCKETS {
+        stats.buckets[b] += 1;
+    }
+    0
+}
+
+#[fentry(function = "vfs_write")]
+pub fn vfs_write_fentry(ctx: FEntryContext) -> u32 {
+    write_begin(ctx.arg(0))
+}
+
+/// `vfs_write(file, buf, count, pos)`: the return value follows the four
+/// arguments in a tracing context (bpf_get_func_ret needs 5.17).
+#[fexit(function = "vfs_write")]
+pub fn vfs_write_fexit(ctx: FExitContext) -> u32 {
+    write_end(ctx.arg::<i64>(4))
+}
+
+#[kprobe]
+pub fn ovl_write_iter(ctx: ProbeContext) -> u32 {
+    let iocb = kp_arg(&ctx, 0);
+    write_begin(read(iocb, conf!(kiocb_ki_filp)))
+}
+
+#[kretprobe]
+pub fn ovl_write_iter_ret(ctx: RetProbeContext) -> u32 {
+    write_end(ctx.ret::<i64>())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,198 @@
+//! Who caused an event: the thread's cgroup id mapped to a container (by
+//! the runtimes' cgroup naming), named through the Docker Engine API when
+//! its socket is there (podman serves the same API). Anything else is
+//! `host`.
+
+use crate::cgroup::{container_id_from_cgroup_path, CgroupIndex};
+use crate::stats::Owner;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A running or exited container as the runtime describes it.
+#[derive(Clone, Debug)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub pid: Option<u32>,
+}
+
+/// Minimal Docker Engine API client over its unix socket (HTTP/1.0, so the
+/// answer is one plain body).
+pub struct DockerApi {
+    socket: PathBuf,
+}
+
+impl DockerApi {
+    /// The first socket that exists: `$DOCKER_HOST` (unix://), Docker's,
+    /// then podman's rootful socket.
+    pub fn discover() -> Option<Self> {
+        let from_env = std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from));
+        from_env
+            .into_iter()
+            .chain(["/var/run/docker.sock", "/run/podman/podman.sock"].map(PathBuf::from))
+            .find(|p| p.exists())
+            .map(|socket| Self { socket })
+    }
+
+    fn get(&self, path: &str) -> std::io::Result<Value> {
+        let mut s = UnixStream::connect(&self.socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n")?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        if !head.starts_with("HTTP/1.") || !head.split(' ').nth(1).is_some_and(|c| c.starts_with('2')) {
+            return Err(std::io::Error::other(format!(
+                "docker API {path}: {}",
+                head.lines().next().unwrap_or("")
+            )));
+        }
+        serde_json::from_str(body).map_err(std::io::Error::other)
+    }
+
+    /// Running containers with name, image and init pid.
+    pub fn containers(&self) -> std::io::Result<Vec<ContainerInfo>> {
+        let list = self.get("/containers/json")?;
+        let mut out = Vec::new();
+        for c in list.as_array().into_iter().flatten() {
+            let id = c["Id"].as_str().unwrap_or_default().to_string();
+            let name = c["Names"][0].as_str().unwrap_or_default().trim_start_matches('/').to_string();
+            let image = c["Image"].as_str().unwrap_or_default().to_string();
+            let pid = self
+                .get(&format!("/containers/{id}/json"))
+                .ok()
+                .and_then(|d| d["State"]["Pid"].as_u64())
+                .map(|p| p as u32);
+            out.push(ContainerInfo { id, name, image, pid });
+        }
+        Ok(out)
+    }
+}
+
+/// Maps cgroup ids to owners, caching answers; learns new containers.
+pub struct ContainerResolver {
+    /// `None` without a cgroup v2 hierarchy: everything is then `host`.
+    cgroups: Option<CgroupIndex>,
+    docker: Option<DockerApi>,
+    known: HashMap<String, ContainerInfo>,
+    by_cgroup: HashMap<u64, Owner>,
+    last_refresh: Option<Instant>,
+    pub warned: Option<String>,
+}
+
+impl ContainerResolver {
+    pub fn new() -> Self {
+        let docker = DockerApi::discover();
+        let warned = docker.is_none().then(|| {
+            "no Docker/podman API socket found: containers are named by their id".to_string()
+        });
+        let mut r = Self {
+            cgroups: CgroupIndex::scan("/sys/fs/cgroup").ok(),
+            docker,
+            known: HashMap::new(),
+            by_cgroup: HashMap::new(),
+            last_refresh: None,
+            warned,
+        };
+        r.refresh_containers();
+        r
+    }
+
+    /// Asks the runtime again (at most every 500 ms).
+    fn refresh_containers(&mut self) {
+        if self.last_refresh.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+            return;
+        }
+        self.last_refresh = Some(Instant::now());
+        let Some(api) = &self.docker else { return };
+        match api.containers() {
+            Ok(list) => {
+                for c in list {
+                    self.known.insert(c.id.clone(), c);
+                }
+            }
+            Err(e) if self.warned.is_none() => {
+                self.warned = Some(format!("Docker API unavailable ({e}): containers are named by their id"));
+            }
+            Err(_) => {}
+        }
+    }
+
+    pub fn containers(&mut self) -> Vec<ContainerInfo> {
+        self.refresh_containers();
+        self.known.values().cloned().collect()
+    }
+
+    /// Finds containers by name or id prefix.
+    pub fn find(&mut self, name_or_id: &str) -> Option<ContainerInfo> {
+        self.last_refresh = None;
+        self.refresh_containers();
+        let wanted = name_or_id.trim_start_matches('/');
+        self.known
+            .values()
+            .find(|c| c.name == wanted)
+            .or_else(|| {
+                let mut m = self.known.values().filter(|c| wanted.len() >= 4 && c.id.starts_with(wanted));
+                let first = m.next();
+                if m.next().is_some() {
+                    None
+                } else {
+                    first
+                }
+            })
+            .cloned()
+    }
+
+    pub fn owner_of_cgroup(&mut self, cgroup_id: u64) -> Owner {
+        if let Some(o) = self.by_cgroup.get(&cgroup_id) {
+            return o.clone();
+        }
+        let Some(path) = self
+            .cgroups
+            .as_mut()
+            .and_then(|c| c.lookup(cgroup_id).map(str::to_string))
+        else {
+            return Owner::host();
+        };
+        let Some((_runtime, id)) = container_id_from_cgroup_path(&path) else {
+            let owner = Owner::host();
+            self.by_cgroup.insert(cgroup_id, owner.clone());
+            return owner;
+        };
+        if !self.known.contains_key(&id) {
+            self.refresh_containers();
+        }
+        let owner = match self.known.get(&id) {
+            Some(c) => Owner {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                image: c.image.clone(),
+            },
+            None => Owner {
+                id: id.clone(),
+                name: id.chars().take(12).collect(),
+                image: String::new(),
+            },
+        };
+        // Cache only named answers, so a container the runtime reports a
+        // moment later still gets its name.
+        if self.known.contains_key(&id) || self.docker.is_none() {
+            self.by_cgroup.insert(cgroup_id, owner.clone());
+        }
+        owner
+    }
+}
+
+impl Default for ContainerResolver {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,161 @@
+//! What the running kernel offers, checked before anything is attached, so
+//! that every "cannot run here" is one clear line instead of an aya error.
+
+use crate::probes::{plan, KernelBtf, KernelSymbols, ProbeOptions};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// One finding; `fatal` ones stop `cowtrace` before it attaches.
+pub struct Finding {
+    pub what: &'static str,
+    pub ok: bool,
+    pub detail: String,
+    pub fatal: bool,
+}
+
+fn cap_eff() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+const CAP_SYS_ADMIN: u64 = 21;
+const CAP_PERFMON: u64 = 38;
+const CAP_BPF: u64 = 39;
+
+/// Missing capabilities, by name (empty when cowtrace may load probes).
+pub fn missing_capabilities() -> Vec<&'static str> {
+    let caps = cap_eff();
+    let has = |c: u64| caps & (1 << c) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return Vec::new();
+    }
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) {
+        missing.push("CAP_PERFMON");
+    }
+    missing
+}
+
+fn kprobes_available() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe").exists()
+}
+
+fn overlay_loaded() -> bool {
+    std::fs::read_to_string("/proc/filesystems")
+        .map(|s| s.lines().any(|l| l.split_whitespace().last() == Some("overlay")))
+        .unwrap_or(false)
+}
+
+fn overlay_builtin(release: &str) -> Option<bool> {
+    let builtin = std::fs::read_to_string(format!("/lib/modules/{release}/modules.builtin")).ok()?;
+    Some(builtin.lines().any(|l| l.ends_with("/overlay.ko")))
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Runs every check. `syms` and `btf` are loaded here so `doctor` can show
+/// them even when something else is missing.
+pub fn check(opts: &ProbeOptions) -> (Vec<Finding>, Option<KernelSymbols>, Option<KernelBtf>) {
+    let mut f = Vec::new();
+    let missing = missing_capabilities();
+    f.push(Finding {
+        what: "privileges",
+        ok: missing.is_empty(),
+        detail: if missing.is_empty() {
+            "can load BPF programs".into()
+        } else {
+            format!("missing {}: run cowtrace with sudo", missing.join(" and "))
+        },
+        fatal: true,
+    });
+    let btf = KernelBtf::load();
+    f.push(Finding {
+        what: "BTF",
+        ok: btf.is_ok(),
+        detail: match &btf {
+            Ok(b) => format!(
+                "vmlinux BTF present; overlay module BTF {}",
+                if b.overlay.is_some() { "present" } else { "absent (argument positions from vmlinux BTF)" }
+            ),
+            Err(e) => format!("{e:#}"),
+        },
+        fatal: true,
+    });
+    let kp = kprobes_available();
+    f.push(Finding {
+        what: "kprobes",
+        ok: kp,
+        detail: if kp {
+            "available".into()
+        } else {
+            "unavailable: this kernel has no kprobes (CONFIG_KPROBES off), cowtrace cannot probe overlayfs here".into()
+        },
+        fatal: true,
+    });
+    let tracing = crate::probes::tracing_programs_supported();
+    f.push(Finding {
+        what: "BPF tracing programs",
+        ok: matches!(tracing, Ok(true)),
+        detail: match tracing {
+            Ok(true) => "fentry/fexit load".into(),
+            Ok(false) => "refused by this kernel: fentry/fexit unavailable (kprobes are used instead where they exist)".into(),
+            Err(e) => format!("refused by this kernel ({e}): fentry/fexit unavailable, kprobes are used instead"),
+        },
+        fatal: false,
+    });
+    let release = kernel_release();
+    let loaded = overlay_loaded();
+    f.push(Finding {
+        what: "overlay",
+        ok: loaded,
+        detail: match (loaded, overlay_builtin(&release)) {
+            (true, Some(true)) => "built into the kernel".into(),
+            (true, _) => "module loaded".into(),
+            (false, _) => "overlayfs is not loaded: run `modprobe overlay` (or start the container engine)".into(),
+        },
+        fatal: true,
+    });
+    let syms = KernelSymbols::load().ok();
+    if let Some(syms) = &syms {
+        let tracing_ok = matches!(tracing, Ok(true));
+        for p in plan(syms, btf.as_ref().ok().filter(|_| tracing_ok), opts) {
+            let ok = p.method != "unavailable";
+            f.push(Finding {
+                what: p.role,
+                ok,
+                detail: format!("{} on {}", p.method, p.function),
+                fatal: loaded && kp,
+            });
+        }
+    }
+    (f, syms, btf.ok())
+}
+
+pub fn render(findings: &[Finding]) -> String {
+    let mut s = format!("kernel {}\n", kernel_release());
+    for x in findings {
+        let _ = writeln!(s, "{:<4} {:<22} {}", if x.ok { "ok" } else { "FAIL" }, x.what, x.detail);
+    }
+    s
+}
+
+/// The first fatal problem, as the one line cowtrace exits with.
+pub fn first_fatal(findings: &[Finding]) -> Option<String> {
+    findings
+        .iter()
+        .find(|x| x.fatal && !x.ok)
+        .map(|x| format!("{}: {}", x.what, x.detail))
+}

@@ -1,0 +1,180 @@
+//! The terminal view: one line per event, a per-container summary every
+//! interval, and at exit copy-up versus write histograms and top files.
+
+use crate::event::{Kind, KernelEvent};
+use crate::stats::{top_files, Owner, OwnerStats, WriteTotals};
+use hdrhistogram::Histogram;
+use std::fmt::Write as _;
+
+pub fn event_header() -> String {
+    format!(
+        "{:<12} {:<16} {:>7} {:<15} {:<10} {:<8} {:>10} {:>9}  {}",
+        "TIME", "CONTAINER", "PID", "COMM", "KIND", "TRIGGER", "LATENCY", "BYTES", "PATH"
+    )
+}
+
+pub fn fmt_ns(ns: u64) -> String {
+    match ns {
+        0..=9_999 => format!("{ns}ns"),
+        10_000..=9_999_999 => format!("{:.1}us", ns as f64 / 1e3),
+        10_000_000..=9_999_999_999 => format!("{:.1}ms", ns as f64 / 1e6),
+        _ => format!("{:.1}s", ns as f64 / 1e9),
+    }
+}
+
+pub fn fmt_bytes(b: u64) -> String {
+    match b {
+        0..=1023 => format!("{b}B"),
+        1024..=1_048_575 => format!("{:.1}KiB", b as f64 / 1024.0),
+        1_048_576..=1_073_741_823 => format!("{:.1}MiB", b as f64 / 1_048_576.0),
+        _ => format!("{:.1}GiB", b as f64 / 1_073_741_824.0),
+    }
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).chain(['…']).collect()
+    }
+}
+
+/// `wall` is the local wall-clock time of the event as HH:MM:SS.mmm.
+pub fn event_line(wall: &str, owner: &Owner, trigger: Option<&str>, ev: &KernelEvent) -> String {
+    let (kind, trig, lat, bytes) = match &ev.kind {
+        Kind::CopyUp(c) => {
+            let kind = if c.ancestor { "copy_up^" } else { "copy_up" };
+            (kind, trigger.unwrap_or("other"), fmt_ns(c.latency_ns), fmt_bytes(c.bytes))
+        }
+        Kind::Whiteout { cause } => ("whiteout", *cause, "-".into(), "-".into()),
+        Kind::OpaqueDir => ("opaque", "mkdir", "-".into(), "-".into()),
+    };
+    format!(
+        "{:<12} {:<16} {:>7} {:<15} {:<10} {:<8} {:>10} {:>9}  {}",
+        wall,
+        clip(&owner.name, 16),
+        ev.pid,
+        clip(&ev.comm, 15),
+        kind,
+        trig,
+        lat,
+        bytes,
+        ev.path_display()
+    )
+}
+
+fn pct(h: &Histogram<u64>, q: f64) -> String {
+    if h.is_empty() {
+        "-".into()
+    } else {
+        fmt_ns(h.value_at_quantile(q))
+    }
+}
+
+pub fn summary_table(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}",
+        "CONTAINER", "COPYUPS", "BYTES", "P50", "P99", "MAX", "WRITES", "W-P50", "W-P99", "WHTOUT", "OPAQUE", "RATIO"
+    );
+    for (o, st, w) in rows {
+        let ratio = if st.copy_up.is_empty() || w.latency.is_empty() {
+            "-".to_string()
+        } else {
+            format!(
+                "{:.0}x",
+                st.copy_up.value_at_quantile(0.5) as f64 / w.latency.value_at_quantile(0.5).max(1) as f64
+            )
+        };
+        let _ = writeln!(
+            s,
+            "{:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}",
+            clip(&o.name, 16),
+            st.copy_up_count,
+            fmt_bytes(st.copy_up_bytes),
+            pct(&st.copy_up, 0.5),
+            pct(&st.copy_up, 0.99),
+            if st.copy_up.is_empty() { "-".into() } else { fmt_ns(st.copy_up.max()) },
+            w.count,
+            pct(&w.latency, 0.5),
+            pct(&w.latency, 0.99),
+            st.whiteouts,
+            st.opaque_dirs,
+            ratio
+        );
+    }
+    let _ = writeln!(s, "dropped events: {drops}");
+    s
+}
+
+/// A log2 histogram of two distributions side by side, bpftrace style.
+pub fn histogram_pair(copy_up: &Histogram<u64>, writes: &Histogram<u64>) -> String {
+    let mut s = String::new();
+    let max = copy_up.max().max(writes.max());
+    if copy_up.is_empty() && writes.is_empty() {
+        return s;
+    }
+    let mut lo = 1u64;
+    let mut rows = Vec::new();
+    while lo <= max {
+        let hi = lo.saturating_mul(2);
+        let c = if copy_up.is_empty() { 0 } else { copy_up.count_between(lo, hi - 1) };
+        let w = if writes.is_empty() { 0 } else { writes.count_between(lo, hi - 1) };
+        rows.push((lo, hi, c, w));
+        lo = hi;
+    }
+    let first = rows.iter().position(|r| r.2 + r.3 > 0).unwrap_or(0);
+    let cmax = rows.iter().map(|r| r.2).max().unwrap_or(1).max(1);
+    let wmax = rows.iter().map(|r| r.3).max().unwrap_or(1).max(1);
+    let _ = writeln!(s, "{:>21}  {:<32} {:<32}", "latency", "copy-up (per object)", "write");
+    for (lo, hi, c, w) in &rows[first..] {
+        let bar = |n: u64, m: u64| "@".repeat(((n * 24).div_ceil(m)) as usize);
+        let _ = writeln!(
+            s,
+            "[{:>8}, {:>8})  {:>7} {:<24} {:>7} {:<24}",
+            fmt_ns(*lo),
+            fmt_ns(*hi),
+            c,
+            bar(*c, cmax),
+            w,
+            bar(*w, wmax)
+        );
+    }
+    s
+}
+
+pub fn top_files_table(st: &OwnerStats, n: usize) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{:>10} {:>6} {:>10}  {}", "TOTAL", "COUNT", "BYTES", "FILE");
+    for (path, c) in top_files(&st.files, n) {
+        let _ = writeln!(s, "{:>10} {:>6} {:>10}  {}", fmt_ns(c.total_ns), c.count, fmt_bytes(c.bytes), path);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units() {
+        assert_eq!(fmt_ns(999), "999ns");
+        assert_eq!(fmt_ns(12_345), "12.3us");
+        assert_eq!(fmt_ns(12_345_678), "12.3ms");
+        assert_eq!(fmt_bytes(4096), "4.0KiB");
+        assert_eq!(fmt_bytes(64 << 20), "64.0MiB");
+    }
+
+    #[test]
+    fn histogram_pair_has_a_row_per_octave_with_counts() {
+        let mut a = crate::stats::new_hist();
+        let mut b = crate::stats::new_hist();
+        a.record(1_000_000).unwrap();
+        b.record(1_000).unwrap();
+        b.record(1_001).unwrap();
+        let out = histogram_pair(&a, &b);
+        assert!(out.lines().any(|l| l.contains(" 2 ") && l.contains("@")), "{out}");
+        assert!(out.lines().count() > 10);
+    }
+}

@@ -1,0 +1,459 @@
+//! Loading and attaching the kernel side, chosen by what the running kernel
+//! has (the libbpf-tools way: fentry where it works, kprobe otherwise).
+//!
+//! Everything kernel-specific is decided here and only here: struct offsets
+//! and argument positions come from the running kernel's BTF ([`layout`]),
+//! each attach point picks a symbol that exists and a method that works, and
+//! the result is described in a [`ProbeReport`] for `doctor` and the JSON.
+
+use crate::btf::Btf;
+use agent_ebpf::{Config, DIRECT};
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    programs::{FEntry, FExit, KProbe},
+    Ebpf, EbpfLoader,
+};
+use serde::Serialize;
+use std::collections::HashSet;
+
+/// The eBPF object, built by `build.rs` from `agent-ebpf`.
+static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cowtrace-probes"));
+
+/// How one attach point was attached.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachedPoint {
+    /// What it observes, e.g. `copy_up_object`.
+    pub role: &'static str,
+    /// Kernel function it is attached to.
+    pub function: String,
+    /// `fentry`, `fexit`, `kprobe`, `kretprobe`, or `fentry+fexit` style pairs.
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProbeReport {
+    pub points: Vec<AttachedPoint>,
+}
+
+/// Options the user controls.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeOptions {
+    /// Only kprobes, even where fentry would work (for comparison and tests).
+    pub force_kprobes: bool,
+    /// Filter in the kernel (ids put in the filter maps afterwards).
+    pub filter: bool,
+}
+
+/// The kernel's function symbols, from /proc/kallsyms (names only).
+pub struct KernelSymbols(HashSet<String>);
+
+impl KernelSymbols {
+    pub fn load() -> Result<Self> {
+        let text = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
+        Ok(Self::parse(&text))
+    }
+
+    pub fn parse(text: &str) -> Self {
+        let names = text
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                let _addr = it.next()?;
+                let ty = it.next()?;
+                let name = it.next()?;
+                matches!(ty, "t" | "T").then(|| name.to_string())
+            })
+            .collect();
+        Self(names)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+}
+
+/// The kernel's BTF: vmlinux, and the overlay module's if it has one.
+pub struct KernelBtf {
+    pub vmlinux: Btf,
+    pub overlay: Option<Btf>,
+}
+
+impl KernelBtf {
+    pub fn load() -> Result<Self> {
+        let vmlinux = Btf::from_file("/sys/kernel/btf/vmlinux").context(
+            "this kernel has no BTF (/sys/kernel/btf/vmlinux): cowtrace needs CONFIG_DEBUG_INFO_BTF=y",
+        )?;
+        let overlay = Btf::split_from_file("/sys/kernel/btf/overlay", &vmlinux).ok();
+        Ok(Self { vmlinux, overlay })
+    }
+}
+
+/// Computes [`Config`] from BTF: every offset and argument position the
+/// programs use.
+pub fn layout(btf: &KernelBtf) -> Result<Config> {
+    let v = &btf.vmlinux;
+    let off = |s: &str, m: &str| {
+        v.member_offset(s, m)
+            .with_context(|| format!("kernel BTF has no {s}.{m}"))
+    };
+    let d_name = off("dentry", "d_name")?;
+    let mut cfg = Config {
+        dentry_d_parent: off("dentry", "d_parent")?,
+        dentry_d_name_name: d_name + off("qstr", "name")?,
+        dentry_d_name_len: d_name + off("qstr", "len")?,
+        dentry_d_inode: off("dentry", "d_inode")?,
+        dentry_d_sb: off("dentry", "d_sb")?,
+        inode_i_mode: off("inode", "i_mode")?,
+        inode_i_sb: off("inode", "i_sb")?,
+        sb_s_dev: off("super_block", "s_dev")?,
+        sb_s_magic: off("super_block", "s_magic")?,
+        file_f_inode: off("file", "f_inode")?,
+        kiocb_ki_filp: off("kiocb", "ki_filp")?,
+        ..Default::default()
+    };
+
+    // Overlay's own functions. With module BTF (6.1 and later in Debian)
+    // positions come from their prototypes. Without it (Debian 5.10 builds
+    // no module BTF) two sound sources remain: the VFS operation tables in
+    // vmlinux BTF fix the prototypes of ovl_rename and ovl_mkdir (they are
+    // assigned to inode_operations.rename/.mkdir), and the internal copy-up
+    // and remove helpers have had the same parameter order in every kernel
+    // from 4.19 to 7.2 (checked against module BTF by the guest tests).
+    let ovl = btf.overlay.as_ref();
+    let ovl_param = |func: &str, name: &str, fallback: u32| -> u32 {
+        ovl.and_then(|b| b.param_index(func, name))
+            .map(|i| i as u32)
+            .unwrap_or(fallback)
+    };
+    cfg.copy_up_flags_dentry_arg = ovl_param("ovl_copy_up_flags", "dentry", 0);
+    cfg.copy_up_one_dentry_arg = ovl_param("ovl_copy_up_one", "dentry", 1);
+    cfg.copy_data_len_arg = 3;
+    cfg.do_remove_dentry_arg = ovl_param("ovl_do_remove", "dentry", 0);
+    cfg.do_remove_is_dir_arg = ovl_param("ovl_do_remove", "is_dir", 1);
+
+    let iop_dentries = |member: &str| -> Result<Vec<u32>> {
+        let pos = v
+            .member_fn_ptr_param_positions("inode_operations", member, "dentry")
+            .with_context(|| format!("kernel BTF has no inode_operations.{member}"))?;
+        Ok(pos.into_iter().map(|p| p as u32).collect())
+    };
+    match ovl.and_then(|b| Some((b.param_index("ovl_rename", "old")?, b.param_index("ovl_rename", "new")?))) {
+        Some((o, n)) => {
+            cfg.rename_old_arg = o as u32;
+            cfg.rename_new_arg = n as u32;
+        }
+        None => {
+            let d = iop_dentries("rename")?;
+            if d.len() < 2 {
+                bail!("inode_operations.rename has fewer than two dentry parameters");
+            }
+            cfg.rename_old_arg = d[0];
+            cfg.rename_new_arg = d[1];
+        }
+    }
+    cfg.mkdir_dentry_arg = match ovl.and_then(|b| b.param_index("ovl_mkdir", "dentry")) {
+        Some(i) => i as u32,
+        None => *iop_dentries("mkdir")?
+            .first()
+            .ok_or_else(|| anyhow!("inode_operations.mkdir has no dentry parameter"))?,
+    };
+
+    // vfs_rename took its flags directly until 5.11, then in a struct.
+    let params = v.func_params("vfs_rename").context("kernel BTF has no vfs_rename")?;
+    if let Some(i) = params.iter().position(|p| p.type_desc.is_ptr_to_struct("renamedata")) {
+        cfg.vfs_rename_flags_arg = i as u32;
+        cfg.vfs_rename_flags_off = off("renamedata", "flags")?;
+    } else {
+        cfg.vfs_rename_flags_arg = v
+            .param_index("vfs_rename", "flags")
+            .ok_or_else(|| anyhow!("vfs_rename has no flags parameter"))?
+            as u32;
+        cfg.vfs_rename_flags_off = DIRECT;
+    }
+    cfg.vfs_setxattr_name_arg = v
+        .param_index("vfs_setxattr", "name")
+        .ok_or_else(|| anyhow!("vfs_setxattr has no name parameter"))? as u32;
+    Ok(cfg)
+}
+
+/// Loaded and attached probes. Dropping it detaches everything.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub report: ProbeReport,
+}
+
+/// One attach point: which programs, which kernel functions to try in order.
+struct Point {
+    role: &'static str,
+    candidates: &'static [&'static str],
+    kind: PointKind,
+}
+
+enum PointKind {
+    /// kprobe only (module functions: stock aya cannot fentry into modules).
+    Kprobe { entry: &'static str },
+    KprobePair { entry: &'static str, ret: &'static str },
+    /// fentry where vmlinux BTF has the function, else kprobe.
+    Traced { fentry: &'static str, kprobe: &'static str },
+    TracedPair {
+        fentry: &'static str,
+        fexit: &'static str,
+        fallback: &'static Point,
+    },
+}
+
+static WRITE_FALLBACK: Point = Point {
+    role: "write",
+    candidates: &["ovl_write_iter"],
+    kind: PointKind::KprobePair {
+        entry: "ovl_write_iter",
+        ret: "ovl_write_iter_ret",
+    },
+};
+
+static POINTS: &[Point] = &[
+    Point {
+        role: "copy_up_operation",
+        candidates: &["ovl_copy_up_flags"],
+        kind: PointKind::Kprobe { entry: "ovl_copy_up_flags" },
+    },
+    Point {
+        role: "copy_up_object",
+        candidates: &["ovl_copy_up_one"],
+        kind: PointKind::KprobePair {
+            entry: "ovl_copy_up_one",
+            ret: "ovl_copy_up_one_ret",
+        },
+    },
+    Point {
+        role: "copy_up_data",
+        candidates: &["ovl_copy_up_file", "ovl_copy_up_data"],
+        kind: PointKind::Kprobe { entry: "ovl_copy_up_data" },
+    },
+    Point {
+        role: "copy_up_done",
+        candidates: &["security_inode_copy_up"],
+        kind: PointKind::Traced {
+            fentry: "security_inode_copy_up_fentry",
+            kprobe: "security_inode_copy_up",
+        },
+    },
+    Point {
+        role: "remove",
+        candidates: &["ovl_do_remove"],
+        kind: PointKind::KprobePair {
+            entry: "ovl_do_remove",
+            ret: "ovl_do_remove_ret",
+        },
+    },
+    Point {
+        role: "whiteout",
+        candidates: &["ovl_cleanup_and_whiteout"],
+        kind: PointKind::Kprobe { entry: "ovl_cleanup_and_whiteout" },
+    },
+    Point {
+        role: "rename",
+        candidates: &["ovl_rename"],
+        kind: PointKind::KprobePair {
+            entry: "ovl_rename",
+            ret: "ovl_rename_ret",
+        },
+    },
+    Point {
+        role: "rename_whiteout",
+        candidates: &["vfs_rename"],
+        kind: PointKind::Traced {
+            fentry: "vfs_rename_fentry",
+            kprobe: "vfs_rename",
+        },
+    },
+    Point {
+        role: "mkdir",
+        candidates: &["ovl_mkdir"],
+        kind: PointKind::KprobePair {
+            entry: "ovl_mkdir",
+            ret: "ovl_mkdir_ret",
+        },
+    },
+    Point {
+        role: "opaque_dir",
+        candidates: &["vfs_setxattr"],
+        kind: PointKind::Traced {
+            fentry: "vfs_setxattr_fentry",
+            kprobe: "vfs_setxattr",
+        },
+    },
+    Point {
+        role: "write",
+        candidates: &["vfs_write"],
+        kind: PointKind::TracedPair {
+            fentry: "vfs_write_fentry",
+            fexit: "vfs_write_fexit",
+            fallback: &WRITE_FALLBACK,
+        },
+    },
+];
+
+/// What `doctor` shows before anything is loaded: the plan per point.
+pub fn plan(syms: &KernelSymbols, btf: Option<&KernelBtf>, opts: &ProbeOptions) -> Vec<AttachedPoint> {
+    POINTS
+        .iter()
+        .map(|p| {
+            let function = p.candidates.iter().find(|c| syms.has(c));
+            let Some(function) = function else {
+                return AttachedPoint {
+                    role: p.role,
+                    function: format!("none of {} (inlined or missing)", p.candidates.join(", ")),
+                    method: "unavailable".into(),
+                };
+            };
+            let fentry_ok = !opts.force_kprobes
+                && btf.is_some_and(|b| b.vmlinux.has_func(function));
+            let method = match &p.kind {
+                PointKind::Kprobe { .. } => "kprobe",
+                PointKind::KprobePair { .. } => "kprobe+kretprobe",
+                PointKind::Traced { .. } if fentry_ok => "fentry",
+                PointKind::Traced { .. } => "kprobe",
+                PointKind::TracedPair { .. } if fentry_ok => "fentry+fexit",
+                PointKind::TracedPair { fallback, .. } => {
+                    return AttachedPoint {
+                        role: p.role,
+                        function: fallback.candidates[0].to_string(),
+                        method: "kprobe+kretprobe".into(),
+                    }
+                }
+            };
+            AttachedPoint {
+                role: p.role,
+                function: function.to_string(),
+                method: method.into(),
+            }
+        })
+        .collect()
+}
+
+impl Probes {
+    /// Loads the object with this kernel's layout and attaches every point.
+    pub fn attach(syms: &KernelSymbols, btf: &KernelBtf, opts: &ProbeOptions) -> Result<Self> {
+        let mut cfg = layout(btf)?;
+        cfg.filter = opts.filter as u32;
+        let aya_btf = aya::Btf::from_sys_fs().ok();
+        let mut ebpf = EbpfLoader::new()
+            .btf(aya_btf.as_ref())
+            .override_global("CONFIG", &cfg, true)
+            .load(PROBES_OBJECT)
+            .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
+        let mut report = ProbeReport::default();
+        for point in POINTS {
+            let attached = attach_point(&mut ebpf, point, syms, aya_btf.as_ref(), opts)
+                .with_context(|| format!("attaching {}", point.role))?;
+            report.points.push(attached);
+        }
+        Ok(Self { ebpf, report })
+    }
+}
+
+fn attach_point(
+    ebpf: &mut Ebpf,
+    point: &Point,
+    syms: &KernelSymbols,
+    btf: Option<&aya::Btf>,
+    opts: &ProbeOptions,
+) -> Result<AttachedPoint> {
+    let function = point
+        .candidates
+        .iter()
+        .find(|c| syms.has(c))
+        .ok_or_else(|| {
+            anyhow!(
+                "the kernel has none of {} (inlined or overlay not loaded)",
+                point.candidates.join(", ")
+            )
+        })?;
+    let done = |method: &str| AttachedPoint {
+        role: point.role,
+        function: function.to_string(),
+        method: method.into(),
+    };
+    match &point.kind {
+        PointKind::Kprobe { entry } => {
+            kprobe(ebpf, entry, function)?;
+            Ok(done("kprobe"))
+        }
+        PointKind::KprobePair { entry, ret } => {
+            kprobe(ebpf, entry, function)?;
+            kprobe(ebpf, ret, function)?;
+            Ok(done("kprobe+kretprobe"))
+        }
+        PointKind::Traced { fentry, kprobe: kp } => {
+            if let (false, Some(btf)) = (opts.force_kprobes, btf) {
+                if fentry_attach(ebpf, fentry, function, btf).is_ok() {
+                    return Ok(done("fentry"));
+                }
+            }
+            kprobe(ebpf, kp, function)?;
+            Ok(done("kprobe"))
+        }
+        PointKind::TracedPair {
+            fentry,
+            fexit,
+            fallback,
+        } => {
+            if let (false, Some(btf)) = (opts.force_kprobes, btf) {
+                if fentry_attach(ebpf, fentry, function, btf).is_ok() {
+                    fexit_attach(ebpf, fexit, function, btf)?;
+                    return Ok(done("fentry+fexit"));
+                }
+            }
+            attach_point(ebpf, fallback, syms, btf, opts)
+        }
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    Ok(prog.try_into()?)
+}
+
+fn kprobe(ebpf: &mut Ebpf, prog: &str, function: &str) -> Result<()> {
+    let p: &mut KProbe = program(ebpf, prog)?;
+    p.load().map_err(|e| anyhow!("loading {prog}: {}", verifier_error(&e)))?;
+    p.attach(function, 0)
+        .map_err(|e| anyhow!("kprobe on {function}: {e}"))?;
+    Ok(())
+}
+
+fn fentry_attach(ebpf: &mut Ebpf, prog: &str, function: &str, btf: &aya::Btf) -> Result<()> {
+    let p: &mut FEntry = program(ebpf, prog)?;
+    p.load(function, btf)
+        .map_err(|e| anyhow!("loading {prog}: {}", verifier_error(&e)))?;
+    p.attach().map_err(|e| anyhow!("fentry on {function}: {e}"))?;
+    Ok(())
+}
+
+fn fexit_attach(ebpf: &mut Ebpf, prog: &str, function: &str, btf: &aya::Btf) -> Result<()> {
+    let p: &mut FExit = program(ebpf, prog)?;
+    p.load(function, btf)
+        .map_err(|e| anyhow!("loading {prog}: {}", verifier_error(&e)))?;
+    p.attach().map_err(|e| anyhow!("fexit on {function}: {e}"))?;
+    Ok(())
+}
+
+/// Keeps the verifier log's last lines: the whole log is pages long.
+fn verifier_error(e: &aya::programs::ProgramError) -> String {
+    let text = format!("{e:#}");
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines.len().saturating_sub(12);
+    lines[tail..].join("\n")
+}
+
+/// Whether this kernel loads BPF tracing programs (fentry/fexit).
+pub fn tracing_programs_supported() -> Result<bool> {
+    Ok(aya::sys::is_program_supported(aya::programs::ProgramType::Tracing)?)
+}

@@ -1,0 +1,245 @@
+//! The latency report (`--json`, schema `cowtrace/v1`, see
+//! docs/json-schema.md) and the NDJSON event stream (`--events`). Built
+//! from [`crate::stats`] only: nothing here knows about the kernel.
+
+use crate::event::{Kind, KernelEvent};
+use crate::stats::{top_files, Owner, OwnerStats, WriteTotals};
+use anyhow::{Context, Result};
+use hdrhistogram::serialization::{Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use serde_json::{json, Map, Value};
+use std::io::Write;
+use std::path::Path;
+
+pub const SCHEMA: &str = "cowtrace/v1";
+
+/// Facts about the run that are not per container.
+pub struct RunInfo<'a> {
+    pub kernel: &'a str,
+    pub started: &'a str,
+    pub duration_s: f64,
+    pub probes: Value,
+    pub drops: [u64; 3],
+    pub write_sample_every: u64,
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `{count, bytes, latency_ns{...}, buckets, hdr}` for one histogram.
+pub fn latency_block(count: u64, bytes: u64, h: &Histogram<u64>) -> Value {
+    let empty = h.is_empty();
+    let q = |q: f64| if empty { Value::Null } else { json!(h.value_at_quantile(q)) };
+    let mut hdr = Vec::new();
+    let hdr = match V2Serializer::new().serialize(h, &mut hdr) {
+        Ok(_) => base64(&hdr),
+        Err(_) => String::new(),
+    };
+    // Log2 buckets like bpftrace's hist(): [lo, hi) ns with counts.
+    let buckets: Vec<Value> = if empty {
+        Vec::new()
+    } else {
+        let mut v = Vec::new();
+        let mut lo = 1u64;
+        while lo <= h.max() {
+            let hi = lo.saturating_mul(2);
+            let n = h.count_between(lo, hi - 1);
+            if n > 0 {
+                v.push(json!({"min": lo, "max": hi - 1, "count": n}));
+            }
+            lo = hi;
+        }
+        v
+    };
+    json!({
+        "count": count,
+        "bytes": bytes,
+        "latency_ns": {
+            "min": if empty { Value::Null } else { json!(h.min()) },
+            "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+            "max": if empty { Value::Null } else { json!(h.max()) },
+            "mean": if empty { Value::Null } else { json!(h.mean().round() as u64) },
+        },
+        "buckets": buckets,
+        "hdr": hdr,
+    })
+}
+
+fn ratio(a: &Histogram<u64>, b: &Histogram<u64>, q: f64) -> Value {
+    if a.is_empty() || b.is_empty() {
+        return Value::Null;
+    }
+    let d = b.value_at_quantile(q).max(1) as f64;
+    json!((a.value_at_quantile(q) as f64 / d * 100.0).round() / 100.0)
+}
+
+pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
+    let top: Vec<Value> = top_files(&s.files, 10)
+        .into_iter()
+        .map(|(path, c)| json!({"path": path, "count": c.count, "total_ns": c.total_ns, "bytes": c.bytes}))
+        .collect();
+    let mut copy_up = latency_block(s.copy_up_count, s.copy_up_bytes, &s.copy_up);
+    copy_up["operation_latency_ns"] = latency_block(s.copy_up_op.len(), 0, &s.copy_up_op)["latency_ns"].clone();
+    let mut writes = latency_block(w.count, w.bytes, &w.latency);
+    writes["timed"] = json!(w.timed);
+    json!({
+        "id": owner.id,
+        "name": owner.name,
+        "image": owner.image,
+        "copy_up": copy_up,
+        "writes": writes,
+        "whiteouts": {"count": s.whiteouts},
+        "opaque_dirs": {"count": s.opaque_dirs},
+        "copy_up_vs_write": {
+            "p50_ratio": ratio(&s.copy_up, &w.latency, 0.5),
+            "p99_ratio": ratio(&s.copy_up, &w.latency, 0.99),
+        },
+        "top_files": top,
+    })
+}
+
+pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
+    let kinds = ["copy_up", "whiteout", "opaque_dir"];
+    let drops: Map<String, Value> = kinds
+        .iter()
+        .zip(run.drops)
+        .map(|(k, n)| (k.to_string(), json!(n)))
+        .collect();
+    json!({
+        "schema": SCHEMA,
+        "kernel": run.kernel,
+        "started": run.started,
+        "duration_s": (run.duration_s * 1000.0).round() / 1000.0,
+        "probes": run.probes,
+        "write_sample_every": run.write_sample_every,
+        "drops": drops,
+        "containers": containers,
+    })
+}
+
+/// One `--events` line.
+pub fn event_json(owner: &Owner, trigger: Option<&str>, ev: &KernelEvent) -> Value {
+    let mut v = json!({
+        "type": ev.kind_name(),
+        "ts_ns": ev.ts_ns,
+        "container": {"id": owner.id, "name": owner.name},
+        "pid": ev.pid,
+        "tid": ev.tid,
+        "comm": ev.comm,
+        "path": ev.path_display(),
+        "file_type": ev.file_type,
+        "dev": format!("{}:{}", ev.dev >> 20, ev.dev & 0xfffff),
+        "cgroup_id": ev.cgroup_id,
+    });
+    match &ev.kind {
+        Kind::CopyUp(c) => {
+            v["bytes"] = json!(c.bytes);
+            v["latency_ns"] = json!(c.latency_ns);
+            v["op_latency_ns"] = json!(c.op_latency_ns);
+            v["parents"] = json!(c.parents);
+            v["data"] = json!(c.data);
+            v["ancestor"] = json!(c.ancestor);
+            v["trigger"] = json!(trigger.unwrap_or("other"));
+        }
+        Kind::Whiteout { cause } => {
+            v["cause"] = json!(cause);
+        }
+        Kind::OpaqueDir => {}
+    }
+    v
+}
+
+/// Writes `value` to `path` atomically: a new temporary file beside it
+/// (created exclusively, never through a symlink), fsync, rename.
+pub fn write_atomic(path: &Path, value: &Value) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().context("--json needs a file name")?;
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let res = (|| -> Result<()> {
+        serde_json::to_writer_pretty(&mut f, value)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::new_hist;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn container_json_has_the_documented_shape() {
+        let mut s = OwnerStats::default();
+        s.copy_up_count = 2;
+        s.copy_up_bytes = 10;
+        s.copy_up.record(100_000).unwrap();
+        s.copy_up.record(300_000).unwrap();
+        s.copy_up_op.record(300_000).unwrap();
+        let mut w = WriteTotals::default();
+        w.count = 3;
+        w.latency.record(1_000).unwrap();
+        let v = container_json(&Owner::host(), &s, &w);
+        assert_eq!(v["id"], "host");
+        assert_eq!(v["copy_up"]["count"], 2);
+        for k in ["min", "p50", "p90", "p99", "p999", "max", "mean"] {
+            assert!(v["copy_up"]["latency_ns"][k].is_u64(), "{k}");
+        }
+        assert!(v["copy_up"]["hdr"].as_str().unwrap().len() > 8);
+        assert!(v["copy_up_vs_write"]["p50_ratio"].as_f64().unwrap() > 50.0);
+        assert_eq!(v["writes"]["count"], 3);
+        assert_eq!(v["whiteouts"]["count"], 0);
+        let empty = latency_block(0, 0, &new_hist());
+        assert!(empty["latency_ns"]["p50"].is_null());
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_refuses_symlinked_temp() {
+        let dir = std::env::temp_dir().join(format!("cowtrace-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("r.json");
+        write_atomic(&p, &json!({"a": 1})).unwrap();
+        write_atomic(&p, &json!({"a": 2})).unwrap();
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(v["a"], 2);
+        let unwritable = Path::new("/proc/cowtrace-no/r.json");
+        assert!(write_atomic(unwritable, &json!({})).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
