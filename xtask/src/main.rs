@@ -1,1 +1,95 @@
-fn main(){}
+//! `cargo xtask`: setup, build and guest VMs for cowtrace (see lib.rs).
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+use xtask::guest::{self, Copy, GuestFailure, GuestSpec};
+use xtask::kernel::Series;
+use xtask::{build, setup};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "cowtrace developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the other commands need (apt packages, rust-src, bpf-linker).
+    Setup,
+    /// Build the static cowtrace agent.
+    Build,
+    /// Boot a Debian kernel in QEMU and run COMMAND in it.
+    Vm(VmArgs),
+}
+
+#[derive(Args)]
+struct VmArgs {
+    /// Kernel series: 5.10, 6.1, 6.12 or latest.
+    #[arg(long, default_value = "6.1")]
+    kernel: Series,
+    /// Boot a Debian rootfs with a running Docker engine.
+    #[arg(long)]
+    docker: bool,
+    /// HOST_PATH:GUEST_PATH to put into the guest (repeatable).
+    #[arg(long = "copy", value_name = "HOST_PATH:GUEST_PATH")]
+    copies: Vec<Copy>,
+    /// Host directory receiving what COMMAND writes under /out.
+    #[arg(long, value_name = "HOST_DIR")]
+    out: Option<PathBuf>,
+    /// Seconds for the whole guest run.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(f) = e.downcast_ref::<GuestFailure>() {
+                eprintln!("xtask vm: {f}");
+                f.exit_code()
+            } else {
+                eprintln!("xtask: error: {e:#}");
+                125
+            }
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Setup => {
+            let t = setup::ensure()?;
+            println!("ok: bpf-linker in {}", t.bpf_linker_bin.display());
+            Ok(0)
+        }
+        Cmd::Build => {
+            let t = setup::ensure()?;
+            let agent = build::agent(&t)?;
+            println!("{}", agent.display());
+            Ok(0)
+        }
+        Cmd::Vm(a) => {
+            let t = setup::ensure()?;
+            let agent = build::agent(&t)?;
+            let spec = GuestSpec {
+                kernel: a.kernel,
+                docker: a.docker,
+                copies: a.copies,
+                out: a.out,
+                timeout: Duration::from_secs(a.timeout),
+                command: a.command,
+                agent: Some(agent),
+            };
+            guest::run(&spec)
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! cowtrace's developer tasks as a library.
+//!
+//! `cargo xtask` (see `main.rs`) is a thin command line over these modules;
+//! other tasks (tests, demos) can call them directly:
+//!
+//! * [`setup`]: install and locate the tools everything else needs.
+//! * [`build`]: build the static agent and the guest test binaries.
+//! * [`kernel`]: download and unpack Debian kernel packages per series.
+//! * [`guest`]: boot a kernel in QEMU and run one command in it.
+//! * [`docker`]: the Debian rootfs with a Docker engine for `--docker` guests.
+//! * [`apt`], [`cpio`], [`qemu`], [`util`]: the plumbing underneath.
+
+pub mod apt;
+pub mod build;
+pub mod cpio;
+pub mod docker;
+pub mod guest;
+pub mod kernel;
+pub mod qemu;
+pub mod setup;
+pub mod util;

@@ -1,0 +1,311 @@
+//! Running one QEMU guest to completion, streaming its serial ports.
+//!
+//! Serial ports: ttyS0 = kernel console (log file only), ttyS1 = the
+//! command's stdout, ttyS2 = its stderr, ttyS3 = control lines written by
+//! the guest's init (`COWTRACE-START`, `COWTRACE-READY`, `COWTRACE-FAIL
+//! <why>`, `COWTRACE-OUT-BEGIN`/`-END` around base64 tar of /out,
+//! `COWTRACE-EXIT <status>`). Each port goes to a file in the run directory
+//! that the host tails while QEMU runs. QEMU is killed on timeout and gets
+//! SIGKILL if this process dies, so it never outlives the command.
+
+use crate::util::{self, note};
+use anyhow::{Context, Result};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How QEMU executes the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+/// One boot.
+#[derive(Debug, Clone)]
+pub struct Boot {
+    pub vmlinuz: PathBuf,
+    pub initrd: PathBuf,
+    /// A virtio disk: (image, format).
+    pub disk: Option<(PathBuf, &'static str)>,
+    /// Logs go here.
+    pub run_dir: PathBuf,
+    pub timeout: Duration,
+    pub accel: Accel,
+    pub memory_mb: u32,
+}
+
+/// Where the command's output goes on the host.
+pub struct Sinks {
+    pub stdout: Box<dyn Write + Send>,
+    pub stderr: Box<dyn Write + Send>,
+}
+
+impl Sinks {
+    /// The host's own stdout and stderr.
+    pub fn inherit() -> Self {
+        Sinks {
+            stdout: Box::new(std::io::stdout()),
+            stderr: Box::new(std::io::stderr()),
+        }
+    }
+    /// Discard everything.
+    pub fn null() -> Self {
+        Sinks {
+            stdout: Box::new(std::io::sink()),
+            stderr: Box::new(std::io::sink()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The command ran and exited with this status.
+    Exited(i32),
+    /// Killed after the timeout.
+    TimedOut,
+    /// The kernel panicked (the panic line).
+    Panicked(String),
+    /// The guest init reported a failure before the command.
+    InitFailed(String),
+    /// QEMU stopped without an exit status (boot failure, crash).
+    NoStatus,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub outcome: Outcome,
+    /// Base64-decoded tar of the guest's /out, if it wrote anything.
+    pub out_tar: Option<Vec<u8>>,
+    /// From QEMU start to `COWTRACE-READY` (docker) ...
+    pub ready_after: Option<Duration>,
+    /// ... and to `COWTRACE-START` (the command starts).
+    pub start_after: Option<Duration>,
+    pub elapsed: Duration,
+    pub console_log: PathBuf,
+    pub qemu_log: PathBuf,
+}
+
+impl Report {
+    /// The last `n` lines of the console log.
+    pub fn console_tail(&self, n: usize) -> String {
+        let text = fs::read(&self.console_log).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+struct Tail {
+    file: File,
+}
+
+impl Tail {
+    fn open(path: &Path) -> Result<Self> {
+        File::create(path)?;
+        Ok(Tail {
+            file: File::open(path)?,
+        })
+    }
+    fn read_new(&mut self, buf: &mut Vec<u8>) -> usize {
+        let before = buf.len();
+        let _ = self.file.read_to_end(buf);
+        buf.len() - before
+    }
+}
+
+#[derive(Default)]
+struct Control {
+    partial: Vec<u8>,
+    in_out: bool,
+    out_b64: Vec<u8>,
+    out_done: bool,
+    exit: Option<i32>,
+    fail: Option<String>,
+    start: Option<Duration>,
+    ready: Option<Duration>,
+}
+
+impl Control {
+    fn feed(&mut self, data: &[u8], now: Duration) {
+        self.partial.extend_from_slice(data);
+        while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=pos).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+            if self.in_out {
+                if line == "COWTRACE-OUT-END" {
+                    self.in_out = false;
+                    self.out_done = true;
+                } else {
+                    self.out_b64.extend_from_slice(line.as_bytes());
+                }
+            } else if line == "COWTRACE-OUT-BEGIN" {
+                self.in_out = true;
+            } else if line == "COWTRACE-START" {
+                self.start.get_or_insert(now);
+            } else if line == "COWTRACE-READY" {
+                self.ready.get_or_insert(now);
+            } else if let Some(rc) = line.strip_prefix("COWTRACE-EXIT ") {
+                self.exit = rc.trim().parse().ok().or(Some(125));
+            } else if let Some(why) = line.strip_prefix("COWTRACE-FAIL ") {
+                self.fail.get_or_insert(why.to_string());
+            }
+        }
+    }
+}
+
+/// Boot, stream ttyS1/ttyS2 into `sinks` until QEMU stops or times out.
+pub fn boot(b: &Boot, sinks: &mut Sinks) -> Result<Report> {
+    fs::create_dir_all(&b.run_dir)?;
+    let console_log = b.run_dir.join("console.log");
+    let qemu_log = b.run_dir.join("qemu.log");
+    let mut console = Tail::open(&console_log)?;
+    let mut out = Tail::open(&b.run_dir.join("stdout.log"))?;
+    let mut err = Tail::open(&b.run_dir.join("stderr.log"))?;
+    let mut ctl = Tail::open(&b.run_dir.join("control.log"))?;
+
+    let mut cmd = Command::new("qemu-system-x86_64");
+    match b.accel {
+        Accel::Tcg => cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
+        Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
+    };
+    cmd.args(["-smp", "2", "-m", &b.memory_mb.to_string()])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-nic",
+            "none",
+        ])
+        .arg("-kernel")
+        .arg(&b.vmlinuz)
+        .arg("-initrd")
+        .arg(&b.initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"]);
+    for name in ["console.log", "stdout.log", "stderr.log", "control.log"] {
+        cmd.arg("-serial")
+            .arg(format!("file:{}", b.run_dir.join(name).display()));
+    }
+    if let Some((disk, format)) = &b.disk {
+        cmd.arg("-drive").arg(format!(
+            "file={},if=virtio,format={format},discard=unmap",
+            disk.display()
+        ));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(File::create(&qemu_log)?)
+        .stderr(File::create(&qemu_log)?.try_clone()?);
+    // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    fs::write(b.run_dir.join("qemu.cmdline"), util::describe(&cmd))?;
+    let t0 = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .context("cannot start qemu-system-x86_64 (run `cargo xtask setup`)")?;
+
+    let mut c = Control::default();
+    let mut buf = Vec::new();
+    let mut timed_out = false;
+    let mut exit_seen_at: Option<Instant> = None;
+    loop {
+        let status = child.try_wait()?;
+        let mut moved = 0;
+        buf.clear();
+        if out.read_new(&mut buf) > 0 {
+            moved += buf.len();
+            let _ = sinks.stdout.write_all(&buf);
+            let _ = sinks.stdout.flush();
+        }
+        buf.clear();
+        if err.read_new(&mut buf) > 0 {
+            moved += buf.len();
+            let _ = sinks.stderr.write_all(&buf);
+            let _ = sinks.stderr.flush();
+        }
+        buf.clear();
+        if ctl.read_new(&mut buf) > 0 {
+            moved += buf.len();
+            c.feed(&buf, t0.elapsed());
+        }
+        if status.is_some() {
+            break;
+        }
+        if c.exit.is_some() && exit_seen_at.is_none() {
+            exit_seen_at = Some(Instant::now());
+        }
+        // The guest powers itself off after the exit line; don't wait long.
+        if exit_seen_at.is_some_and(|t| t.elapsed() > Duration::from_secs(20)) {
+            note("guest did not power off after the command; killing QEMU");
+            let _ = child.kill();
+        }
+        if t0.elapsed() > b.timeout {
+            timed_out = true;
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        if moved == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // Final drain (QEMU has exited and flushed its files).
+    for (tail, sink) in [(&mut out, &mut sinks.stdout), (&mut err, &mut sinks.stderr)] {
+        buf.clear();
+        if tail.read_new(&mut buf) > 0 {
+            let _ = sink.write_all(&buf);
+            let _ = sink.flush();
+        }
+    }
+    buf.clear();
+    ctl.read_new(&mut buf);
+    c.feed(&buf, t0.elapsed());
+    c.feed(b"\n", t0.elapsed());
+    let mut log = Vec::new();
+    console.read_new(&mut log);
+    let log = String::from_utf8_lossy(&log);
+    let panic = log
+        .lines()
+        .find(|l| l.contains("Kernel panic"))
+        .map(|l| l.trim().to_string());
+
+    let outcome = if let Some(rc) = c.exit {
+        Outcome::Exited(rc)
+    } else if timed_out {
+        Outcome::TimedOut
+    } else if let Some(p) = panic {
+        Outcome::Panicked(p)
+    } else if let Some(f) = c.fail.clone() {
+        Outcome::InitFailed(f)
+    } else {
+        Outcome::NoStatus
+    };
+    let out_tar = if c.out_done {
+        use base64::Engine;
+        Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(&c.out_b64)
+                .context("the guest's /out archive is corrupt")?,
+        )
+    } else {
+        None
+    };
+    Ok(Report {
+        outcome,
+        out_tar,
+        ready_after: c.ready,
+        start_after: c.start,
+        elapsed: t0.elapsed(),
+        console_log,
+        qemu_log,
+    })
+}
