@@ -49,7 +49,9 @@ impl DockerApi {
         s.read_to_end(&mut buf)?;
         let text = String::from_utf8_lossy(&buf);
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        if !head.starts_with("HTTP/1.") || !head.split(' ').nth(1).is_some_and(|c| c.starts_with('2')) {
+        if !head.starts_with("HTTP/1.")
+            || !head.split(' ').nth(1).is_some_and(|c| c.starts_with('2'))
+        {
             return Err(std::io::Error::other(format!(
                 "docker API {path}: {}",
                 head.lines().next().unwrap_or("")
@@ -64,14 +66,23 @@ impl DockerApi {
         let mut out = Vec::new();
         for c in list.as_array().into_iter().flatten() {
             let id = c["Id"].as_str().unwrap_or_default().to_string();
-            let name = c["Names"][0].as_str().unwrap_or_default().trim_start_matches('/').to_string();
+            let name = c["Names"][0]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string();
             let image = c["Image"].as_str().unwrap_or_default().to_string();
             let pid = self
                 .get(&format!("/containers/{id}/json"))
                 .ok()
                 .and_then(|d| d["State"]["Pid"].as_u64())
                 .map(|p| p as u32);
-            out.push(ContainerInfo { id, name, image, pid });
+            out.push(ContainerInfo {
+                id,
+                name,
+                image,
+                pid,
+            });
         }
         Ok(out)
     }
@@ -95,7 +106,7 @@ impl ContainerResolver {
             "no Docker/podman API socket found: containers are named by their id".to_string()
         });
         let mut r = Self {
-            cgroups: CgroupIndex::scan("/sys/fs/cgroup").ok(),
+            cgroups: crate::cgroup::default_root().and_then(|r| CgroupIndex::scan(r).ok()),
             docker,
             known: HashMap::new(),
             by_cgroup: HashMap::new(),
@@ -108,7 +119,10 @@ impl ContainerResolver {
 
     /// Asks the runtime again (at most every 500 ms).
     fn refresh_containers(&mut self) {
-        if self.last_refresh.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+        if self
+            .last_refresh
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+        {
             return;
         }
         self.last_refresh = Some(Instant::now());
@@ -120,7 +134,9 @@ impl ContainerResolver {
                 }
             }
             Err(e) if self.warned.is_none() => {
-                self.warned = Some(format!("Docker API unavailable ({e}): containers are named by their id"));
+                self.warned = Some(format!(
+                    "Docker API unavailable ({e}): containers are named by their id"
+                ));
             }
             Err(_) => {}
         }
@@ -140,7 +156,10 @@ impl ContainerResolver {
             .values()
             .find(|c| c.name == wanted)
             .or_else(|| {
-                let mut m = self.known.values().filter(|c| wanted.len() >= 4 && c.id.starts_with(wanted));
+                let mut m = self
+                    .known
+                    .values()
+                    .filter(|c| wanted.len() >= 4 && c.id.starts_with(wanted));
                 let first = m.next();
                 if m.next().is_some() {
                     None

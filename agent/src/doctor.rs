@@ -51,12 +51,16 @@ fn kprobes_available() -> bool {
 
 fn overlay_loaded() -> bool {
     std::fs::read_to_string("/proc/filesystems")
-        .map(|s| s.lines().any(|l| l.split_whitespace().last() == Some("overlay")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().last() == Some("overlay"))
+        })
         .unwrap_or(false)
 }
 
 fn overlay_builtin(release: &str) -> Option<bool> {
-    let builtin = std::fs::read_to_string(format!("/lib/modules/{release}/modules.builtin")).ok()?;
+    let builtin =
+        std::fs::read_to_string(format!("/lib/modules/{release}/modules.builtin")).ok()?;
     Some(builtin.lines().any(|l| l.ends_with("/overlay.ko")))
 }
 
@@ -88,7 +92,11 @@ pub fn check(opts: &ProbeOptions) -> (Vec<Finding>, Option<KernelSymbols>, Optio
         detail: match &btf {
             Ok(b) => format!(
                 "vmlinux BTF present; overlay module BTF {}",
-                if b.overlay.is_some() { "present" } else { "absent (argument positions from vmlinux BTF)" }
+                if b.overlay.is_some() {
+                    "present"
+                } else {
+                    "absent (argument positions from vmlinux BTF)"
+                }
             ),
             Err(e) => format!("{e:#}"),
         },
@@ -106,9 +114,10 @@ pub fn check(opts: &ProbeOptions) -> (Vec<Finding>, Option<KernelSymbols>, Optio
         fatal: true,
     });
     let tracing = crate::probes::tracing_programs_supported();
+    let tracing_ok = matches!(tracing, Ok(true));
     f.push(Finding {
         what: "BPF tracing programs",
-        ok: matches!(tracing, Ok(true)),
+        ok: tracing_ok,
         detail: match tracing {
             Ok(true) => "fentry/fexit load".into(),
             Ok(false) => "refused by this kernel: fentry/fexit unavailable (kprobes are used instead where they exist)".into(),
@@ -124,13 +133,15 @@ pub fn check(opts: &ProbeOptions) -> (Vec<Finding>, Option<KernelSymbols>, Optio
         detail: match (loaded, overlay_builtin(&release)) {
             (true, Some(true)) => "built into the kernel".into(),
             (true, _) => "module loaded".into(),
-            (false, _) => "overlayfs is not loaded: run `modprobe overlay` (or start the container engine)".into(),
+            (false, _) => {
+                "overlayfs is not loaded: run `modprobe overlay` (or start the container engine)"
+                    .into()
+            }
         },
         fatal: true,
     });
     let syms = KernelSymbols::load().ok();
     if let Some(syms) = &syms {
-        let tracing_ok = matches!(tracing, Ok(true));
         for p in plan(syms, btf.as_ref().ok().filter(|_| tracing_ok), opts) {
             let ok = p.method != "unavailable";
             f.push(Finding {
@@ -147,7 +158,13 @@ pub fn check(opts: &ProbeOptions) -> (Vec<Finding>, Option<KernelSymbols>, Optio
 pub fn render(findings: &[Finding]) -> String {
     let mut s = format!("kernel {}\n", kernel_release());
     for x in findings {
-        let _ = writeln!(s, "{:<4} {:<22} {}", if x.ok { "ok" } else { "FAIL" }, x.what, x.detail);
+        let _ = writeln!(
+            s,
+            "{:<4} {:<22} {}",
+            if x.ok { "ok" } else { "FAIL" },
+            x.what,
+            x.detail
+        );
     }
     s
 }

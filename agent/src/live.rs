@@ -1,7 +1,7 @@
 //! The terminal view: one line per event, a per-container summary every
 //! interval, and at exit copy-up versus write histograms and top files.
 
-use crate::event::{Kind, KernelEvent};
+use crate::event::{KernelEvent, Kind};
 use crate::stats::{top_files, Owner, OwnerStats, WriteTotals};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
@@ -44,7 +44,12 @@ pub fn event_line(wall: &str, owner: &Owner, trigger: Option<&str>, ev: &KernelE
     let (kind, trig, lat, bytes) = match &ev.kind {
         Kind::CopyUp(c) => {
             let kind = if c.ancestor { "copy_up^" } else { "copy_up" };
-            (kind, trigger.unwrap_or("other"), fmt_ns(c.latency_ns), fmt_bytes(c.bytes))
+            (
+                kind,
+                trigger.unwrap_or("other"),
+                fmt_ns(c.latency_ns),
+                fmt_bytes(c.bytes),
+            )
         }
         Kind::Whiteout { cause } => ("whiteout", *cause, "-".into(), "-".into()),
         Kind::OpaqueDir => ("opaque", "mkdir", "-".into(), "-".into()),
@@ -76,7 +81,18 @@ pub fn summary_table(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -
     let _ = writeln!(
         s,
         "{:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}",
-        "CONTAINER", "COPYUPS", "BYTES", "P50", "P99", "MAX", "WRITES", "W-P50", "W-P99", "WHTOUT", "OPAQUE", "RATIO"
+        "CONTAINER",
+        "COPYUPS",
+        "BYTES",
+        "P50",
+        "P99",
+        "MAX",
+        "WRITES",
+        "W-P50",
+        "W-P99",
+        "WHTOUT",
+        "OPAQUE",
+        "RATIO"
     );
     for (o, st, w) in rows {
         let ratio = if st.copy_up.is_empty() || w.latency.is_empty() {
@@ -84,7 +100,8 @@ pub fn summary_table(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -
         } else {
             format!(
                 "{:.0}x",
-                st.copy_up.value_at_quantile(0.5) as f64 / w.latency.value_at_quantile(0.5).max(1) as f64
+                st.copy_up.value_at_quantile(0.5) as f64
+                    / w.latency.value_at_quantile(0.5).max(1) as f64
             )
         };
         let _ = writeln!(
@@ -95,7 +112,11 @@ pub fn summary_table(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -
             fmt_bytes(st.copy_up_bytes),
             pct(&st.copy_up, 0.5),
             pct(&st.copy_up, 0.99),
-            if st.copy_up.is_empty() { "-".into() } else { fmt_ns(st.copy_up.max()) },
+            if st.copy_up.is_empty() {
+                "-".into()
+            } else {
+                fmt_ns(st.copy_up.max())
+            },
             w.count,
             pct(&w.latency, 0.5),
             pct(&w.latency, 0.99),
@@ -119,15 +140,27 @@ pub fn histogram_pair(copy_up: &Histogram<u64>, writes: &Histogram<u64>) -> Stri
     let mut rows = Vec::new();
     while lo <= max {
         let hi = lo.saturating_mul(2);
-        let c = if copy_up.is_empty() { 0 } else { copy_up.count_between(lo, hi - 1) };
-        let w = if writes.is_empty() { 0 } else { writes.count_between(lo, hi - 1) };
+        let c = if copy_up.is_empty() {
+            0
+        } else {
+            copy_up.count_between(lo, hi - 1)
+        };
+        let w = if writes.is_empty() {
+            0
+        } else {
+            writes.count_between(lo, hi - 1)
+        };
         rows.push((lo, hi, c, w));
         lo = hi;
     }
     let first = rows.iter().position(|r| r.2 + r.3 > 0).unwrap_or(0);
     let cmax = rows.iter().map(|r| r.2).max().unwrap_or(1).max(1);
     let wmax = rows.iter().map(|r| r.3).max().unwrap_or(1).max(1);
-    let _ = writeln!(s, "{:>21}  {:<32} {:<32}", "latency", "copy-up (per object)", "write");
+    let _ = writeln!(
+        s,
+        "{:>21}  {:<32} {:<32}",
+        "latency", "copy-up (per object)", "write"
+    );
     for (lo, hi, c, w) in &rows[first..] {
         let bar = |n: u64, m: u64| "@".repeat(((n * 24).div_ceil(m)) as usize);
         let _ = writeln!(
@@ -146,9 +179,20 @@ pub fn histogram_pair(copy_up: &Histogram<u64>, writes: &Histogram<u64>) -> Stri
 
 pub fn top_files_table(st: &OwnerStats, n: usize) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{:>10} {:>6} {:>10}  {}", "TOTAL", "COUNT", "BYTES", "FILE");
+    let _ = writeln!(
+        s,
+        "{:>10} {:>6} {:>10}  {}",
+        "TOTAL", "COUNT", "BYTES", "FILE"
+    );
     for (path, c) in top_files(&st.files, n) {
-        let _ = writeln!(s, "{:>10} {:>6} {:>10}  {}", fmt_ns(c.total_ns), c.count, fmt_bytes(c.bytes), path);
+        let _ = writeln!(
+            s,
+            "{:>10} {:>6} {:>10}  {}",
+            fmt_ns(c.total_ns),
+            c.count,
+            fmt_bytes(c.bytes),
+            path
+        );
     }
     s
 }
@@ -174,7 +218,10 @@ mod tests {
         b.record(1_000).unwrap();
         b.record(1_001).unwrap();
         let out = histogram_pair(&a, &b);
-        assert!(out.lines().any(|l| l.contains(" 2 ") && l.contains("@")), "{out}");
+        assert!(
+            out.lines().any(|l| l.contains(" 2 ") && l.contains("@")),
+            "{out}"
+        );
         assert!(out.lines().count() > 10);
     }
 }

@@ -4,7 +4,9 @@
 //! ring-buffer events decoded -> attributed -> aggregated -> printed and
 //! exported; the write histograms are read from kernel maps each interval.
 
+use agent_ebpf::{WriteKey, WriteStats};
 use anyhow::{anyhow, Context, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use clap::{Parser, Subcommand};
 use cowtrace::attribution::ContainerResolver;
 use cowtrace::event::{decode, KernelEvent};
@@ -13,8 +15,6 @@ use cowtrace::probes::{ProbeOptions, Probes};
 use cowtrace::report::{self, RunInfo};
 use cowtrace::stats::{Owner, Stats, WriteTotals};
 use cowtrace::{doctor, live};
-use agent_ebpf::{WriteKey, WriteStats};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -82,9 +82,13 @@ enum Command {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?} (try 30s)"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (try 30s)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "" | "s" => n,
@@ -202,7 +206,10 @@ fn check_writable(path: &std::path::Path) -> Result<(), Failure> {
             let _ = std::fs::remove_file(&probe);
             Ok(())
         }
-        Err(e) => Err(Failure::Usage(format!("cannot write {}: {e}", path.display()))),
+        Err(e) => Err(Failure::Usage(format!(
+            "cannot write {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -219,7 +226,8 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
         None => None,
         Some("-") => Some(Box::new(std::io::stdout())),
         Some(p) => Some(Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).map_err(|e| Failure::Usage(format!("cannot write {p}: {e}")))?,
+            std::fs::File::create(p)
+                .map_err(|e| Failure::Usage(format!("cannot write {p}: {e}")))?,
         ))),
     };
     let mut cgroup_ids = Vec::new();
@@ -229,22 +237,27 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
         cgroup_ids.push(md.ino());
     }
     for pid in &cli.pids {
-        let path = cowtrace::cgroup::cgroup_of_pid(*pid)
-            .ok()
-            .flatten()
-            .ok_or_else(|| Failure::Usage(format!("--pid {pid}: no such process (or no cgroup v2)")))?;
-        let md = std::fs::metadata(PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/')))
-            .map_err(|e| Failure::Usage(format!("--pid {pid}: {e}")))?;
-        cgroup_ids.push(md.ino());
+        let id = cowtrace::cgroup::cgroup_id_of_pid(*pid).map_err(|e| {
+            Failure::Usage(format!(
+                "--pid {pid}: {e} (no such process, or no cgroup v2)"
+            ))
+        })?;
+        cgroup_ids.push(id);
     }
 
     let (findings, syms, btf) = doctor::check(&opts);
     if let Some(msg) = doctor::first_fatal(&findings) {
-        return Err(Failure::Runtime(anyhow!("cannot run here: {msg} (see `cowtrace doctor`)")));
+        return Err(Failure::Runtime(anyhow!(
+            "cannot run here: {msg} (see `cowtrace doctor`)"
+        )));
     }
     let (syms, btf) = match (syms, btf) {
         (Some(s), Some(b)) => (s, b),
-        _ => return Err(Failure::Runtime(anyhow!("cannot read kernel symbols or BTF"))),
+        _ => {
+            return Err(Failure::Runtime(anyhow!(
+                "cannot read kernel symbols or BTF"
+            )))
+        }
     };
 
     let mut resolver = ContainerResolver::new();
@@ -253,9 +266,14 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
         match resolver.find(name) {
             Some(c) => container_filter.push(c),
             None => {
-                let mut names: Vec<String> = resolver.containers().into_iter().map(|c| c.name).collect();
+                let mut names: Vec<String> =
+                    resolver.containers().into_iter().map(|c| c.name).collect();
                 names.sort();
-                let list = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+                let list = if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                };
                 return Err(Failure::Usage(format!(
                     "no running container {name:?}; running containers: {list}"
                 )));
@@ -273,15 +291,17 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     // and empty maps, nothing passes until now.
     {
         let mut cg: BpfHashMap<_, u64, u8> = BpfHashMap::try_from(
-            probes.ebpf.map_mut("CGROUP_FILTER").context("CGROUP_FILTER map")?,
+            probes
+                .ebpf
+                .map_mut("CGROUP_FILTER")
+                .context("CGROUP_FILTER map")?,
         )
         .context("CGROUP_FILTER map")?;
         for c in &container_filter {
-            if let Some(id) = c.pid.and_then(|p| cowtrace::cgroup::cgroup_of_pid(p).ok().flatten()).and_then(|p| {
-                std::fs::metadata(PathBuf::from("/sys/fs/cgroup").join(p.trim_start_matches('/')))
-                    .ok()
-                    .map(|m| m.ino())
-            }) {
+            if let Some(id) = c
+                .pid
+                .and_then(|p| cowtrace::cgroup::cgroup_id_of_pid(p).ok())
+            {
                 cgroup_ids.push(id);
             }
         }
@@ -295,7 +315,11 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
         "tracing overlayfs copy-up on {kernel}: {} probes attached in {} ms{}. Ctrl-C to stop.",
         probes.report.points.len(),
         t_attach.elapsed().as_millis(),
-        if filter { ", filtered in the kernel" } else { "" }
+        if filter {
+            ", filtered in the kernel"
+        } else {
+            ""
+        }
     );
 
     let ring = RingBuf::try_from(probes.ebpf.take_map("EVENTS").context("EVENTS map")?)
@@ -335,7 +359,8 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + cli.interval, cli.interval);
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + cli.interval, cli.interval);
     let started = Instant::now();
 
     let probes_json = serde_json::to_value(&probes.report.points).unwrap_or_default();
@@ -379,7 +404,16 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
         let rb = ring.get_mut();
         while let Some(item) = rb.next() {
             if let Some(ev) = decode(&item) {
-                handle_event(&ev, pid_filter, &mut resolver, &symbols, &mut stats, &mut out, print_events, mono_to_wall)?;
+                handle_event(
+                    &ev,
+                    pid_filter,
+                    &mut resolver,
+                    &symbols,
+                    &mut stats,
+                    &mut out,
+                    print_events,
+                    mono_to_wall,
+                )?;
             }
         }
     }
@@ -403,7 +437,11 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
             if s.copy_up.is_empty() && w.latency.is_empty() {
                 continue;
             }
-            text.push_str(&format!("\n{} ({}): copy-up vs write latency\n", o.name, short(&o.id)));
+            text.push_str(&format!(
+                "\n{} ({}): copy-up vs write latency\n",
+                o.name,
+                short(&o.id)
+            ));
             text.push_str(&live::histogram_pair(&s.copy_up, &w.latency));
             if !s.files.is_empty() {
                 text.push_str(&format!("\n{}: top files by copy-up time\n", o.name));
@@ -449,7 +487,11 @@ fn handle_event(
 
 type Row = (Owner, cowtrace::stats::OwnerStats, WriteTotals);
 
-fn owner_rows(stats: &Stats, writes: &HashMap<WriteKey, WriteStats>, resolver: &mut ContainerResolver) -> Vec<Row> {
+fn owner_rows(
+    stats: &Stats,
+    writes: &HashMap<WriteKey, WriteStats>,
+    resolver: &mut ContainerResolver,
+) -> Vec<Row> {
     let mut totals: HashMap<Owner, WriteTotals> = HashMap::new();
     for (k, s) in writes {
         let owner = resolver.owner_of_cgroup(k.cgroup_id);
@@ -484,11 +526,17 @@ fn build_report(
         drops,
         write_sample_every: 1,
     };
-    let containers = rows.iter().map(|(o, s, w)| report::container_json(o, s, w)).collect();
+    let containers = rows
+        .iter()
+        .map(|(o, s, w)| report::container_json(o, s, w))
+        .collect();
     report::report_json(&info, containers)
 }
 
-fn read_writes(map: &PerCpuHashMap<MapData, WriteKey, WriteStats>, snap: &mut HashMap<WriteKey, WriteStats>) {
+fn read_writes(
+    map: &PerCpuHashMap<MapData, WriteKey, WriteStats>,
+    snap: &mut HashMap<WriteKey, WriteStats>,
+) {
     for item in map.iter().flatten() {
         let (k, per_cpu) = item;
         let mut sum: WriteStats = unsafe { std::mem::zeroed() };
@@ -516,7 +564,10 @@ fn read_drops(map: &PerCpuArray<MapData, u64>) -> [u64; 3] {
 
 /// Wall-clock ns minus CLOCK_MONOTONIC ns, to place kernel timestamps.
 fn mono_offset() -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let mono = ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128;
     let wall = SystemTime::now()
@@ -530,7 +581,13 @@ fn wall_clock(ns: u64) -> String {
     let secs = (ns / 1_000_000_000) as libc::time_t;
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     unsafe { libc::localtime_r(&secs, &mut tm) };
-    format!("{:02}:{:02}:{:02}.{:03}", tm.tm_hour, tm.tm_min, tm.tm_sec, (ns / 1_000_000) % 1000)
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        (ns / 1_000_000) % 1000
+    )
 }
 
 fn fmt_rfc3339(t: SystemTime) -> String {

@@ -138,7 +138,12 @@ pub fn layout(btf: &KernelBtf) -> Result<Config> {
             .with_context(|| format!("kernel BTF has no inode_operations.{member}"))?;
         Ok(pos.into_iter().map(|p| p as u32).collect())
     };
-    match ovl.and_then(|b| Some((b.param_index("ovl_rename", "old")?, b.param_index("ovl_rename", "new")?))) {
+    match ovl.and_then(|b| {
+        Some((
+            b.param_index("ovl_rename", "old")?,
+            b.param_index("ovl_rename", "new")?,
+        ))
+    }) {
         Some((o, n)) => {
             cfg.rename_old_arg = o as u32;
             cfg.rename_new_arg = n as u32;
@@ -160,20 +165,24 @@ pub fn layout(btf: &KernelBtf) -> Result<Config> {
     };
 
     // vfs_rename took its flags directly until 5.11, then in a struct.
-    let params = v.func_params("vfs_rename").context("kernel BTF has no vfs_rename")?;
-    if let Some(i) = params.iter().position(|p| p.type_desc.is_ptr_to_struct("renamedata")) {
+    let params = v
+        .func_params("vfs_rename")
+        .context("kernel BTF has no vfs_rename")?;
+    if let Some(i) = params
+        .iter()
+        .position(|p| p.type_desc.is_ptr_to_struct("renamedata"))
+    {
         cfg.vfs_rename_flags_arg = i as u32;
         cfg.vfs_rename_flags_off = off("renamedata", "flags")?;
     } else {
-        cfg.vfs_rename_flags_arg = v
-            .param_index("vfs_rename", "flags")
-            .ok_or_else(|| anyhow!("vfs_rename has no flags parameter"))?
-            as u32;
+        cfg.vfs_rename_flags_arg =
+            v.param_index("vfs_rename", "flags")
+                .ok_or_else(|| anyhow!("vfs_rename has no flags parameter"))? as u32;
         cfg.vfs_rename_flags_off = DIRECT;
     }
-    cfg.vfs_setxattr_name_arg = v
-        .param_index("vfs_setxattr", "name")
-        .ok_or_else(|| anyhow!("vfs_setxattr has no name parameter"))? as u32;
+    cfg.vfs_setxattr_name_arg =
+        v.param_index("vfs_setxattr", "name")
+            .ok_or_else(|| anyhow!("vfs_setxattr has no name parameter"))? as u32;
     Ok(cfg)
 }
 
@@ -193,9 +202,15 @@ struct Point {
 enum PointKind {
     /// kprobe only (module functions: stock aya cannot fentry into modules).
     Kprobe { entry: &'static str },
-    KprobePair { entry: &'static str, ret: &'static str },
+    KprobePair {
+        entry: &'static str,
+        ret: &'static str,
+    },
     /// fentry where vmlinux BTF has the function, else kprobe.
-    Traced { fentry: &'static str, kprobe: &'static str },
+    Traced {
+        fentry: &'static str,
+        kprobe: &'static str,
+    },
     TracedPair {
         fentry: &'static str,
         fexit: &'static str,
@@ -216,7 +231,9 @@ static POINTS: &[Point] = &[
     Point {
         role: "copy_up_operation",
         candidates: &["ovl_copy_up_flags"],
-        kind: PointKind::Kprobe { entry: "ovl_copy_up_flags" },
+        kind: PointKind::Kprobe {
+            entry: "ovl_copy_up_flags",
+        },
     },
     Point {
         role: "copy_up_object",
@@ -229,7 +246,9 @@ static POINTS: &[Point] = &[
     Point {
         role: "copy_up_data",
         candidates: &["ovl_copy_up_file", "ovl_copy_up_data"],
-        kind: PointKind::Kprobe { entry: "ovl_copy_up_data" },
+        kind: PointKind::Kprobe {
+            entry: "ovl_copy_up_data",
+        },
     },
     Point {
         role: "copy_up_done",
@@ -250,7 +269,9 @@ static POINTS: &[Point] = &[
     Point {
         role: "whiteout",
         candidates: &["ovl_cleanup_and_whiteout"],
-        kind: PointKind::Kprobe { entry: "ovl_cleanup_and_whiteout" },
+        kind: PointKind::Kprobe {
+            entry: "ovl_cleanup_and_whiteout",
+        },
     },
     Point {
         role: "rename",
@@ -296,7 +317,11 @@ static POINTS: &[Point] = &[
 ];
 
 /// What `doctor` shows before anything is loaded: the plan per point.
-pub fn plan(syms: &KernelSymbols, btf: Option<&KernelBtf>, opts: &ProbeOptions) -> Vec<AttachedPoint> {
+pub fn plan(
+    syms: &KernelSymbols,
+    btf: Option<&KernelBtf>,
+    opts: &ProbeOptions,
+) -> Vec<AttachedPoint> {
     POINTS
         .iter()
         .map(|p| {
@@ -308,8 +333,8 @@ pub fn plan(syms: &KernelSymbols, btf: Option<&KernelBtf>, opts: &ProbeOptions) 
                     method: "unavailable".into(),
                 };
             };
-            let fentry_ok = !opts.force_kprobes
-                && btf.is_some_and(|b| b.vmlinux.has_func(function));
+            let fentry_ok =
+                !opts.force_kprobes && btf.is_some_and(|b| b.vmlinux.has_func(function));
             let method = match &p.kind {
                 PointKind::Kprobe { .. } => "kprobe",
                 PointKind::KprobePair { .. } => "kprobe+kretprobe",
@@ -423,7 +448,8 @@ where
 
 fn kprobe(ebpf: &mut Ebpf, prog: &str, function: &str) -> Result<()> {
     let p: &mut KProbe = program(ebpf, prog)?;
-    p.load().map_err(|e| anyhow!("loading {prog}: {}", verifier_error(&e)))?;
+    p.load()
+        .map_err(|e| anyhow!("loading {prog}: {}", verifier_error(&e)))?;
     p.attach(function, 0)
         .map_err(|e| anyhow!("kprobe on {function}: {e}"))?;
     Ok(())
@@ -433,7 +459,8 @@ fn fentry_attach(ebpf: &mut Ebpf, prog: &str, function: &str, btf: &aya::Btf) ->
     let p: &mut FEntry = program(ebpf, prog)?;
     p.load(function, btf)
         .map_err(|e| anyhow!("loading {prog}: {}", verifier_error(&e)))?;
-    p.attach().map_err(|e| anyhow!("fentry on {function}: {e}"))?;
+    p.attach()
+        .map_err(|e| anyhow!("fentry on {function}: {e}"))?;
     Ok(())
 }
 
@@ -441,7 +468,8 @@ fn fexit_attach(ebpf: &mut Ebpf, prog: &str, function: &str, btf: &aya::Btf) -> 
     let p: &mut FExit = program(ebpf, prog)?;
     p.load(function, btf)
         .map_err(|e| anyhow!("loading {prog}: {}", verifier_error(&e)))?;
-    p.attach().map_err(|e| anyhow!("fexit on {function}: {e}"))?;
+    p.attach()
+        .map_err(|e| anyhow!("fexit on {function}: {e}"))?;
     Ok(())
 }
 
@@ -455,5 +483,7 @@ fn verifier_error(e: &aya::programs::ProgramError) -> String {
 
 /// Whether this kernel loads BPF tracing programs (fentry/fexit).
 pub fn tracing_programs_supported() -> Result<bool> {
-    Ok(aya::sys::is_program_supported(aya::programs::ProgramType::Tracing)?)
+    Ok(aya::sys::is_program_supported(
+        aya::programs::ProgramType::Tracing,
+    )?)
 }

@@ -2,7 +2,7 @@
 //! docs/json-schema.md) and the NDJSON event stream (`--events`). Built
 //! from [`crate::stats`] only: nothing here knows about the kernel.
 
-use crate::event::{Kind, KernelEvent};
+use crate::event::{KernelEvent, Kind};
 use crate::stats::{top_files, Owner, OwnerStats, WriteTotals};
 use anyhow::{Context, Result};
 use hdrhistogram::serialization::{Serializer, V2Serializer};
@@ -27,7 +27,9 @@ fn base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for c in bytes.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= c.len() {
                 out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -42,7 +44,13 @@ fn base64(bytes: &[u8]) -> String {
 /// `{count, bytes, latency_ns{...}, buckets, hdr}` for one histogram.
 pub fn latency_block(count: u64, bytes: u64, h: &Histogram<u64>) -> Value {
     let empty = h.is_empty();
-    let q = |q: f64| if empty { Value::Null } else { json!(h.value_at_quantile(q)) };
+    let q = |q: f64| {
+        if empty {
+            Value::Null
+        } else {
+            json!(h.value_at_quantile(q))
+        }
+    };
     let mut hdr = Vec::new();
     let hdr = match V2Serializer::new().serialize(h, &mut hdr) {
         Ok(_) => base64(&hdr),
@@ -92,7 +100,8 @@ pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
         .map(|(path, c)| json!({"path": path, "count": c.count, "total_ns": c.total_ns, "bytes": c.bytes}))
         .collect();
     let mut copy_up = latency_block(s.copy_up_count, s.copy_up_bytes, &s.copy_up);
-    copy_up["operation_latency_ns"] = latency_block(s.copy_up_op.len(), 0, &s.copy_up_op)["latency_ns"].clone();
+    copy_up["operation_latency_ns"] =
+        latency_block(s.copy_up_op.len(), 0, &s.copy_up_op)["latency_ns"].clone();
     let mut writes = latency_block(w.count, w.bytes, &w.latency);
     writes["timed"] = json!(w.timed);
     json!({
@@ -166,9 +175,16 @@ pub fn event_json(owner: &Owner, trigger: Option<&str>, ev: &KernelEvent) -> Val
 /// (created exclusively, never through a symlink), fsync, rename.
 pub fn write_atomic(path: &Path, value: &Value) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().context("--json needs a file name")?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)

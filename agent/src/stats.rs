@@ -2,7 +2,7 @@
 //! HDR histograms (ns) for copy-ups per object, per operation and for
 //! normal writes, counts, bytes and the files that cost the most.
 
-use crate::event::{Kind, KernelEvent};
+use crate::event::{KernelEvent, Kind};
 use agent_ebpf::{hist_bucket_range, WriteStats, HIST_BUCKETS};
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, HashMap};
@@ -173,8 +173,22 @@ mod tests {
     #[test]
     fn top_files_orders_by_total_time() {
         let mut files = HashMap::new();
-        files.insert("a".to_string(), FileCost { count: 1, total_ns: 5, bytes: 0 });
-        files.insert("b".to_string(), FileCost { count: 2, total_ns: 50, bytes: 0 });
+        files.insert(
+            "a".to_string(),
+            FileCost {
+                count: 1,
+                total_ns: 5,
+                bytes: 0,
+            },
+        );
+        files.insert(
+            "b".to_string(),
+            FileCost {
+                count: 2,
+                total_ns: 50,
+                bytes: 0,
+            },
+        );
         let top = top_files(&files, 1);
         assert_eq!(top[0].0, "b");
     }

@@ -1,1 +1,227 @@
+//! Support for cowtrace's guest integration tests: real overlay mounts, a
+//! real `cowtrace` process, and its real NDJSON and JSON output.
+//!
+//! The tests in `tests/` are `#[ignore]`d on the host (whose kernel cannot
+//! run the probes); `cargo xtask test` builds them statically and runs them
+//! with `--ignored` as root inside QEMU guests booted from Debian kernels.
 
+use serde_json::Value;
+use std::ffi::CString;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const COWTRACE: &str = "/usr/local/bin/cowtrace";
+
+fn mount(src: &str, target: &Path, fstype: &str, data: &str) {
+    let c = |s: &str| CString::new(s).unwrap();
+    let t = c(target.to_str().unwrap());
+    let rc = unsafe {
+        libc::mount(
+            c(src).as_ptr(),
+            t.as_ptr(),
+            c(fstype).as_ptr(),
+            0,
+            c(data).as_ptr() as *const libc::c_void,
+        )
+    };
+    if rc != 0 {
+        panic!(
+            "mount {fstype} on {}: {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// A fresh tmpfs holding lower/upper/work and an overlay mounted on
+/// `merged` the way Docker mounts it (`index=off`).
+pub struct Overlay {
+    pub root: PathBuf,
+    pub lower: PathBuf,
+    pub merged: PathBuf,
+}
+
+impl Overlay {
+    /// `populate` fills the lower layer before the overlay is mounted.
+    pub fn new(name: &str, populate: impl FnOnce(&Path)) -> Overlay {
+        let root = PathBuf::from(format!("/tmp/ct-{name}"));
+        std::fs::create_dir_all(&root).unwrap();
+        mount("tmpfs", &root, "tmpfs", "size=1g");
+        let lower = root.join("lower");
+        let merged = root.join("merged");
+        for d in ["lower", "upper", "work", "merged"] {
+            std::fs::create_dir(root.join(d)).unwrap();
+        }
+        populate(&lower);
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},index=off",
+            lower.display(),
+            root.join("upper").display(),
+            root.join("work").display()
+        );
+        mount("overlay", &merged, "overlay", &opts);
+        Overlay {
+            root,
+            lower,
+            merged,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.merged.join(rel)
+    }
+
+    /// The overlay device as cowtrace reports it (`major:minor`).
+    pub fn dev(&self) -> String {
+        let dev = std::fs::metadata(&self.merged).unwrap().dev();
+        format!("{}:{}", libc::major(dev), libc::minor(dev))
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let c = |p: &Path| CString::new(p.to_str().unwrap()).unwrap();
+        unsafe {
+            libc::umount2(c(&self.merged).as_ptr(), libc::MNT_DETACH);
+            libc::umount2(c(&self.root).as_ptr(), libc::MNT_DETACH);
+        }
+    }
+}
+
+/// Writes `size` bytes of a pattern to `path`.
+pub fn make_file(path: &Path, size: usize) {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    std::fs::write(path, data).unwrap();
+}
+
+/// A running `cowtrace` with its outputs in a private directory.
+pub struct Tracer {
+    child: Child,
+    dir: PathBuf,
+    stderr: mpsc::Receiver<String>,
+    pub stderr_seen: Vec<String>,
+}
+
+/// What a finished `cowtrace` run left behind.
+pub struct Trace {
+    pub events: Vec<Value>,
+    pub report: Value,
+    pub stderr: String,
+    pub status: std::process::ExitStatus,
+}
+
+impl Trace {
+    /// Events of one type on one overlay device.
+    pub fn of(&self, kind: &str, dev: &str) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| e["type"] == kind && e["dev"] == dev)
+            .collect()
+    }
+
+    /// The copy-up whose path is `path` and that is an operation target.
+    pub fn copy_up(&self, dev: &str, path: &str) -> Vec<&Value> {
+        self.of("copy_up", dev)
+            .into_iter()
+            .filter(|e| e["path"] == path)
+            .collect()
+    }
+
+    pub fn container(&self, id: &str) -> &Value {
+        self.report["containers"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["id"] == id))
+            .unwrap_or_else(|| panic!("no container {id} in report: {:#}", self.report))
+    }
+}
+
+impl Tracer {
+    /// Starts cowtrace and waits for its `tracing` line.
+    pub fn start(name: &str, extra: &[&str]) -> Tracer {
+        let dir = PathBuf::from(format!("/tmp/trace-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = Command::new(COWTRACE)
+            .args(["--quiet", "--interval", "1h"])
+            .arg("--events")
+            .arg(dir.join("events.ndjson"))
+            .arg("--json")
+            .arg(dir.join("report.json"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cowtrace");
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut t = Tracer {
+            child,
+            dir,
+            stderr: rx,
+            stderr_seen: Vec::new(),
+        };
+        loop {
+            match t.stderr.recv_timeout(Duration::from_secs(300)) {
+                Ok(line) => {
+                    let ready = line.starts_with("tracing");
+                    t.stderr_seen.push(line);
+                    if ready {
+                        return t;
+                    }
+                }
+                Err(_) => {
+                    let status = t.child.wait();
+                    panic!(
+                        "cowtrace never said `tracing` ({status:?}); stderr:\n{}",
+                        t.stderr_seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// SIGINT, wait, and read the outputs.
+    pub fn stop(self) -> Trace {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.finish()
+    }
+
+    /// Waits for cowtrace to end by itself (e.g. `--duration`).
+    pub fn finish(mut self) -> Trace {
+        let status = self.child.wait().expect("wait for cowtrace");
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            self.stderr_seen.push(line);
+        }
+        let stderr = self.stderr_seen.join("\n");
+        assert!(status.success(), "cowtrace failed: {status}\n{stderr}");
+        let text = std::fs::read_to_string(self.dir.join("events.ndjson")).unwrap_or_default();
+        let events = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON {l:?}: {e}")))
+            .collect();
+        let report_text = std::fs::read_to_string(self.dir.join("report.json"))
+            .unwrap_or_else(|e| panic!("no JSON report: {e}\n{stderr}"));
+        let report = serde_json::from_str(&report_text)
+            .unwrap_or_else(|e| panic!("report is not strict JSON: {e}\n{report_text}"));
+        Trace {
+            events,
+            report,
+            stderr,
+            status,
+        }
+    }
+}
