@@ -284,7 +284,10 @@ mod tests {
         let first = hist_bucket(1 << 20);
         let next = hist_bucket(1 << 21);
         assert_eq!(next - first, HIST_SUB);
-        assert_eq!(hist_bucket_range(first), (1 << 20, (1 << 20) + (1 << 17) - 1));
+        assert_eq!(
+            hist_bucket_range(first),
+            (1 << 20, (1 << 20) + (1 << 17) - 1)
+        );
     }
 
     #[test]

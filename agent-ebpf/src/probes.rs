@@ -1,9 +1,8 @@
 //! The programs themselves (see `main.rs` for the design).
 
 use agent_ebpf::{
-    flags, hist_bucket, Config, Event, EventKind, WhiteoutCause, WriteKey, WriteStats,
-    EVENT_KINDS, HIST_BUCKETS, NAME_LEN, OVERLAYFS_SUPER_MAGIC, PATH_DEPTH, RENAME_WHITEOUT,
-    STACK_DEPTH,
+    flags, hist_bucket, Config, Event, EventKind, WhiteoutCause, WriteKey, WriteStats, EVENT_KINDS,
+    HIST_BUCKETS, NAME_LEN, OVERLAYFS_SUPER_MAGIC, PATH_DEPTH, RENAME_WHITEOUT, STACK_DEPTH,
 };
 use aya_ebpf::{
     helpers::{
