@@ -299,6 +299,11 @@ fn normalize(root: &Path, version: &str) -> Result<()> {
         fs::rename(&usr, &lib)?;
     }
     let vmlinuz = root.join("boot").join(format!("vmlinuz-{version}"));
+    // Newer packaging (sid) ships the image as /usr/lib/modules/<v>/vmlinuz.
+    if !vmlinuz.is_file() && lib.join("vmlinuz").is_file() {
+        fs::create_dir_all(vmlinuz.parent().unwrap())?;
+        fs::rename(lib.join("vmlinuz"), &vmlinuz)?;
+    }
     if !vmlinuz.is_file() {
         bail!("the kernel packages hold no {}", vmlinuz.display());
     }

@@ -42,6 +42,9 @@ struct VmArgs {
     /// Seconds for the whole guest run.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Use this agent binary instead of building one.
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -79,7 +82,10 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Vm(a) => {
             let t = setup::ensure()?;
-            let agent = build::agent(&t)?;
+            let agent = match a.agent {
+                Some(p) => p,
+                None => build::agent(&t)?,
+            };
             let spec = GuestSpec {
                 kernel: a.kernel,
                 docker: a.docker,
