@@ -54,6 +54,7 @@ pub fn rootfs_tarball(cache: &Path) -> Result<PathBuf> {
     }
     let dir = cache.join("rootfs");
     let tar = dir.join(format!("{SUITE}-docker-{}.tar", h.hex()));
+    let _lock = util::lock(&dir.join("rootfs.lock"))?;
     if tar.is_file() {
         return Ok(tar);
     }
@@ -154,6 +155,7 @@ pub fn base_image(cache: &Path, kernel: &Kernel, accel: Accel) -> Result<PathBuf
     let dir = cache.join("docker");
     fs::create_dir_all(&dir)?;
     let image = dir.join(format!("{}-{}.img", kernel.version, h.hex()));
+    let _lock = util::lock(&dir.join(format!("{}.lock", kernel.version)))?;
     if image.is_file() {
         return Ok(image);
     }

@@ -269,7 +269,8 @@ fn extract_tar(tar: &[u8], out: &Path) -> Result<()> {
 fn new_run_dir(cache: &Path) -> Result<PathBuf> {
     let runs = cache.join("runs");
     fs::create_dir_all(&runs)?;
-    // Keep the 30 newest run directories.
+    // Keep the 30 newest run directories, and anything from the last day
+    // (another xtask may be using it).
     let mut old: Vec<PathBuf> = fs::read_dir(&runs)?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -277,7 +278,9 @@ fn new_run_dir(cache: &Path) -> Result<PathBuf> {
     old.sort();
     if old.len() > 30 {
         for p in &old[..old.len() - 30] {
-            let _ = util::remove_all(p);
+            if util::age(p).is_some_and(|a| a > Duration::from_secs(86400)) {
+                let _ = util::remove_all(p);
+            }
         }
     }
     let now = std::time::SystemTime::now()
@@ -499,6 +502,7 @@ pub fn accel(cache: &Path, kernel: &Kernel) -> Result<Accel> {
     let qemu = util::output_quiet(Command::new("qemu-system-x86_64").arg("--version"))?;
     let key = util::KeyHasher::new().str(&host).str(&qemu).hex();
     let verdict_file = cache.join(format!("kvm-verdict-{key}"));
+    let _lock = util::lock(&cache.join("kvm-probe.lock"))?;
     if let Ok(v) = fs::read_to_string(&verdict_file) {
         return Ok(if v.trim() == "kvm" {
             Accel::Kvm

@@ -191,6 +191,7 @@ fn kernels_dir(cache: &Path) -> PathBuf {
 pub fn prepare(cache: &Path, series: Series) -> Result<Kernel> {
     let kdir = kernels_dir(cache);
     fs::create_dir_all(&kdir)?;
+    let _lock = util::lock(&kdir.join(format!("series-{}.lock", series.name())))?;
     let series_file = kdir.join(format!("series-{}", series.name()));
     let cached = fs::read_to_string(&series_file)
         .ok()

@@ -178,3 +178,29 @@ pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// An exclusive lock on a file in the cache (released on drop), so
+/// concurrent xtask runs don't build the same cached thing twice.
+pub struct Lock(#[allow(dead_code)] fs::File);
+
+pub fn lock(path: &Path) -> Result<Lock> {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p)?;
+    }
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("open lock {}", path.display()))?;
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        note(format!("waiting for another xtask ({})", path.display()));
+        // SAFETY: as above.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!("cannot lock {}", path.display());
+        }
+    }
+    Ok(Lock(f))
+}
