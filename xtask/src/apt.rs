@@ -218,6 +218,14 @@ impl PrivateApt {
                 out.trim_end()
             );
         }
+        // A failed download is only a warning too (and keeps old lists).
+        if out.contains("Failed to fetch") || out.lines().any(|l| l.starts_with("Err:")) {
+            bail!(
+                "apt-get update for {} could not fetch the index:\n{}",
+                self.suite,
+                out.trim_end()
+            );
+        }
         fs::write(self.stamp(), "")?;
         Ok(())
     }
