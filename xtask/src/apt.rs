@@ -154,6 +154,7 @@ impl PrivateApt {
             "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false",
             "Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false",
             "Debug::NoLocking=1",
+            "Acquire::Retries=1",
         ] {
             cmd.arg("-o").arg(o);
         }
@@ -219,11 +220,11 @@ impl PrivateApt {
             );
         }
         // A failed download is only a warning too (and keeps old lists).
-        if out.contains("Failed to fetch") || out.lines().any(|l| l.starts_with("Err:")) {
+        if let Some(l) = out.lines().find(|l| l.contains("Failed to fetch")) {
             bail!(
-                "apt-get update for {} could not fetch the index:\n{}",
+                "apt-get update for {}: {}",
                 self.suite,
-                out.trim_end()
+                l.trim_start_matches("W: ")
             );
         }
         fs::write(self.stamp(), "")?;
@@ -269,7 +270,12 @@ impl PrivateApt {
     /// only if there is no index at all afterwards.
     pub fn refresh(&self, max_age: Duration) -> Result<()> {
         let stale = util::age(&self.stamp()).is_none_or(|a| a > max_age);
-        if stale {
+        // After a failed refresh, don't retry (slowly, offline) for an hour.
+        let attempt = self.dir.join("attempted");
+        let recently_tried =
+            self.has_lists() && util::age(&attempt).is_some_and(|a| a < Duration::from_secs(3600));
+        if stale && !recently_tried {
+            fs::write(&attempt, "")?;
             if let Err(e) = self.update() {
                 if !self.has_lists() {
                     return Err(e);
