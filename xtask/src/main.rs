@@ -19,8 +19,12 @@ struct Cli {
 enum Cmd {
     /// Install what the other commands need (apt packages, rust-src, bpf-linker).
     Setup,
-    /// Build the static cowtrace agent.
-    Build,
+    /// Build the static cowtrace agent (and with --tests the guest tests).
+    Build {
+        /// Also build the guest test executables and list them.
+        #[arg(long)]
+        tests: bool,
+    },
     /// Boot a Debian kernel in QEMU and run COMMAND in it.
     Vm(VmArgs),
 }
@@ -74,10 +78,15 @@ fn run(cli: Cli) -> Result<i32> {
             println!("ok: bpf-linker in {}", t.bpf_linker_bin.display());
             Ok(0)
         }
-        Cmd::Build => {
+        Cmd::Build { tests } => {
             let t = setup::ensure()?;
             let agent = build::agent(&t)?;
             println!("{}", agent.display());
+            if tests {
+                for (name, exe) in build::guest_tests(&t)? {
+                    println!("{name} {}", exe.display());
+                }
+            }
             Ok(0)
         }
         Cmd::Vm(a) => {
