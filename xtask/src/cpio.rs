@@ -138,41 +138,57 @@ impl Tree {
     /// Write the uncompressed newc archive.
     pub fn write_to(&self, w: &mut impl Write) -> Result<()> {
         let mut ino = 1u32;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as u32)
+            .unwrap_or(0);
         for (path, node) in &self.nodes {
             ino += 1;
             match node {
-                Node::Dir { mode } => header(w, ino, 0o040000 | mode, 2, 0, (0, 0), path)?,
+                Node::Dir { mode } => header(w, ino, 0o040000 | mode, 2, 0, (0, 0), now, path)?,
                 Node::Bytes { mode, data } => {
-                    header(w, ino, 0o100000 | mode, 1, data.len() as u64, (0, 0), path)?;
+                    header(
+                        w,
+                        ino,
+                        0o100000 | mode,
+                        1,
+                        data.len() as u64,
+                        (0, 0),
+                        now,
+                        path,
+                    )?;
                     w.write_all(data)?;
                     pad(w, data.len() as u64)?;
                 }
                 Node::HostFile { mode, path: host } => {
                     let mut f =
                         fs::File::open(host).with_context(|| format!("open {}", host.display()))?;
-                    let size = f.metadata()?.size();
-                    header(w, ino, 0o100000 | mode, 1, size, (0, 0), path)?;
+                    let meta = f.metadata()?;
+                    let size = meta.size();
+                    let mtime = meta.mtime().clamp(0, u32::MAX as i64) as u32;
+                    header(w, ino, 0o100000 | mode, 1, size, (0, 0), mtime, path)?;
                     let n = io::copy(&mut (&mut f).take(size), w)?;
                     anyhow::ensure!(n == size, "{} changed size while archiving", host.display());
                     pad(w, size)?;
                 }
                 Node::Symlink { target } => {
-                    header(w, ino, 0o120777, 1, target.len() as u64, (0, 0), path)?;
+                    header(w, ino, 0o120777, 1, target.len() as u64, (0, 0), now, path)?;
                     w.write_all(target.as_bytes())?;
                     pad(w, target.len() as u64)?;
                 }
                 Node::CharDev { mode, major, minor } => {
-                    header(w, ino, 0o020000 | mode, 1, 0, (*major, *minor), path)?
+                    header(w, ino, 0o020000 | mode, 1, 0, (*major, *minor), now, path)?
                 }
             }
         }
-        header(w, 0, 0, 1, 0, (0, 0), "TRAILER!!!")?;
+        header(w, 0, 0, 1, 0, (0, 0), 0, "TRAILER!!!")?;
         Ok(())
     }
 }
 
 use std::io::Read;
 
+#[allow(clippy::too_many_arguments)]
 fn header(
     w: &mut impl Write,
     ino: u32,
@@ -180,13 +196,14 @@ fn header(
     nlink: u32,
     size: u64,
     rdev: (u32, u32),
+    mtime: u32,
     name: &str,
 ) -> Result<()> {
     anyhow::ensure!(size <= u32::MAX as u64, "{name}: file too large for cpio");
     let namesize = name.len() + 1;
     let h = format!(
-        "070701{ino:08x}{mode:08x}{:08x}{:08x}{nlink:08x}{:08x}{size:08x}{:08x}{:08x}{:08x}{:08x}{namesize:08x}{:08x}",
-        0, 0, 0, 0, 0, rdev.0, rdev.1, 0
+        "070701{ino:08x}{mode:08x}{:08x}{:08x}{nlink:08x}{mtime:08x}{size:08x}{:08x}{:08x}{:08x}{:08x}{namesize:08x}{:08x}",
+        0, 0, 0, 0, rdev.0, rdev.1, 0
     );
     w.write_all(h.as_bytes())?;
     w.write_all(name.as_bytes())?;
