@@ -7,6 +7,7 @@
 //! * [`build`]: build the static agent and the guest test binaries.
 //! * [`kernel`]: download and unpack Debian kernel packages per series.
 //! * [`guest`]: boot a kernel in QEMU and run one command in it.
+//! * [`testrun`]: run the guest test executables in guests.
 //! * [`docker`]: the Debian rootfs with a Docker engine for `--docker` guests.
 //! * [`apt`], [`cpio`], [`qemu`], [`util`]: the plumbing underneath.
 
@@ -18,4 +19,5 @@ pub mod guest;
 pub mod kernel;
 pub mod qemu;
 pub mod setup;
+pub mod testrun;
 pub mod util;

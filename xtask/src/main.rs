@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use xtask::guest::{self, Copy, GuestFailure, GuestSpec};
 use xtask::kernel::Series;
-use xtask::{build, setup};
+use xtask::{build, setup, testrun};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "cowtrace developer tasks")]
@@ -27,6 +27,27 @@ enum Cmd {
     },
     /// Boot a Debian kernel in QEMU and run COMMAND in it.
     Vm(VmArgs),
+    /// Run the cowtrace-tests executables in guests (all series by default).
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Kernel series (repeatable; default: all four).
+    #[arg(long = "kernel")]
+    kernels: Vec<Series>,
+    /// Run in the Docker guest.
+    #[arg(long)]
+    docker: bool,
+    /// Only this test target (repeatable).
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// Seconds per guest.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
+    /// Arguments for the test executables (filters, --nocapture, ...).
+    #[arg(last = true)]
+    args: Vec<String>,
 }
 
 #[derive(Args)]
@@ -105,6 +126,21 @@ fn run(cli: Cli) -> Result<i32> {
                 agent: Some(agent),
             };
             guest::run(&spec)
+        }
+        Cmd::Test(a) => {
+            let t = setup::ensure()?;
+            let opts = testrun::TestOptions {
+                kernels: if a.kernels.is_empty() {
+                    Series::ALL.to_vec()
+                } else {
+                    a.kernels
+                },
+                docker: a.docker,
+                timeout: Duration::from_secs(a.timeout),
+                targets: a.targets,
+                args: a.args,
+            };
+            Ok(if testrun::run(&t, &opts)? { 0 } else { 1 })
         }
     }
 }
