@@ -113,22 +113,30 @@ fn read<T: Copy>(base: u64, off: u32) -> T {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).unwrap_or(core::mem::zeroed()) }
 }
 
+/// A kprobe argument by runtime position (x86_64 calling convention). The
+/// verifier only accepts context loads at constant offsets, so every
+/// register is loaded (volatile, so the compiler cannot merge the loads
+/// into one at a computed address) and the value is picked afterwards.
 #[inline(always)]
 fn kp_arg(ctx: &ProbeContext, n: u32) -> u64 {
-    ctx.arg::<u64>(n as usize).unwrap_or(0)
-}
-
-/// A tracing-program argument by runtime position. Each arm reads the
-/// context at a constant offset, which is what the verifier accepts.
-#[inline(always)]
-fn btf_arg(ctx: &FEntryContext, n: u32) -> u64 {
+    let regs = ctx.regs;
+    let (a0, a1, a2, a3, a4, a5) = unsafe {
+        (
+            core::ptr::read_volatile(&(*regs).rdi),
+            core::ptr::read_volatile(&(*regs).rsi),
+            core::ptr::read_volatile(&(*regs).rdx),
+            core::ptr::read_volatile(&(*regs).rcx),
+            core::ptr::read_volatile(&(*regs).r8),
+            core::ptr::read_volatile(&(*regs).r9),
+        )
+    };
     match n {
-        0 => ctx.arg(0),
-        1 => ctx.arg(1),
-        2 => ctx.arg(2),
-        3 => ctx.arg(3),
-        4 => ctx.arg(4),
-        _ => ctx.arg(5),
+        0 => a0,
+        1 => a1,
+        2 => a2,
+        3 => a3,
+        4 => a4,
+        _ => a5,
     }
 }
 
@@ -489,11 +497,6 @@ pub fn vfs_rename(ctx: ProbeContext) -> u32 {
     on_vfs_rename(kp_arg(&ctx, conf!(vfs_rename_flags_arg)))
 }
 
-#[fentry(function = "vfs_rename")]
-pub fn vfs_rename_fentry(ctx: FEntryContext) -> u32 {
-    on_vfs_rename(btf_arg(&ctx, conf!(vfs_rename_flags_arg)))
-}
-
 /// `trusted.overlay.opaque`, or `user.overlay.opaque` with `userxattr`.
 #[inline(always)]
 fn is_opaque_xattr(name: u64) -> bool {
@@ -529,11 +532,6 @@ fn on_vfs_setxattr(name: u64) -> u32 {
 #[kprobe]
 pub fn vfs_setxattr(ctx: ProbeContext) -> u32 {
     on_vfs_setxattr(kp_arg(&ctx, conf!(vfs_setxattr_name_arg)))
-}
-
-#[fentry(function = "vfs_setxattr")]
-pub fn vfs_setxattr_fentry(ctx: FEntryContext) -> u32 {
-    on_vfs_setxattr(btf_arg(&ctx, conf!(vfs_setxattr_name_arg)))
 }
 
 // ----------------------------------------------------------------- writes
@@ -597,7 +595,11 @@ fn write_end(ret: i64) -> u32 {
     stats.count += 1;
     stats.bytes += ret as u64;
     stats.timed += 1;
+    // Reloaded through the stack so the bounds check below is made on the
+    // very register used as the index (the compiler otherwise checks an
+    // intermediate value the verifier cannot relate to it).
     let b = hist_bucket(latency);
+    let b = unsafe { core::ptr::read_volatile(&b) };
     if b < HIST_BUCKETS {
         stats.buckets[b] += 1;
     }

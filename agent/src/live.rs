@@ -99,7 +99,7 @@ pub fn summary_table(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -
             "-".to_string()
         } else {
             format!(
-                "{:.0}x",
+                "{:.1}x",
                 st.copy_up.value_at_quantile(0.5) as f64
                     / w.latency.value_at_quantile(0.5).max(1) as f64
             )

@@ -284,6 +284,10 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
         eprintln!("cowtrace: warning: {w}");
     }
 
+    // Signals are ours before `tracing` is printed: a script that sends
+    // SIGINT right after that line must get a complete report.
+    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let t_attach = Instant::now();
     let mut probes = Probes::attach(&syms, &btf, &opts).map_err(Failure::Runtime)?;
     drop(syms);
@@ -356,8 +360,6 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     let mono_to_wall = mono_offset();
     let pid_filter = &cli.pids;
 
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick =
         tokio::time::interval_at(tokio::time::Instant::now() + cli.interval, cli.interval);

@@ -284,9 +284,11 @@ static POINTS: &[Point] = &[
     Point {
         role: "rename_whiteout",
         candidates: &["vfs_rename"],
-        kind: PointKind::Traced {
-            fentry: "vfs_rename_fentry",
-            kprobe: "vfs_rename",
+        // kprobe even where fentry works: the argument holding the flags
+        // moved between kernels, and tracing contexts only allow constant
+        // argument positions. Renames are rare, so the cost is irrelevant.
+        kind: PointKind::Kprobe {
+            entry: "vfs_rename",
         },
     },
     Point {
@@ -300,9 +302,9 @@ static POINTS: &[Point] = &[
     Point {
         role: "opaque_dir",
         candidates: &["vfs_setxattr"],
-        kind: PointKind::Traced {
-            fentry: "vfs_setxattr_fentry",
-            kprobe: "vfs_setxattr",
+        // kprobe for the same reason as vfs_rename.
+        kind: PointKind::Kprobe {
+            entry: "vfs_setxattr",
         },
     },
     Point {

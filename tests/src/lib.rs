@@ -202,7 +202,24 @@ impl Tracer {
 
     /// Waits for cowtrace to end by itself (e.g. `--duration`).
     pub fn finish(mut self) -> Trace {
-        let status = self.child.wait().expect("wait for cowtrace");
+        // A hang is a failure with diagnostics, not a guest timeout.
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("wait for cowtrace") {
+                break st;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(2)) {
+                    self.stderr_seen.push(line);
+                }
+                panic!(
+                    "cowtrace did not exit within 180 s; stderr:\n{}",
+                    self.stderr_seen.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
             self.stderr_seen.push(line);
         }
