@@ -1,8 +1,10 @@
 //! cowtrace's eBPF programs: overlayfs copy-up, whiteouts, opaque
 //! directories and the normal-write baseline.
 //!
-//! Flow, per thread (state keyed by tid in LRU maps, so a thread that dies
-//! mid-operation cannot leak an entry):
+//! Flow, per thread (state keyed by tid in plain hash maps: LRU maps may
+//! evict a live entry under concurrency, which loses events silently; every
+//! entry is removed when its operation ends, and a tid's next operation
+//! overwrites a stale one):
 //! - `ovl_copy_up_flags` entry remembers the operation's target dentry, its
 //!   start time and the kernel stack (the agent classifies the trigger from
 //!   it). Every `ovl_copy_up_one` inside it copies one object: a missing

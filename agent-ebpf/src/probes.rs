@@ -12,7 +12,7 @@ use aya_ebpf::{
         },
     },
     macros::{fentry, fexit, kprobe, kretprobe, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
     EbpfContext,
 };
@@ -41,13 +41,13 @@ static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 static DEV_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
 #[map]
-static COPY_OPS: LruHashMap<u32, CopyOp> = LruHashMap::with_max_entries(16384, 0);
+static COPY_OPS: HashMap<u32, CopyOp> = HashMap::with_max_entries(16384, 0);
 #[map]
-static COPY_OBJS: LruHashMap<u32, CopyObj> = LruHashMap::with_max_entries(16384, 0);
+static COPY_OBJS: HashMap<u32, CopyObj> = HashMap::with_max_entries(16384, 0);
 #[map]
-static OVL_OPS: LruHashMap<u32, OvlOp> = LruHashMap::with_max_entries(16384, 0);
+static OVL_OPS: HashMap<u32, OvlOp> = HashMap::with_max_entries(16384, 0);
 #[map]
-static WRITE_STARTS: LruHashMap<u32, WriteStart> = LruHashMap::with_max_entries(16384, 0);
+static WRITE_STARTS: HashMap<u32, WriteStart> = HashMap::with_max_entries(16384, 0);
 
 /// Large values are built here, not on the 512-byte BPF stack.
 #[map]

@@ -45,6 +45,9 @@ struct TestArgs {
     /// Seconds per guest.
     #[arg(long, default_value_t = 900)]
     timeout: u64,
+    /// Skip the host unit tests.
+    #[arg(long)]
+    no_host: bool,
     /// Arguments for the test executables (filters, --nocapture, ...).
     #[arg(last = true)]
     args: Vec<String>,
@@ -139,6 +142,7 @@ fn run(cli: Cli) -> Result<i32> {
                 timeout: Duration::from_secs(a.timeout),
                 targets: a.targets,
                 args: a.args,
+                host: !a.no_host,
             };
             Ok(if testrun::run(&t, &opts)? { 0 } else { 1 })
         }

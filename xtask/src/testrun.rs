@@ -1,4 +1,5 @@
-//! `cargo xtask test`: run the `cowtrace-tests` executables inside guests.
+//! `cargo xtask test`: host unit tests, then the `cowtrace-tests`
+//! executables inside guests, and one closing `total: N passed, N failed`.
 //!
 //! Builds the agent and the test executables first (never while a guest
 //! runs), then boots one guest per kernel series and runs every test
@@ -9,9 +10,13 @@
 use crate::build;
 use crate::guest::{self, Copy, GuestSpec};
 use crate::kernel::Series;
+use crate::qemu::Sinks;
 use crate::setup::Tooling;
 use crate::util::note;
-use anyhow::Result;
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Where the test executables go in the guest.
@@ -27,10 +32,33 @@ pub struct TestOptions {
     pub targets: Vec<String>,
     /// Passed to every test executable (e.g. a filter, `--nocapture`).
     pub args: Vec<String>,
+    /// Run the host unit tests (`cargo test --workspace`) first.
+    pub host: bool,
 }
 
 /// Run the tests; true if every guest and every test passed.
 pub fn run(tooling: &Tooling, opts: &TestOptions) -> Result<bool> {
+    let mut total = Counts::default();
+    if opts.host {
+        note("host unit tests");
+        // Plain host build: no static-linking flags (proc macros need
+        // dynamic linking), but bpf-linker on PATH for the agent's build.rs.
+        let mut cmd =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.env("PATH", tooling.path_env())
+            .args(["test", "--workspace"]);
+        let out = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running cargo test")?;
+        std::io::stdout().write_all(&out.stdout)?;
+        let c = Counts::parse(&String::from_utf8_lossy(&out.stdout));
+        total.add(c);
+        if !out.status.success() && c.failed == 0 {
+            total.failed += 1;
+        }
+    }
     let agent = build::agent(tooling)?;
     let tests = build::guest_tests(tooling)?;
     let selected: Vec<_> = tests
@@ -82,16 +110,101 @@ pub fn run(tooling: &Tooling, opts: &TestOptions) -> Result<bool> {
             command,
             agent: Some(agent.clone()),
         };
-        let verdict = match guest::run(&spec) {
-            Ok(0) => "ok".to_string(),
-            Ok(rc) => format!("FAILED (exit {rc})"),
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let mut sinks = Sinks {
+            stdout: Box::new(Tee(captured.clone())),
+            stderr: Box::new(std::io::stderr()),
+        };
+        let result = guest::run_with(&spec, &mut sinks);
+        let c = Counts::parse(&String::from_utf8_lossy(&captured.lock().unwrap()));
+        total.add(c);
+        let verdict = match result {
+            Ok(0) => format!("ok ({} passed)", c.passed),
+            Ok(rc) => format!(
+                "FAILED (exit {rc}; {} passed, {} failed)",
+                c.passed, c.failed
+            ),
             Err(e) => format!("FAILED ({e:#})"),
         };
+        // A guest that died or a runner that failed without counting a
+        // failed test still fails the run.
+        if !verdict.starts_with("ok") && c.failed == 0 {
+            total.failed += 1;
+        }
         results.push((kernel, verdict));
     }
-    eprintln!("test summary:");
+    println!("test summary:");
     for (k, v) in &results {
-        eprintln!("  {k}: {v}");
+        println!("  {k}: {v}");
     }
-    Ok(results.iter().all(|(_, v)| v == "ok"))
+    println!("total: {} passed, {} failed", total.passed, total.failed);
+    Ok(total.failed == 0)
+}
+
+/// Passed and failed counts from libtest's `test result:` lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Counts {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl Counts {
+    pub fn parse(text: &str) -> Counts {
+        let mut c = Counts::default();
+        for line in text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("test result:"))
+        {
+            let num = |word: &str| {
+                line.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word).map(str::trim))
+                    .and_then(|n| n.rsplit(' ').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            c.passed += num("passed");
+            c.failed += num("failed");
+        }
+        c
+    }
+
+    fn add(&mut self, o: Counts) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+    }
+}
+
+/// Streams the guest's stdout to ours and keeps a copy to count results.
+struct Tee(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        std::io::stdout().write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_libtest_summaries() {
+        let text = "test result: ok. 43 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.56s\n\
+                    noise\n\
+                    test result: FAILED. 2 passed; 9 failed; 0 ignored; 0 measured; 0 filtered out\n";
+        assert_eq!(
+            Counts::parse(text),
+            Counts {
+                passed: 45,
+                failed: 9
+            }
+        );
+        assert_eq!(Counts::parse("nothing"), Counts::default());
+    }
 }
