@@ -8,12 +8,14 @@
 //! * [`kernel`]: download and unpack Debian kernel packages per series.
 //! * [`guest`]: boot a kernel in QEMU and run one command in it.
 //! * [`testrun`]: run the guest test executables in guests.
+//! * [`demo`]: the Docker demo with a container named nginx.
 //! * [`docker`]: the Debian rootfs with a Docker engine for `--docker` guests.
 //! * [`apt`], [`cpio`], [`qemu`], [`util`]: the plumbing underneath.
 
 pub mod apt;
 pub mod build;
 pub mod cpio;
+pub mod demo;
 pub mod docker;
 pub mod guest;
 pub mod kernel;

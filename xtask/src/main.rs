@@ -29,6 +29,15 @@ enum Cmd {
     Vm(VmArgs),
     /// Run the cowtrace-tests executables in guests (all series by default).
     Test(TestArgs),
+    /// The demo: a Docker guest, a container named nginx, cowtrace watching it.
+    Demo {
+        /// Kernel series of the guest.
+        #[arg(long, default_value = "6.1")]
+        kernel: Series,
+        /// Where the latency JSON goes.
+        #[arg(long, default_value = "target/demo")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -129,6 +138,10 @@ fn run(cli: Cli) -> Result<i32> {
                 agent: Some(agent),
             };
             guest::run(&spec)
+        }
+        Cmd::Demo { kernel, out } => {
+            let t = setup::ensure()?;
+            xtask::demo::run(&t, kernel, &out)
         }
         Cmd::Test(a) => {
             let t = setup::ensure()?;
