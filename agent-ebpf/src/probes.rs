@@ -288,6 +288,13 @@ pub fn ovl_copy_up_one(ctx: ProbeContext) -> u32 {
     if COPY_OPS.get_ptr(&tid).is_none() && !wanted(dentry_dev(dentry)) {
         return 0;
     }
+    // A copied object still here means its return was never seen (return
+    // probe instances ran out): count it, nothing is lost silently.
+    if let Some(prev) = unsafe { COPY_OBJS.get(&tid) } {
+        if prev.did_work != 0 {
+            count_drop(EventKind::CopyUp);
+        }
+    }
     let obj = CopyObj {
         start_ns: now(),
         dentry,

@@ -16,6 +16,7 @@ pub mod cgroup;
 pub mod doctor;
 pub mod event;
 pub mod kallsyms;
+pub mod kretprobe;
 pub mod live;
 pub mod mountinfo;
 pub mod probes;

@@ -7,6 +7,7 @@
 //! the result is described in a [`ProbeReport`] for `doctor` and the JSON.
 
 use crate::btf::Btf;
+use crate::kretprobe::{self, TracefsKretprobe};
 use agent_ebpf::{Config, DIRECT};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
@@ -188,6 +189,8 @@ pub fn layout(btf: &KernelBtf) -> Result<Config> {
 
 /// Loaded and attached probes. Dropping it detaches everything.
 pub struct Probes {
+    /// Held for their Drop; declared first so they go before the programs.
+    _kretprobes: Vec<TracefsKretprobe>,
     pub ebpf: Ebpf,
     pub report: ProbeReport,
 }
@@ -372,69 +375,114 @@ impl Probes {
             .load(PROBES_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
         let mut report = ProbeReport::default();
+        let mut att = Attacher {
+            syms,
+            btf: aya_btf.as_ref(),
+            opts,
+            tracefs: kretprobe::tracefs(),
+            kretprobes: Vec::new(),
+        };
+        if let Some(t) = &att.tracefs {
+            kretprobe::remove_stale(t);
+        }
         for point in POINTS {
-            let attached = attach_point(&mut ebpf, point, syms, aya_btf.as_ref(), opts)
+            let attached = att
+                .attach_point(&mut ebpf, point)
                 .with_context(|| format!("attaching {}", point.role))?;
             report.points.push(attached);
         }
-        Ok(Self { ebpf, report })
+        Ok(Self {
+            _kretprobes: att.kretprobes,
+            ebpf,
+            report,
+        })
     }
 }
 
-fn attach_point(
-    ebpf: &mut Ebpf,
-    point: &Point,
-    syms: &KernelSymbols,
-    btf: Option<&aya::Btf>,
-    opts: &ProbeOptions,
-) -> Result<AttachedPoint> {
-    let function = point
-        .candidates
-        .iter()
-        .find(|c| syms.has(c))
-        .ok_or_else(|| {
-            anyhow!(
-                "the kernel has none of {} (inlined or overlay not loaded)",
-                point.candidates.join(", ")
-            )
-        })?;
-    let done = |method: &str| AttachedPoint {
-        role: point.role,
-        function: function.to_string(),
-        method: method.into(),
-    };
-    match &point.kind {
-        PointKind::Kprobe { entry } => {
-            kprobe(ebpf, entry, function)?;
-            Ok(done("kprobe"))
-        }
-        PointKind::KprobePair { entry, ret } => {
-            kprobe(ebpf, entry, function)?;
-            kprobe(ebpf, ret, function)?;
-            Ok(done("kprobe+kretprobe"))
-        }
-        PointKind::Traced { fentry, kprobe: kp } => {
-            if let (false, Some(btf)) = (opts.force_kprobes, btf) {
-                if fentry_attach(ebpf, fentry, function, btf).is_ok() {
-                    return Ok(done("fentry"));
-                }
+/// Attaches points one by one, keeping what must live as long as they do.
+struct Attacher<'a> {
+    syms: &'a KernelSymbols,
+    btf: Option<&'a aya::Btf>,
+    opts: &'a ProbeOptions,
+    /// Return probes go through tracefs when it is mounted (see
+    /// [`kretprobe`]); otherwise through perf with the kernel's default
+    /// number of instances.
+    tracefs: Option<std::path::PathBuf>,
+    kretprobes: Vec<TracefsKretprobe>,
+}
+
+impl Attacher<'_> {
+    fn attach_point(&mut self, ebpf: &mut Ebpf, point: &Point) -> Result<AttachedPoint> {
+        let function = point
+            .candidates
+            .iter()
+            .find(|c| self.syms.has(c))
+            .ok_or_else(|| {
+                anyhow!(
+                    "the kernel has none of {} (inlined or overlay not loaded)",
+                    point.candidates.join(", ")
+                )
+            })?;
+        let done = |method: &str| AttachedPoint {
+            role: point.role,
+            function: function.to_string(),
+            method: method.into(),
+        };
+        match &point.kind {
+            PointKind::Kprobe { entry } => {
+                kprobe(ebpf, entry, function)?;
+                Ok(done("kprobe"))
             }
-            kprobe(ebpf, kp, function)?;
-            Ok(done("kprobe"))
-        }
-        PointKind::TracedPair {
-            fentry,
-            fexit,
-            fallback,
-        } => {
-            if let (false, Some(btf)) = (opts.force_kprobes, btf) {
-                if fentry_attach(ebpf, fentry, function, btf).is_ok() {
-                    fexit_attach(ebpf, fexit, function, btf)?;
-                    return Ok(done("fentry+fexit"));
-                }
+            PointKind::KprobePair { entry, ret } => {
+                kprobe(ebpf, entry, function)?;
+                let method = self.kretprobe(ebpf, ret, function)?;
+                Ok(done(&format!("kprobe+{method}")))
             }
-            attach_point(ebpf, fallback, syms, btf, opts)
+            PointKind::Traced { fentry, kprobe: kp } => {
+                if let (false, Some(btf)) = (self.opts.force_kprobes, self.btf) {
+                    if fentry_attach(ebpf, fentry, function, btf).is_ok() {
+                        return Ok(done("fentry"));
+                    }
+                }
+                kprobe(ebpf, kp, function)?;
+                Ok(done("kprobe"))
+            }
+            PointKind::TracedPair {
+                fentry,
+                fexit,
+                fallback,
+            } => {
+                if let (false, Some(btf)) = (self.opts.force_kprobes, self.btf) {
+                    if fentry_attach(ebpf, fentry, function, btf).is_ok() {
+                        fexit_attach(ebpf, fexit, function, btf)?;
+                        return Ok(done("fentry+fexit"));
+                    }
+                }
+                self.attach_point(ebpf, fallback)
+            }
         }
+    }
+
+    /// Returns the method used: `kretprobe` (tracefs, many instances) or
+    /// `kretprobe(perf)` (kernel default instances).
+    fn kretprobe(&mut self, ebpf: &mut Ebpf, prog: &str, function: &str) -> Result<&'static str> {
+        let p: &mut KProbe = program(ebpf, prog)?;
+        p.load()
+            .map_err(|e| anyhow!("loading {prog}: {}", verifier_error(&e)))?;
+        if let Some(t) = &self.tracefs {
+            use std::os::fd::{AsFd, AsRawFd};
+            let fd = p.fd()?.as_fd().as_raw_fd();
+            match TracefsKretprobe::attach(t, function, fd) {
+                Ok(k) => {
+                    self.kretprobes.push(k);
+                    return Ok("kretprobe");
+                }
+                Err(e) => eprintln!("cowtrace: warning: {e:#}; using a perf kretprobe (may miss returns under load)"),
+            }
+        }
+        p.attach(function, 0)
+            .map_err(|e| anyhow!("kretprobe on {function}: {e}"))?;
+        Ok("kretprobe(perf)")
     }
 }
 

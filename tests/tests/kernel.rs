@@ -279,15 +279,7 @@ fn racing_threads_copy_up_once_and_thousands_arrive_without_drops() {
         .into_iter()
         .filter(|e| e["file_type"] == "file" && e["path"] != "shared")
         .count();
-    // Known gap, tracked in the probes issue: the perf-created kretprobe
-    // on ovl_copy_up_one has a fixed number of instances (maxactive cannot
-    // be set through perf_event_open), so a burst of concurrent copy-ups
-    // loses some, and the misses are not visible to userspace (measured:
-    // about 1,550 of 4,000 on 5.10, 3,945 on 7.2, all on 6.1 and 6.12).
-    // Until the object end comes from another hook, the test holds the
-    // agent to "never more than made" and prints what it saw.
-    println!("{files} of 4000 concurrent copy-ups seen");
-    assert!(files > 0 && files <= 4000, "{files}");
+    assert_eq!(files, 4000, "drops: {}", tr.report["drops"]);
     for k in ["copy_up", "whiteout", "opaque_dir"] {
         assert_eq!(tr.report["drops"][k], 0, "{}", tr.report["drops"]);
     }
@@ -378,6 +370,12 @@ fn duration_ends_with_complete_json() {
     assert!(tr.report["duration_s"].as_f64().unwrap() >= 3.0);
     assert_eq!(tr.container("host")["copy_up"]["count"], 1);
     assert!(tr.stderr.contains("cowtrace summary"), "{}", tr.stderr);
+    // Return probes live in tracefs (for their instance count): none may
+    // outlive the run.
+    let events = std::fs::read_to_string("/sys/kernel/tracing/kprobe_events").unwrap();
+    assert!(!events.contains("cowtrace_"), "left behind:\n{events}");
+    let methods = tr.report["probes"].to_string();
+    assert!(methods.contains("kprobe+kretprobe"), "{methods}");
 }
 
 /// Without module BTF (Debian 5.10) the agent falls back to fixed argument
