@@ -314,13 +314,12 @@ fn mark_copy_work() -> u32 {
     0
 }
 
+/// A kprobe even where fentry works: BPF trampolines run programs with
+/// preemption enabled and skip a program re-entered on the same CPU, which
+/// lost about 0.4% of concurrent copy-ups on 7.2; kprobes run with
+/// preemption disabled and are not re-entered that way.
 #[kprobe]
 pub fn security_inode_copy_up(_ctx: ProbeContext) -> u32 {
-    mark_copy_work()
-}
-
-#[fentry(function = "security_inode_copy_up")]
-pub fn security_inode_copy_up_fentry(_ctx: FEntryContext) -> u32 {
     mark_copy_work()
 }
 

@@ -2,6 +2,11 @@
 //! the runtimes' cgroup naming), named through the Docker Engine API when
 //! its socket is there (podman serves the same API). Anything else is
 //! `host`.
+//!
+//! Whose filesystem it happened in: the overlay device of the event matched
+//! against the root mount of each container's init process (its
+//! /proc/PID/mountinfo), which works with or without the Docker API's
+//! GraphDriver data (Docker 29's containerd image store has none).
 
 use crate::cgroup::{container_id_from_cgroup_path, CgroupIndex};
 use crate::stats::Owner;
@@ -19,6 +24,18 @@ pub struct ContainerInfo {
     pub name: String,
     pub image: String,
     pub pid: Option<u32>,
+    /// The container's root overlay device (kernel encoding).
+    pub root_dev: Option<u32>,
+}
+
+/// The overlay device of the root mount `pid` sees.
+pub fn root_overlay_dev(pid: u32) -> Option<u32> {
+    crate::mountinfo::read_mountinfo(&pid.to_string())
+        .ok()?
+        .into_iter()
+        .filter(|m| m.is_overlay() && m.mount_point == "/")
+        .last()
+        .map(|m| m.kernel_dev())
 }
 
 /// Minimal Docker Engine API client over its unix socket (HTTP/1.0, so the
@@ -77,11 +94,13 @@ impl DockerApi {
                 .ok()
                 .and_then(|d| d["State"]["Pid"].as_u64())
                 .map(|p| p as u32);
+            let root_dev = pid.and_then(root_overlay_dev);
             out.push(ContainerInfo {
                 id,
                 name,
                 image,
                 pid,
+                root_dev,
             });
         }
         Ok(out)
@@ -95,6 +114,8 @@ pub struct ContainerResolver {
     docker: Option<DockerApi>,
     known: HashMap<String, ContainerInfo>,
     by_cgroup: HashMap<u64, Owner>,
+    /// Devices no container had at the last look (host overlays).
+    unknown_devs: std::collections::HashSet<u32>,
     last_refresh: Option<Instant>,
     pub warned: Option<String>,
 }
@@ -110,6 +131,7 @@ impl ContainerResolver {
             docker,
             known: HashMap::new(),
             by_cgroup: HashMap::new(),
+            unknown_devs: Default::default(),
             last_refresh: None,
             warned,
         };
@@ -130,6 +152,9 @@ impl ContainerResolver {
         match api.containers() {
             Ok(list) => {
                 for c in list {
+                    if let Some(dev) = c.root_dev {
+                        self.unknown_devs.remove(&dev);
+                    }
                     self.known.insert(c.id.clone(), c);
                 }
             }
@@ -207,6 +232,34 @@ impl ContainerResolver {
             self.by_cgroup.insert(cgroup_id, owner.clone());
         }
         owner
+    }
+}
+
+impl ContainerResolver {
+    /// The container whose root filesystem is overlay device `dev`.
+    pub fn owner_of_dev(&mut self, dev: u32) -> Option<Owner> {
+        let find = |known: &HashMap<String, ContainerInfo>| {
+            known
+                .values()
+                .find(|c| c.root_dev == Some(dev))
+                .map(|c| Owner {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    image: c.image.clone(),
+                })
+        };
+        if let Some(o) = find(&self.known) {
+            return Some(o);
+        }
+        if self.unknown_devs.contains(&dev) {
+            return None;
+        }
+        self.refresh_containers();
+        let found = find(&self.known);
+        if found.is_none() {
+            self.unknown_devs.insert(dev);
+        }
+        found
     }
 }
 

@@ -40,7 +40,15 @@ fn clip(s: &str, n: usize) -> String {
 }
 
 /// `wall` is the local wall-clock time of the event as HH:MM:SS.mmm.
-pub fn event_line(wall: &str, owner: &Owner, trigger: Option<&str>, ev: &KernelEvent) -> String {
+/// The CONTAINER column is who caused it, with `>name` appended when it
+/// happened in another container's filesystem (e.g. `docker cp`).
+pub fn event_line(
+    wall: &str,
+    owner: &Owner,
+    fs: Option<&Owner>,
+    trigger: Option<&str>,
+    ev: &KernelEvent,
+) -> String {
     let (kind, trig, lat, bytes) = match &ev.kind {
         Kind::CopyUp(c) => {
             let kind = if c.ancestor { "copy_up^" } else { "copy_up" };
@@ -54,10 +62,14 @@ pub fn event_line(wall: &str, owner: &Owner, trigger: Option<&str>, ev: &KernelE
         Kind::Whiteout { cause } => ("whiteout", *cause, "-".into(), "-".into()),
         Kind::OpaqueDir => ("opaque", "mkdir", "-".into(), "-".into()),
     };
+    let who = match fs {
+        Some(f) if f.id != owner.id => format!("{}>{}", owner.name, f.name),
+        _ => owner.name.clone(),
+    };
     format!(
         "{:<12} {:<16} {:>7} {:<15} {:<10} {:<8} {:>10} {:>9}  {}",
         wall,
-        clip(&owner.name, 16),
+        clip(&who, 16),
         ev.pid,
         clip(&ev.comm, 15),
         kind,

@@ -292,27 +292,20 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     let mut probes = Probes::attach(&syms, &btf, &opts).map_err(Failure::Runtime)?;
     drop(syms);
     // Filter maps filled before events can pass: with the filter flag set
-    // and empty maps, nothing passes until now.
-    {
-        let mut cg: BpfHashMap<_, u64, u8> = BpfHashMap::try_from(
-            probes
-                .ebpf
-                .map_mut("CGROUP_FILTER")
-                .context("CGROUP_FILTER map")?,
-        )
-        .context("CGROUP_FILTER map")?;
-        for c in &container_filter {
-            if let Some(id) = c
-                .pid
-                .and_then(|p| cowtrace::cgroup::cgroup_id_of_pid(p).ok())
-            {
-                cgroup_ids.push(id);
-            }
-        }
-        for id in &cgroup_ids {
-            cg.insert(id, 1, 0).context("filling the cgroup filter")?;
+    // and empty maps, nothing passes until now. A container is both its
+    // processes (cgroup) and its root filesystem (overlay device), so a
+    // `docker cp` into it counts too.
+    for c in &container_filter {
+        if let Some(id) = c
+            .pid
+            .and_then(|p| cowtrace::cgroup::cgroup_id_of_pid(p).ok())
+        {
+            cgroup_ids.push(id);
         }
     }
+    fill_filter::<u64>(&mut probes, "CGROUP_FILTER", &cgroup_ids)?;
+    let devs: Vec<u32> = container_filter.iter().filter_map(|c| c.root_dev).collect();
+    fill_filter::<u32>(&mut probes, "DEV_FILTER", &devs)?;
     let symbols = Symbols::load()?;
     let kernel = doctor::kernel_release();
     eprintln!(
@@ -455,6 +448,21 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     Ok(())
 }
 
+fn fill_filter<K: aya::Pod>(probes: &mut Probes, map: &str, keys: &[K]) -> Result<()> {
+    let mut m: BpfHashMap<_, K, u8> = BpfHashMap::try_from(
+        probes
+            .ebpf
+            .map_mut(map)
+            .with_context(|| format!("{map} map"))?,
+    )
+    .with_context(|| format!("{map} map"))?;
+    for k in keys {
+        m.insert(k, 1, 0)
+            .with_context(|| format!("filling {map}"))?;
+    }
+    Ok(())
+}
+
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
@@ -474,15 +482,16 @@ fn handle_event(
         return Ok(());
     }
     let owner = resolver.owner_of_cgroup(ev.cgroup_id);
+    let fs = resolver.owner_of_dev(ev.dev);
     let trigger = match &ev.kind {
         cowtrace::event::Kind::CopyUp(c) => Some(symbols.classify_copy_up(&c.stack).as_str()),
         _ => None,
     };
     stats.record(&owner, ev);
-    out.event(&report::event_json(&owner, trigger, ev))?;
+    out.event(&report::event_json(&owner, fs.as_ref(), trigger, ev))?;
     if print_events {
         let wall = wall_clock((ev.ts_ns as i128 + mono_to_wall) as u64);
-        out.line(&live::event_line(&wall, &owner, trigger, ev));
+        out.line(&live::event_line(&wall, &owner, fs.as_ref(), trigger, ev));
     }
     Ok(())
 }

@@ -203,17 +203,14 @@ struct Point {
 }
 
 enum PointKind {
-    /// kprobe only (module functions: stock aya cannot fentry into modules).
+    /// kprobe only: module functions (stock aya cannot fentry into modules)
+    /// and vmlinux functions where fentry does not fit (see each point).
     Kprobe { entry: &'static str },
     KprobePair {
         entry: &'static str,
         ret: &'static str,
     },
-    /// fentry where vmlinux BTF has the function, else kprobe.
-    Traced {
-        fentry: &'static str,
-        kprobe: &'static str,
-    },
+    /// fentry+fexit where vmlinux BTF has the function, else `fallback`.
     TracedPair {
         fentry: &'static str,
         fexit: &'static str,
@@ -256,9 +253,9 @@ static POINTS: &[Point] = &[
     Point {
         role: "copy_up_done",
         candidates: &["security_inode_copy_up"],
-        kind: PointKind::Traced {
-            fentry: "security_inode_copy_up_fentry",
-            kprobe: "security_inode_copy_up",
+        // kprobe: see the program's comment (fentry misses under preemption).
+        kind: PointKind::Kprobe {
+            entry: "security_inode_copy_up",
         },
     },
     Point {
@@ -343,8 +340,6 @@ pub fn plan(
             let method = match &p.kind {
                 PointKind::Kprobe { .. } => "kprobe",
                 PointKind::KprobePair { .. } => "kprobe+kretprobe",
-                PointKind::Traced { .. } if fentry_ok => "fentry",
-                PointKind::Traced { .. } => "kprobe",
                 PointKind::TracedPair { .. } if fentry_ok => "fentry+fexit",
                 PointKind::TracedPair { fallback, .. } => {
                     return AttachedPoint {
@@ -437,15 +432,6 @@ impl Attacher<'_> {
                 kprobe(ebpf, entry, function)?;
                 let method = self.kretprobe(ebpf, ret, function)?;
                 Ok(done(&format!("kprobe+{method}")))
-            }
-            PointKind::Traced { fentry, kprobe: kp } => {
-                if let (false, Some(btf)) = (self.opts.force_kprobes, self.btf) {
-                    if fentry_attach(ebpf, fentry, function, btf).is_ok() {
-                        return Ok(done("fentry"));
-                    }
-                }
-                kprobe(ebpf, kp, function)?;
-                Ok(done("kprobe"))
             }
             PointKind::TracedPair {
                 fentry,

@@ -140,11 +140,20 @@ pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
 }
 
 /// One `--events` line.
-pub fn event_json(owner: &Owner, trigger: Option<&str>, ev: &KernelEvent) -> Value {
+///
+/// `container` is who caused it; `filesystem` is the container whose root
+/// filesystem it happened in (`null` for an overlay that is no container's).
+pub fn event_json(
+    owner: &Owner,
+    fs: Option<&Owner>,
+    trigger: Option<&str>,
+    ev: &KernelEvent,
+) -> Value {
     let mut v = json!({
         "type": ev.kind_name(),
         "ts_ns": ev.ts_ns,
         "container": {"id": owner.id, "name": owner.name},
+        "filesystem": fs.map(|f| json!({"id": f.id, "name": f.name})),
         "pid": ev.pid,
         "tid": ev.tid,
         "comm": ev.comm,
@@ -246,6 +255,46 @@ mod tests {
     }
 
     #[test]
+    fn schema_document_matches_the_report() {
+        let mut s = OwnerStats::default();
+        s.copy_up_count = 1;
+        s.copy_up.record(5_000).unwrap();
+        s.copy_up_op.record(6_000).unwrap();
+        s.files.insert(
+            "etc/x".into(),
+            crate::stats::FileCost {
+                count: 1,
+                total_ns: 5_000,
+                bytes: 3,
+            },
+        );
+        let mut w = WriteTotals::default();
+        w.count = 1;
+        w.latency.record(100).unwrap();
+        let run = RunInfo {
+            kernel: "6.1.0",
+            started: "2026-11-27T00:00:00Z",
+            duration_s: 1.0,
+            probes: json!([{"role": "write", "function": "vfs_write", "method": "fentry+fexit"}]),
+            drops: [0, 0, 0],
+            write_sample_every: 1,
+        };
+        let v = report_json(&run, vec![container_json(&Owner::host(), &s, &w)]);
+        let have = json_paths(&v);
+        let documented = documented_paths(SCHEMA_DOC);
+        let undocumented: Vec<_> = have.difference(&documented).collect();
+        let missing: Vec<_> = documented.difference(&have).collect();
+        assert!(
+            undocumented.is_empty(),
+            "fields not in docs/json-schema.md: {undocumented:?}"
+        );
+        assert!(
+            missing.is_empty(),
+            "documented but not written: {missing:?}"
+        );
+    }
+
+    #[test]
     fn atomic_write_replaces_and_refuses_symlinked_temp() {
         let dir = std::env::temp_dir().join(format!("cowtrace-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -259,3 +308,44 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Every field path of a JSON value, arrays written `[]`: the shape that
+/// docs/json-schema.md documents.
+pub fn json_paths(v: &Value) -> std::collections::BTreeSet<String> {
+    fn walk(v: &Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    out.insert(p.clone());
+                    walk(x, &p, out);
+                }
+            }
+            Value::Array(a) => {
+                for x in a {
+                    walk(x, &format!("{prefix}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(v, "", &mut out);
+    out
+}
+
+/// The field paths the schema document lists (`- \`path\` ...` lines).
+pub fn documented_paths(doc: &str) -> std::collections::BTreeSet<String> {
+    doc.lines()
+        .filter_map(|l| l.strip_prefix("- `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The schema document, for tests of real reports.
+pub const SCHEMA_DOC: &str = include_str!("../../docs/json-schema.md");

@@ -232,8 +232,18 @@ impl Tracer {
             .collect();
         let report_text = std::fs::read_to_string(self.dir.join("report.json"))
             .unwrap_or_else(|e| panic!("no JSON report: {e}\n{stderr}"));
-        let report = serde_json::from_str(&report_text)
+        let report: Value = serde_json::from_str(&report_text)
             .unwrap_or_else(|e| panic!("report is not strict JSON: {e}\n{report_text}"));
+        // Every field of a real report is in the schema document.
+        let documented = cowtrace::report::documented_paths(cowtrace::report::SCHEMA_DOC);
+        let undocumented: Vec<_> = cowtrace::report::json_paths(&report)
+            .into_iter()
+            .filter(|p| !documented.contains(p))
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "not in docs/json-schema.md: {undocumented:?}"
+        );
         Trace {
             events,
             report,

@@ -45,7 +45,7 @@ struct TestArgs {
     /// Kernel series (repeatable; default: all four).
     #[arg(long = "kernel")]
     kernels: Vec<Series>,
-    /// Run in the Docker guest.
+    /// Only the Docker guest tests.
     #[arg(long)]
     docker: bool,
     /// Only this test target (repeatable).
@@ -57,6 +57,9 @@ struct TestArgs {
     /// Skip the host unit tests.
     #[arg(long)]
     no_host: bool,
+    /// Skip the Docker guest tests.
+    #[arg(long)]
+    no_docker: bool,
     /// Arguments for the test executables (filters, --nocapture, ...).
     #[arg(last = true)]
     args: Vec<String>,
@@ -152,6 +155,7 @@ fn run(cli: Cli) -> Result<i32> {
                     a.kernels
                 },
                 docker: a.docker,
+                no_docker: a.no_docker,
                 timeout: Duration::from_secs(a.timeout),
                 targets: a.targets,
                 args: a.args,

@@ -1,0 +1,220 @@
+//! Guest tests with a real Docker engine (`cargo xtask test --docker`):
+//! attribution of copy-ups, whiteouts and writes to named containers.
+
+use cowtrace_tests::{make_file, Overlay, Tracer};
+use serde_json::Value;
+use std::process::Command;
+use std::sync::OnceLock;
+
+const IMAGE: &str = "cowtrace/test-img";
+
+fn docker(args: &[&str]) -> String {
+    let o = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        o.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Builds the test image once: a layer of 20 small files on busybox.
+fn image() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let ctx = std::path::Path::new("/tmp/cowtrace-img");
+        std::fs::create_dir_all(ctx).unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            "FROM cowtrace/busybox:latest\n\
+             RUN mkdir /data && for i in $(seq 1 20); do echo $i > /data/f$i; done\n",
+        )
+        .unwrap();
+        docker(&[
+            "build",
+            "-q",
+            "--network",
+            "none",
+            "-t",
+            IMAGE,
+            "/tmp/cowtrace-img",
+        ]);
+    });
+}
+
+/// A running container, removed on drop.
+struct Container(String);
+
+impl Container {
+    fn run(name: &str) -> Container {
+        image();
+        let _ = Command::new("docker").args(["rm", "-f", name]).output();
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            IMAGE,
+            "sleep",
+            "3600",
+        ]);
+        Container(name.to_string())
+    }
+
+    fn exec(&self, script: &str) {
+        docker(&["exec", &self.0, "sh", "-c", script]);
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+fn named<'a>(report: &'a Value, name: &str) -> Option<&'a Value> {
+    report["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+}
+
+const WORK: &str = "echo b >> /data/f1; echo b >> /data/f2; rm /data/f3; \
+                    for i in $(seq 1 100); do echo x >> /data/new; done";
+
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn container_filter_reports_exactly_that_container() {
+    let alpha = Container::run("alpha");
+    let beta = Container::run("beta");
+    let t = Tracer::start("filter", &["--container", "alpha"]);
+    alpha.exec(WORK);
+    beta.exec(WORK);
+    let tr = t.stop();
+    assert!(!tr.events.is_empty());
+    for e in &tr.events {
+        assert_eq!(e["container"]["name"], "alpha", "{e}");
+        assert_eq!(e["filesystem"]["name"], "alpha", "{e}");
+    }
+    let ups: Vec<&str> = tr
+        .events
+        .iter()
+        .filter(|e| e["type"] == "copy_up" && e["ancestor"] == false)
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(ups, ["data/f1", "data/f2"], "{:#?}", tr.events);
+    let wh: Vec<_> = tr
+        .events
+        .iter()
+        .filter(|e| e["type"] == "whiteout")
+        .collect();
+    assert_eq!(wh.len(), 1);
+    assert_eq!(wh[0]["path"], "data/f3");
+    let cs = tr.report["containers"].as_array().unwrap();
+    assert_eq!(cs.len(), 1, "{cs:#?}");
+    let a = &cs[0];
+    assert_eq!(a["name"], "alpha");
+    assert_eq!(a["image"], IMAGE);
+    assert_eq!(a["copy_up"]["count"], 3, "two files and their directory");
+    assert_eq!(a["whiteouts"]["count"], 1);
+    assert_eq!(a["writes"]["count"], 102, "{a:#}");
+    assert!(a["copy_up_vs_write"]["p50_ratio"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn without_a_filter_both_containers_and_the_host_are_reported() {
+    let alpha = Container::run("alpha2");
+    let beta = Container::run("beta2");
+    let ov = Overlay::new("docker-host", |l| make_file(&l.join("h"), 10));
+    let t = Tracer::start("nofilter", &[]);
+    alpha.exec("echo b >> /data/f1");
+    beta.exec("echo b >> /data/f2; rm /data/f4");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(ov.path("h"))
+        .unwrap();
+    let tr = t.stop();
+    let a = named(&tr.report, "alpha2").expect("alpha2 in report");
+    let b = named(&tr.report, "beta2").expect("beta2 in report");
+    assert_eq!(a["copy_up"]["count"], 2);
+    assert_eq!(b["copy_up"]["count"], 2);
+    assert_eq!(b["whiteouts"]["count"], 1);
+    assert_eq!(a["image"], IMAGE);
+    let host = tr.container("host");
+    assert!(host["copy_up"]["count"].as_u64().unwrap() >= 1);
+    let h: Vec<_> = tr.copy_up(&ov.dev(), "h");
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0]["container"]["id"], "host");
+    assert!(h[0]["filesystem"].is_null());
+}
+
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn a_container_started_after_cowtrace_is_attributed() {
+    image();
+    let t = Tracer::start("late", &[]);
+    let late = Container::run("late");
+    late.exec("echo b >> /data/f7");
+    let tr = t.stop();
+    let e: Vec<_> = tr
+        .events
+        .iter()
+        .filter(|e| e["type"] == "copy_up" && e["path"] == "data/f7")
+        .collect();
+    assert_eq!(e.len(), 1, "{:#?}", tr.events);
+    assert_eq!(e[0]["container"]["name"], "late");
+    let l = named(&tr.report, "late").expect("late in report");
+    assert_eq!(l["image"], IMAGE);
+}
+
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn duration_ends_with_complete_json_for_the_container() {
+    let c = Container::run("timed");
+    let t = Tracer::start("timed", &["--container", "timed", "--duration", "6s"]);
+    c.exec("echo b >> /data/f9");
+    let tr = t.finish();
+    assert_eq!(tr.report["schema"], "cowtrace/v1");
+    let x = named(&tr.report, "timed").expect("timed in report");
+    assert_eq!(x["copy_up"]["count"], 2);
+}
+
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn a_host_process_writing_into_a_container_is_reported_with_both() {
+    let c = Container::run("target");
+    let t = Tracer::start("cp", &["--container", "target"]);
+    // docker cp is done by dockerd, a host process, inside the container's
+    // root filesystem.
+    std::fs::write("/tmp/cowtrace-cp", b"new").unwrap();
+    docker(&["cp", "/tmp/cowtrace-cp", "target:/data/f5"]);
+    let tr = t.stop();
+    drop(c);
+    let theirs: Vec<_> = tr
+        .events
+        .iter()
+        .filter(|e| e["filesystem"]["name"] == "target" && e["container"]["id"] == "host")
+        .collect();
+    assert!(!theirs.is_empty(), "{:#?}", tr.events);
+}
+
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn an_unknown_container_is_a_usage_error_listing_the_running_ones() {
+    let _c = Container::run("present");
+    let o = Command::new(cowtrace_tests::COWTRACE)
+        .args(["--container", "absent"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("no running container \"absent\""), "{err}");
+    assert!(err.contains("present"), "{err}");
+}
