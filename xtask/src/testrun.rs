@@ -96,6 +96,7 @@ pub fn run(tooling: &Tooling, opts: &TestOptions) -> Result<bool> {
             // all, one at a time (two slow TCG CPUs, tracing is global).
             "--include-ignored".to_string(),
             "--test-threads=1".to_string(),
+            "--color=never".to_string(),
         ];
         command.extend(opts.args.iter().cloned());
         let spec = GuestSpec {
