@@ -43,6 +43,8 @@ pub struct Overlay {
     pub root: PathBuf,
     pub lower: PathBuf,
     pub merged: PathBuf,
+    /// The layers live on a tmpfs of their own (else on the root disk).
+    tmpfs: bool,
 }
 
 impl Overlay {
@@ -51,6 +53,19 @@ impl Overlay {
         let root = PathBuf::from(format!("/tmp/ct-{name}"));
         std::fs::create_dir_all(&root).unwrap();
         mount("tmpfs", &root, "tmpfs", "size=1g");
+        Self::layers(root, true, populate)
+    }
+
+    /// Layers on the root filesystem (ext4 in the Docker guest), as a
+    /// container engine has them: copy-ups there pay for real I/O.
+    pub fn on_disk(name: &str, populate: impl FnOnce(&Path)) -> Overlay {
+        let root = PathBuf::from(format!("/var/tmp/ct-{name}"));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        Self::layers(root, false, populate)
+    }
+
+    fn layers(root: PathBuf, tmpfs: bool, populate: impl FnOnce(&Path)) -> Overlay {
         let lower = root.join("lower");
         let merged = root.join("merged");
         for d in ["lower", "upper", "work", "merged"] {
@@ -68,6 +83,7 @@ impl Overlay {
             root,
             lower,
             merged,
+            tmpfs,
         }
     }
 
@@ -87,7 +103,12 @@ impl Drop for Overlay {
         let c = |p: &Path| CString::new(p.to_str().unwrap()).unwrap();
         unsafe {
             libc::umount2(c(&self.merged).as_ptr(), libc::MNT_DETACH);
-            libc::umount2(c(&self.root).as_ptr(), libc::MNT_DETACH);
+            if self.tmpfs {
+                libc::umount2(c(&self.root).as_ptr(), libc::MNT_DETACH);
+            }
+        }
+        if !self.tmpfs {
+            let _ = std::fs::remove_dir_all(&self.root);
         }
     }
 }

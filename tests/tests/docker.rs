@@ -218,3 +218,43 @@ fn an_unknown_container_is_a_usage_error_listing_the_running_ones() {
     assert!(err.contains("no running container \"absent\""), "{err}");
     assert!(err.contains("present"), "{err}");
 }
+
+/// The demo script (`cargo xtask demo`) end to end: its JSON follows the
+/// schema, nginx has copy-ups, whiteouts, an opaque dir and writes, and the
+/// bystander container is not in it.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn the_demo_reports_nginx_and_only_nginx() {
+    let script = "/tmp/cowtrace-demo.sh";
+    std::fs::write(script, include_str!("../../xtask/src/demo.sh")).unwrap();
+    let _ = std::fs::remove_file("/out/cowtrace.json");
+    let o = Command::new("sh").arg(script).output().unwrap();
+    let _ = Command::new("docker")
+        .args(["rm", "-f", "nginx", "bystander"])
+        .output();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "demo failed:\n{out}\n{err}");
+    assert!(
+        !out.contains("bystander") && !err.contains("bystander  "),
+        "{out}"
+    );
+    let text = std::fs::read_to_string("/out/cowtrace.json").unwrap();
+    let report: Value = serde_json::from_str(&text).unwrap();
+    let have = cowtrace::report::json_paths(&report);
+    let documented = cowtrace::report::documented_paths(cowtrace::report::SCHEMA_DOC);
+    assert_eq!(have, documented, "demo JSON and docs/json-schema.md differ");
+    let cs = report["containers"].as_array().unwrap();
+    assert_eq!(cs.len(), 1, "{cs:#?}");
+    let n = &cs[0];
+    assert_eq!(n["name"], "nginx");
+    assert!(n["copy_up"]["count"].as_u64().unwrap() >= 40, "{n:#}");
+    assert!(n["copy_up"]["bytes"].as_u64().unwrap() >= 16 << 20, "{n:#}");
+    assert_eq!(n["whiteouts"]["count"], 4, "{n:#}");
+    assert_eq!(n["opaque_dirs"]["count"], 1, "{n:#}");
+    assert!(n["writes"]["count"].as_u64().unwrap() >= 500, "{n:#}");
+    assert!(
+        n["copy_up_vs_write"]["p50_ratio"].as_f64().unwrap() > 1.0,
+        "{n:#}"
+    );
+}

@@ -109,3 +109,23 @@ pub fn guest_tests(tooling: &Tooling) -> Result<BTreeMap<String, PathBuf>> {
         .filter_map(|a| Some((a.target_name, a.executable?)))
         .collect())
 }
+
+/// Build the static guest benchmark runner (`cowtrace-bench`).
+pub fn bench_runner(tooling: &Tooling) -> Result<PathBuf> {
+    let mut cmd = cargo(tooling);
+    cmd.args([
+        "build",
+        "-p",
+        "cowtrace-tests",
+        "--bin",
+        "cowtrace-bench",
+        "--release",
+        "--target",
+        TARGET,
+    ]);
+    run_json(cmd)?
+        .into_iter()
+        .filter(|a| a.target_name == "cowtrace-bench")
+        .find_map(|a| a.executable)
+        .context("cargo built no `cowtrace-bench` executable")
+}

@@ -35,6 +35,8 @@ pub const PACKAGES: &[&str] = &[
     "e2fsprogs",
     "ca-certificates",
     "busybox-static",
+    // `cargo xtask bench` compares cowtrace with it.
+    "bpftrace",
 ];
 
 /// The local image every Dockerfile can start `FROM`.

@@ -9,10 +9,12 @@
 //! * [`guest`]: boot a kernel in QEMU and run one command in it.
 //! * [`testrun`]: run the guest test executables in guests.
 //! * [`demo`]: the Docker demo with a container named nginx.
+//! * [`bench`]: cowtrace's cost to the workload, side by side with bpftrace.
 //! * [`docker`]: the Debian rootfs with a Docker engine for `--docker` guests.
 //! * [`apt`], [`cpio`], [`qemu`], [`util`]: the plumbing underneath.
 
 pub mod apt;
+pub mod bench;
 pub mod build;
 pub mod cpio;
 pub mod demo;

@@ -29,6 +29,18 @@ enum Cmd {
     Vm(VmArgs),
     /// Run the cowtrace-tests executables in guests (all series by default).
     Test(TestArgs),
+    /// Benchmarks: cowtrace's cost to the workload, side by side with bpftrace.
+    Bench {
+        /// Kernel series of the guest.
+        #[arg(long, default_value = "6.1")]
+        kernel: Series,
+        /// Where bench.json and bench.md go.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+        /// Interleaved rounds (none, cowtrace, bpftrace each).
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
     /// The demo: a Docker guest, a container named nginx, cowtrace watching it.
     Demo {
         /// Kernel series of the guest.
@@ -141,6 +153,14 @@ fn run(cli: Cli) -> Result<i32> {
                 agent: Some(agent),
             };
             guest::run(&spec)
+        }
+        Cmd::Bench {
+            kernel,
+            out,
+            rounds,
+        } => {
+            let t = setup::ensure()?;
+            xtask::bench::run(&t, kernel, &out, rounds)
         }
         Cmd::Demo { kernel, out } => {
             let t = setup::ensure()?;
