@@ -290,7 +290,6 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let t_attach = Instant::now();
     let mut probes = Probes::attach(&syms, &btf, &opts).map_err(Failure::Runtime)?;
-    drop(syms);
     // Filter maps filled before events can pass: with the filter flag set
     // and empty maps, nothing passes until now. A container is both its
     // processes (cgroup) and its root filesystem (overlay device), so a
@@ -306,7 +305,7 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     fill_filter::<u64>(&mut probes, "CGROUP_FILTER", &cgroup_ids)?;
     let devs: Vec<u32> = container_filter.iter().filter_map(|c| c.root_dev).collect();
     fill_filter::<u32>(&mut probes, "DEV_FILTER", &devs)?;
-    let symbols = Symbols::load()?;
+    let symbols = syms.table;
     let kernel = doctor::kernel_release();
     eprintln!(
         "tracing overlayfs copy-up on {kernel}: {} probes attached in {} ms{}. Ctrl-C to stop.",

@@ -46,8 +46,13 @@ pub struct ProbeOptions {
     pub filter: bool,
 }
 
-/// The kernel's function symbols, from /proc/kallsyms (names only).
-pub struct KernelSymbols(HashSet<String>);
+/// The kernel's function symbols, read once from /proc/kallsyms: which
+/// attach candidates exist, and the address table that turns a copy-up's
+/// stack into its trigger.
+pub struct KernelSymbols {
+    present: HashSet<String>,
+    pub table: crate::kallsyms::Symbols,
+}
 
 impl KernelSymbols {
     pub fn load() -> Result<Self> {
@@ -56,21 +61,29 @@ impl KernelSymbols {
     }
 
     pub fn parse(text: &str) -> Self {
-        let names = text
+        let wanted: HashSet<&str> = POINTS
+            .iter()
+            .chain([&WRITE_FALLBACK])
+            .flat_map(|p| p.candidates.iter().copied())
+            .collect();
+        let present = text
             .lines()
             .filter_map(|l| {
                 let mut it = l.split_whitespace();
                 let _addr = it.next()?;
                 let ty = it.next()?;
                 let name = it.next()?;
-                matches!(ty, "t" | "T").then(|| name.to_string())
+                (matches!(ty, "t" | "T") && wanted.contains(name)).then(|| name.to_string())
             })
             .collect();
-        Self(names)
+        Self {
+            present,
+            table: crate::kallsyms::Symbols::parse(text),
+        }
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.0.contains(name)
+        self.present.contains(name)
     }
 }
 

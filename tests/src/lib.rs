@@ -65,11 +65,23 @@ impl Overlay {
         Self::layers(root, false, populate)
     }
 
+    /// A fresh upper layer on the root disk over an existing `lower`
+    /// (benchmarks reuse one lower layer across rounds).
+    pub fn over(name: &str, lower: &Path) -> Overlay {
+        let root = PathBuf::from(format!("/var/tmp/ct-{name}"));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        std::os::unix::fs::symlink(lower, root.join("lower")).unwrap();
+        Self::layers(root, false, |_| {})
+    }
+
     fn layers(root: PathBuf, tmpfs: bool, populate: impl FnOnce(&Path)) -> Overlay {
         let lower = root.join("lower");
         let merged = root.join("merged");
         for d in ["lower", "upper", "work", "merged"] {
-            std::fs::create_dir(root.join(d)).unwrap();
+            if !root.join(d).exists() {
+                std::fs::create_dir(root.join(d)).unwrap();
+            }
         }
         populate(&lower);
         let opts = format!(

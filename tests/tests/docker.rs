@@ -162,6 +162,8 @@ fn a_container_started_after_cowtrace_is_attributed() {
     let t = Tracer::start("late", &[]);
     let late = Container::run("late");
     late.exec("echo b >> /data/f7");
+    // Gone before the report is written: its numbers stay.
+    drop(late);
     let tr = t.stop();
     let e: Vec<_> = tr
         .events
@@ -250,9 +252,11 @@ fn the_demo_reports_nginx_and_only_nginx() {
     assert_eq!(n["name"], "nginx");
     assert!(n["copy_up"]["count"].as_u64().unwrap() >= 40, "{n:#}");
     assert!(n["copy_up"]["bytes"].as_u64().unwrap() >= 16 << 20, "{n:#}");
-    assert_eq!(n["whiteouts"]["count"], 4, "{n:#}");
+    // page1, page2, the 20 assets and the assets directory.
+    assert_eq!(n["whiteouts"]["count"], 23, "{n:#}");
     assert_eq!(n["opaque_dirs"]["count"], 1, "{n:#}");
-    assert!(n["writes"]["count"].as_u64().unwrap() >= 500, "{n:#}");
+    // nginx logged 200 requests.
+    assert!(n["writes"]["count"].as_u64().unwrap() >= 200, "{n:#}");
     assert!(
         n["copy_up_vs_write"]["p50_ratio"].as_f64().unwrap() > 1.0,
         "{n:#}"

@@ -412,3 +412,58 @@ fn fallback_argument_positions_match_module_btf() {
         .expect("a data-copy function in overlay BTF");
     assert_eq!(ovl.param_index(data_fn, "len"), Some(3));
 }
+
+#[test]
+#[ignore = "needs a guest kernel: run through `cargo xtask test`"]
+fn a_closed_stdout_ends_cowtrace_quietly() {
+    use std::io::BufRead;
+    let ov = Overlay::new("pipe", |l| {
+        for i in 0..50 {
+            make_file(&l.join(format!("f{i}")), 10);
+        }
+    });
+    let mut child = std::process::Command::new(cowtrace_tests::COWTRACE)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Like `cowtrace | head -1`: read the header, then close the pipe.
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut header = String::new();
+    out.read_line(&mut header).unwrap();
+    assert!(header.starts_with("TIME"), "{header}");
+    drop(out);
+    let err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = err.lines();
+    loop {
+        let l = lines
+            .next()
+            .expect("cowtrace ended before tracing")
+            .unwrap();
+        if l.starts_with("tracing") {
+            break;
+        }
+    }
+    for i in 0..50 {
+        append(&ov.path(&format!("f{i}")), b"x");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cowtrace kept running with stdout closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(status.success(), "{status}: {rest:?}");
+    assert!(
+        !rest
+            .iter()
+            .any(|l| l.contains("panicked") || l.contains("Broken pipe")),
+        "{rest:?}"
+    );
+}

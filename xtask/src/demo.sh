@@ -1,20 +1,30 @@
 #!/bin/sh
-# The cowtrace demo, run as root inside the --docker guest: a multi-layer
-# image, a container named nginx and a bystander, cowtrace watching nginx.
+# The cowtrace demo, run as root inside the --docker guest: a real nginx
+# (Debian's package) in a multi-layer image, a bystander container, and
+# `cowtrace --container nginx` watching what nginx's life costs.
 set -e
 ctx=$(mktemp -d)
+mkdir -p "$ctx/conf"
+cat > "$ctx/conf/site.conf" <<'CONF'
+server {
+    listen 80 default_server;
+    root /usr/share/nginx/html;
+    access_log /var/log/nginx/access.log;
+}
+CONF
 cat > "$ctx/Dockerfile" <<'DOCKERFILE'
-FROM cowtrace/busybox:latest
-RUN mkdir -p /etc/nginx/conf.d /usr/share/nginx/html /var/log/nginx \
- && printf 'worker_processes 1;\nevents {}\n' > /etc/nginx/nginx.conf \
- && for i in $(seq 1 40); do echo "<h1>page $i</h1>" > /usr/share/nginx/html/page$i.html; done
-RUN dd if=/dev/urandom of=/var/log/nginx/archive.log bs=1M count=16 2>/dev/null \
- && echo 'server { listen 80; }' > /etc/nginx/conf.d/default.conf
+FROM cowtrace/debian-nginx:bookworm
+RUN rm -f /etc/nginx/sites-enabled/default \
+ && mkdir -p /usr/share/nginx/html/assets \
+ && for i in $(seq 1 40); do echo "<h1>page $i</h1>" > /usr/share/nginx/html/page$i.html; done \
+ && for i in $(seq 1 20); do head -c 65536 /dev/urandom > /usr/share/nginx/html/assets/img$i.bin; done
+COPY conf/site.conf /etc/nginx/conf.d/site.conf
+RUN head -c 16777216 /dev/urandom > /var/log/nginx/archive.log
 DOCKERFILE
-echo "demo: building a 3-layer image (offline)"
-docker build -q --network none -t cowtrace/demo-web "$ctx" >/dev/null
-docker run -d --name nginx --network none cowtrace/demo-web sleep 3600 >/dev/null
-docker run -d --name bystander --network none cowtrace/demo-web sleep 3600 >/dev/null
+echo "demo: building an nginx image with 3 layers on Debian's nginx (offline)"
+docker build -q --network none -t cowtrace/demo-nginx "$ctx" >/dev/null
+docker run -d --name nginx --network none cowtrace/demo-nginx nginx -g 'daemon off;' >/dev/null
+docker run -d --name bystander --network none cowtrace/demo-nginx nginx -g 'daemon off;' >/dev/null
 echo "demo: starting: cowtrace --container nginx --interval 5s --json /out/cowtrace.json"
 cowtrace --container nginx --interval 5s --json /out/cowtrace.json 2>/tmp/cowtrace.err &
 ct=$!
@@ -27,15 +37,17 @@ done
 cat /tmp/cowtrace.err >&2
 tail -n0 -f /tmp/cowtrace.err >&2 &
 tailer=$!
-echo "demo: nginx edits its config and reloads"
-docker exec nginx sh -c 'echo "# tuned" >> /etc/nginx/nginx.conf; echo "gzip on;" >> /etc/nginx/conf.d/default.conf'
+echo "demo: nginx serves 200 requests (it logs each one)"
+docker exec nginx sh -c 'for i in $(seq 1 200); do busybox wget -q -O /dev/null http://127.0.0.1/page$((i % 40 + 1)).html; done'
+echo "demo: a config edit and a reload"
+docker exec nginx sh -c 'echo "# tuned by the demo" >> /etc/nginx/nginx.conf && nginx -s reload'
 echo "demo: an entrypoint-style chown -R over an image directory"
-docker exec nginx chown -R 101:101 /usr/share/nginx/html
-echo "demo: appending to a 16 MiB log that came from the image, then normal logging"
-docker exec nginx sh -c 'echo rotated >> /var/log/nginx/archive.log; for i in $(seq 1 500); do echo "GET /page$i.html 200" >> /var/log/nginx/access.log; done'
+docker exec nginx chown -R www-data:www-data /usr/share/nginx/html
+echo "demo: appending to a 16 MiB log that came from the image"
+docker exec nginx sh -c 'echo rotated >> /var/log/nginx/archive.log'
 echo "demo: deleting image files and replacing an image directory"
-docker exec nginx sh -c 'rm /usr/share/nginx/html/page1.html /usr/share/nginx/html/page2.html; rm -r /etc/nginx/conf.d; mkdir /etc/nginx/conf.d'
-echo "demo: the bystander container writes too (cowtrace must not show it)"
+docker exec nginx sh -c 'rm /usr/share/nginx/html/page1.html /usr/share/nginx/html/page2.html; rm -r /usr/share/nginx/html/assets; mkdir /usr/share/nginx/html/assets'
+echo "demo: the bystander container does the same (cowtrace must not show it)"
 docker exec bystander sh -c 'echo "# other" >> /etc/nginx/nginx.conf; rm /usr/share/nginx/html/page3.html'
 sleep 1
 kill -INT $ct

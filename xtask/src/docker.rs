@@ -42,20 +42,36 @@ pub const PACKAGES: &[&str] = &[
 /// The local image every Dockerfile can start `FROM`.
 pub const BASE_IMAGE: &str = "cowtrace/busybox:latest";
 
+/// A Debian rootfs with Debian's nginx package, for the demo.
+pub const NGINX_IMAGE: &str = "cowtrace/debian-nginx:bookworm";
+const NGINX_PACKAGES: &[&str] = &["nginx", "busybox-static"];
+
 /// Bump when the way the rootfs/image is made changes.
 const ROOTFS_RECIPE: &str = "1";
-const IMAGE_RECIPE: &str = "1";
+const IMAGE_RECIPE: &str = "2";
 const DISK_SIZE: u64 = 8 << 30;
 
-/// The debootstrapped rootfs tarball (built once, needs root).
+/// The debootstrapped rootfs tarball of the Docker guest (built once,
+/// needs root).
 pub fn rootfs_tarball(cache: &Path) -> Result<PathBuf> {
+    debootstrap_tarball(cache, "docker", PACKAGES)
+}
+
+/// The rootfs of the demo's nginx image.
+pub fn nginx_rootfs_tarball(cache: &Path) -> Result<PathBuf> {
+    debootstrap_tarball(cache, "nginx", NGINX_PACKAGES)
+}
+
+/// `debootstrap --variant=minbase --include=PACKAGES`, trimmed, as a
+/// tarball cached under a key of its package list.
+fn debootstrap_tarball(cache: &Path, name: &str, packages: &[&str]) -> Result<PathBuf> {
     let mut h = KeyHasher::new();
     h.str(SUITE).str(ROOTFS_RECIPE);
-    for p in PACKAGES {
+    for p in packages {
         h.str(p);
     }
     let dir = cache.join("rootfs");
-    let tar = dir.join(format!("{SUITE}-docker-{}.tar", h.hex()));
+    let tar = dir.join(format!("{SUITE}-{name}-{}.tar", h.hex()));
     let _lock = util::lock(&dir.join("rootfs.lock"))?;
     if tar.is_file() {
         return Ok(tar);
@@ -64,14 +80,14 @@ pub fn rootfs_tarball(cache: &Path) -> Result<PathBuf> {
         bail!("building the docker rootfs needs root (debootstrap); run as root");
     }
     let t = Instant::now();
-    note(format!("debootstrap {SUITE} with docker (about a minute)"));
+    note(format!("debootstrap {SUITE} for {name} (about a minute)"));
     let stage = dir.join(format!("stage-{}", h.hex()));
     util::remove_all(&stage)?;
     fs::create_dir_all(&stage)?;
     util::output_quiet(
         Command::new("debootstrap")
             .arg("--variant=minbase")
-            .arg(format!("--include={}", PACKAGES.join(",")))
+            .arg(format!("--include={}", packages.join(",")))
             .arg(SUITE)
             .arg(&stage)
             .arg(apt::mirror_uri()?),
@@ -105,7 +121,7 @@ pub fn rootfs_tarball(cache: &Path) -> Result<PathBuf> {
     fs::rename(&tmp, &tar)?;
     util::remove_all(&stage)?;
     note(format!(
-        "docker rootfs built in {:.0}s",
+        "{name} rootfs built in {:.0}s",
         t.elapsed().as_secs_f64()
     ));
     Ok(tar)
@@ -148,9 +164,11 @@ pub fn busybox_rootfs_tar(dest: &Path) -> Result<()> {
 /// writable: use a qcow2 overlay.
 pub fn base_image(cache: &Path, kernel: &Kernel, accel: Accel) -> Result<PathBuf> {
     let tarball = rootfs_tarball(cache)?;
+    let nginx = nginx_rootfs_tarball(cache)?;
     let mut h = KeyHasher::new();
     h.str(IMAGE_RECIPE)
         .str(&tarball.file_name().unwrap().to_string_lossy())
+        .str(&nginx.file_name().unwrap().to_string_lossy())
         .str(&kernel.version)
         .str(&guest::init_script(true, true))
         .file(Path::new("/bin/busybox"))?;
@@ -194,6 +212,7 @@ pub fn base_image(cache: &Path, kernel: &Kernel, accel: Accel) -> Result<PathBuf
     )?;
     fs::create_dir_all(stage.join("usr/share/cowtrace"))?;
     busybox_rootfs_tar(&stage.join("usr/share/cowtrace/busybox-rootfs.tar"))?;
+    fs::copy(&nginx, stage.join("usr/share/cowtrace/nginx-rootfs.tar"))?;
     fs::write(stage.join("etc/hostname"), "cowtrace\n")?;
     fs::write(stage.join("etc/hosts"), "127.0.0.1 localhost cowtrace\n")?;
     fs::write(stage.join("etc/resolv.conf"), "")?;
@@ -215,10 +234,13 @@ pub fn base_image(cache: &Path, kernel: &Kernel, accel: Accel) -> Result<PathBuf
         accel,
         &tmp,
         &[
-            "docker",
-            "import",
-            "/usr/share/cowtrace/busybox-rootfs.tar",
-            BASE_IMAGE,
+            "sh",
+            "-c",
+            &format!(
+                "docker import /usr/share/cowtrace/busybox-rootfs.tar {BASE_IMAGE} && \
+                 docker import /usr/share/cowtrace/nginx-rootfs.tar {NGINX_IMAGE} && \
+                 rm /usr/share/cowtrace/nginx-rootfs.tar"
+            ),
         ],
         Duration::from_secs(900),
     )?;

@@ -222,6 +222,12 @@ fn main() {
     let (n_small, n_big, n_writes) = (10_000, 100, 20_000);
     let tracers = [Tracer::None, Tracer::Cowtrace, Tracer::Bpftrace];
     let mut results: Vec<Value> = Vec::new();
+    // One read-only lower layer for every round; each round gets a fresh
+    // upper layer over it.
+    let lower = Path::new("/var/tmp/bench-lower");
+    let _ = std::fs::remove_dir_all(lower);
+    std::fs::create_dir_all(lower).unwrap();
+    layer(n_small, n_big)(lower);
     for round in 0..rounds {
         for &t in &tracers {
             eprintln!("round {} / {rounds}: {}", round + 1, t.name());
