@@ -5,6 +5,7 @@ use agent_ebpf::{
     HIST_BUCKETS, NAME_LEN, OVERLAYFS_SUPER_MAGIC, PATH_DEPTH, RENAME_WHITEOUT, STACK_DEPTH,
 };
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
@@ -235,9 +236,19 @@ fn read_path(mut dentry: u64, ev: &mut Event) {
     }
 }
 
+/// Unread bytes above which a record wakes the agent at once. Below it the
+/// agent is not woken per record (a context switch per copy-up costs the
+/// workload on a small machine); it drains the ring on a short timer.
+const WAKEUP_BYTES: u64 = 1 << 20;
+
 #[inline(always)]
 fn submit(ev: &Event) {
-    if EVENTS.output::<Event>(ev, 0).is_err() {
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    };
+    if EVENTS.output::<Event>(ev, flags).is_err() {
         count_drop(unsafe { core::mem::transmute::<u32, EventKind>(ev.kind) });
     }
 }
@@ -555,12 +566,21 @@ fn write_begin(file: u64) -> u32 {
     if !wanted(dev) {
         return 0;
     }
+    // A stale entry (a write whose exit was not seen) is reused in place.
+    let tid = tid();
+    if let Some(p) = WRITE_STARTS.get_ptr_mut(&tid) {
+        unsafe {
+            (*p).start_ns = now();
+            (*p).dev = dev;
+        }
+        return 0;
+    }
     let start = WriteStart {
         start_ns: now(),
         dev,
         _pad: 0,
     };
-    let _ = WRITE_STARTS.insert(&tid(), &start, 0);
+    let _ = WRITE_STARTS.insert(&tid, &start, 0);
     0
 }
 
@@ -571,6 +591,8 @@ fn write_end(ret: i64) -> u32 {
         Some(s) => *s,
         None => return 0,
     };
+    // Removed, not just marked: entries of threads that exit must not pile
+    // up until the map is full.
     let _ = WRITE_STARTS.remove(&tid);
     if ret < 0 {
         return 0;

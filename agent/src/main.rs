@@ -290,6 +290,8 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let t_attach = Instant::now();
     let mut probes = Probes::attach(&syms, &btf, &opts).map_err(Failure::Runtime)?;
+    // BTF is only needed to attach; give its memory back.
+    drop(btf);
     // Filter maps filled before events can pass: with the filter flag set
     // and empty maps, nothing passes until now. A container is both its
     // processes (cgroup) and its root filesystem (overlay device), so a
@@ -355,6 +357,8 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick =
         tokio::time::interval_at(tokio::time::Instant::now() + cli.interval, cli.interval);
+    let mut drain = tokio::time::interval(Duration::from_millis(50));
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = Instant::now();
 
     let probes_json = serde_json::to_value(&probes.report.points).unwrap_or_default();
@@ -370,6 +374,16 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
                     }
                 }
                 guard.clear_ready();
+            }
+            // Records below the kernel's wake-up threshold arrive without a
+            // wake-up: collect them at least this often.
+            _ = drain.tick() => {
+                let rb = ring.get_mut();
+                while let Some(item) = rb.next() {
+                    if let Some(ev) = decode(&item) {
+                        handle_event(&ev, pid_filter, &mut resolver, &symbols, &mut stats, &mut out, print_events, mono_to_wall)?;
+                    }
+                }
             }
             _ = tick.tick() => {
                 read_writes(&writes, &mut write_snapshot);
@@ -487,7 +501,9 @@ fn handle_event(
         _ => None,
     };
     stats.record(&owner, ev);
-    out.event(&report::event_json(&owner, fs.as_ref(), trigger, ev))?;
+    if out.events.is_some() {
+        out.event(&report::event_json(&owner, fs.as_ref(), trigger, ev))?;
+    }
     if print_events {
         let wall = wall_clock((ev.ts_ns as i128 + mono_to_wall) as u64);
         out.line(&live::event_line(&wall, &owner, fs.as_ref(), trigger, ev));
