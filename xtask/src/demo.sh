@@ -15,6 +15,7 @@ CONF
 cat > "$ctx/Dockerfile" <<'DOCKERFILE'
 FROM cowtrace/debian-nginx:bookworm
 RUN rm -f /etc/nginx/sites-enabled/default \
+ && mkdir -p /var/log/nginx \
  && mkdir -p /usr/share/nginx/html/assets \
  && for i in $(seq 1 40); do echo "<h1>page $i</h1>" > /usr/share/nginx/html/page$i.html; done \
  && for i in $(seq 1 20); do head -c 65536 /dev/urandom > /usr/share/nginx/html/assets/img$i.bin; done
