@@ -69,12 +69,29 @@ fn unwritable_events_is_a_usage_error() {
 
 #[test]
 fn without_privileges_it_says_which_capabilities_and_sudo() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cowtrace"));
-    cmd.args(["--duration", "1s"]);
-    if unsafe { libc::geteuid() } == 0 {
+    let mut exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_cowtrace"));
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        // The build tree may not be reachable for nobody (a 0700 checkout):
+        // run a copy from a directory everyone can enter.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("cowtrace-nopriv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("cowtrace");
+        std::fs::copy(&exe, &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        exe = copy;
+    }
+    let mut cmd = Command::new(&exe);
+    cmd.args(["--duration", "1s"]).current_dir("/");
+    if root {
         cmd.uid(65534).gid(65534);
     }
     let o = cmd.output().expect("run cowtrace");
+    if root {
+        let _ = std::fs::remove_dir_all(exe.parent().unwrap());
+    }
     assert_clean_failure(
         &o,
         1,
