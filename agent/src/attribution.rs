@@ -33,8 +33,8 @@ pub fn root_overlay_dev(pid: u32) -> Option<u32> {
     crate::mountinfo::read_mountinfo(&pid.to_string())
         .ok()?
         .into_iter()
-        .filter(|m| m.is_overlay() && m.mount_point == "/")
-        .last()
+        .rev()
+        .find(|m| m.is_overlay() && m.mount_point == "/")
         .map(|m| m.kernel_dev())
 }
 

@@ -191,11 +191,7 @@ pub fn histogram_pair(copy_up: &Histogram<u64>, writes: &Histogram<u64>) -> Stri
 
 pub fn top_files_table(st: &OwnerStats, n: usize) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:>10} {:>6} {:>10}  {}",
-        "TOTAL", "COUNT", "BYTES", "FILE"
-    );
+    let _ = writeln!(s, "{:>10} {:>6} {:>10}  FILE", "TOTAL", "COUNT", "BYTES");
     for (path, c) in top_files(&st.files, n) {
         let _ = writeln!(
             s,

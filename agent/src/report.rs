@@ -215,100 +215,6 @@ pub fn write_atomic(path: &Path, value: &Value) -> Result<()> {
     res.with_context(|| format!("cannot write {}", path.display()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::stats::new_hist;
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-    }
-
-    #[test]
-    fn container_json_has_the_documented_shape() {
-        let mut s = OwnerStats::default();
-        s.copy_up_count = 2;
-        s.copy_up_bytes = 10;
-        s.copy_up.record(100_000).unwrap();
-        s.copy_up.record(300_000).unwrap();
-        s.copy_up_op.record(300_000).unwrap();
-        let mut w = WriteTotals::default();
-        w.count = 3;
-        w.latency.record(1_000).unwrap();
-        let v = container_json(&Owner::host(), &s, &w);
-        assert_eq!(v["id"], "host");
-        assert_eq!(v["copy_up"]["count"], 2);
-        for k in ["min", "p50", "p90", "p99", "p999", "max", "mean"] {
-            assert!(v["copy_up"]["latency_ns"][k].is_u64(), "{k}");
-        }
-        assert!(v["copy_up"]["hdr"].as_str().unwrap().len() > 8);
-        assert!(v["copy_up_vs_write"]["p50_ratio"].as_f64().unwrap() > 50.0);
-        assert_eq!(v["writes"]["count"], 3);
-        assert_eq!(v["whiteouts"]["count"], 0);
-        let empty = latency_block(0, 0, &new_hist());
-        assert!(empty["latency_ns"]["p50"].is_null());
-    }
-
-    #[test]
-    fn schema_document_matches_the_report() {
-        let mut s = OwnerStats::default();
-        s.copy_up_count = 1;
-        s.copy_up.record(5_000).unwrap();
-        s.copy_up_op.record(6_000).unwrap();
-        s.files.insert(
-            "etc/x".into(),
-            crate::stats::FileCost {
-                count: 1,
-                total_ns: 5_000,
-                bytes: 3,
-            },
-        );
-        let mut w = WriteTotals::default();
-        w.count = 1;
-        w.latency.record(100).unwrap();
-        let run = RunInfo {
-            kernel: "6.1.0",
-            started: "2026-11-27T00:00:00Z",
-            duration_s: 1.0,
-            probes: json!([{"role": "write", "function": "vfs_write", "method": "fentry+fexit"}]),
-            drops: [0, 0, 0],
-            write_sample_every: 1,
-        };
-        let v = report_json(&run, vec![container_json(&Owner::host(), &s, &w)]);
-        let have = json_paths(&v);
-        let documented = documented_paths(SCHEMA_DOC);
-        let undocumented: Vec<_> = have.difference(&documented).collect();
-        let missing: Vec<_> = documented.difference(&have).collect();
-        assert!(
-            undocumented.is_empty(),
-            "fields not in docs/json-schema.md: {undocumented:?}"
-        );
-        assert!(
-            missing.is_empty(),
-            "documented but not written: {missing:?}"
-        );
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_refuses_symlinked_temp() {
-        let dir = std::env::temp_dir().join(format!("cowtrace-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("r.json");
-        write_atomic(&p, &json!({"a": 1})).unwrap();
-        write_atomic(&p, &json!({"a": 2})).unwrap();
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        assert_eq!(v["a"], 2);
-        let unwritable = Path::new("/proc/cowtrace-no/r.json");
-        assert!(write_atomic(unwritable, &json!({})).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
 /// Every field path of a JSON value, arrays written `[]`: the shape that
 /// docs/json-schema.md documents.
 pub fn json_paths(v: &Value) -> std::collections::BTreeSet<String> {
@@ -349,3 +255,105 @@ pub fn documented_paths(doc: &str) -> std::collections::BTreeSet<String> {
 
 /// The schema document, for tests of real reports.
 pub const SCHEMA_DOC: &str = include_str!("../../docs/json-schema.md");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::new_hist;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn container_json_has_the_documented_shape() {
+        let mut s = OwnerStats {
+            copy_up_count: 2,
+            copy_up_bytes: 10,
+            ..Default::default()
+        };
+        s.copy_up.record(100_000).unwrap();
+        s.copy_up.record(300_000).unwrap();
+        s.copy_up_op.record(300_000).unwrap();
+        let mut w = WriteTotals {
+            count: 3,
+            ..Default::default()
+        };
+        w.latency.record(1_000).unwrap();
+        let v = container_json(&Owner::host(), &s, &w);
+        assert_eq!(v["id"], "host");
+        assert_eq!(v["copy_up"]["count"], 2);
+        for k in ["min", "p50", "p90", "p99", "p999", "max", "mean"] {
+            assert!(v["copy_up"]["latency_ns"][k].is_u64(), "{k}");
+        }
+        assert!(v["copy_up"]["hdr"].as_str().unwrap().len() > 8);
+        assert!(v["copy_up_vs_write"]["p50_ratio"].as_f64().unwrap() > 50.0);
+        assert_eq!(v["writes"]["count"], 3);
+        assert_eq!(v["whiteouts"]["count"], 0);
+        let empty = latency_block(0, 0, &new_hist());
+        assert!(empty["latency_ns"]["p50"].is_null());
+    }
+
+    #[test]
+    fn schema_document_matches_the_report() {
+        let mut s = OwnerStats {
+            copy_up_count: 1,
+            ..Default::default()
+        };
+        s.copy_up.record(5_000).unwrap();
+        s.copy_up_op.record(6_000).unwrap();
+        s.files.insert(
+            "etc/x".into(),
+            crate::stats::FileCost {
+                count: 1,
+                total_ns: 5_000,
+                bytes: 3,
+            },
+        );
+        let mut w = WriteTotals {
+            count: 1,
+            ..Default::default()
+        };
+        w.latency.record(100).unwrap();
+        let run = RunInfo {
+            kernel: "6.1.0",
+            started: "2026-11-27T00:00:00Z",
+            duration_s: 1.0,
+            probes: json!([{"role": "write", "function": "vfs_write", "method": "fentry+fexit"}]),
+            drops: [0, 0, 0],
+            write_sample_every: 1,
+        };
+        let v = report_json(&run, vec![container_json(&Owner::host(), &s, &w)]);
+        let have = json_paths(&v);
+        let documented = documented_paths(SCHEMA_DOC);
+        let undocumented: Vec<_> = have.difference(&documented).collect();
+        let missing: Vec<_> = documented.difference(&have).collect();
+        assert!(
+            undocumented.is_empty(),
+            "fields not in docs/json-schema.md: {undocumented:?}"
+        );
+        assert!(
+            missing.is_empty(),
+            "documented but not written: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_refuses_symlinked_temp() {
+        let dir = std::env::temp_dir().join(format!("cowtrace-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("r.json");
+        write_atomic(&p, &json!({"a": 1})).unwrap();
+        write_atomic(&p, &json!({"a": 2})).unwrap();
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        assert_eq!(v["a"], 2);
+        let unwritable = Path::new("/proc/cowtrace-no/r.json");
+        assert!(write_atomic(unwritable, &json!({})).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
