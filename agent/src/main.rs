@@ -351,8 +351,15 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
         });
     }
     let mut write_snapshot: HashMap<WriteKey, WriteStats> = HashMap::new();
-    let mono_to_wall = mono_offset();
-    let pid_filter = &cli.pids;
+    let mut sink = EventSink {
+        pid_filter: &cli.pids,
+        resolver,
+        symbols,
+        stats,
+        out,
+        print_events,
+        mono_to_wall: mono_offset(),
+    };
 
     let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick =
@@ -367,29 +374,17 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("ring buffer")?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    if let Some(ev) = decode(&item) {
-                        handle_event(&ev, pid_filter, &mut resolver, &symbols, &mut stats, &mut out, print_events, mono_to_wall)?;
-                    }
-                }
+                sink.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
             }
             // Records below the kernel's wake-up threshold arrive without a
             // wake-up: collect them at least this often.
-            _ = drain.tick() => {
-                let rb = ring.get_mut();
-                while let Some(item) = rb.next() {
-                    if let Some(ev) = decode(&item) {
-                        handle_event(&ev, pid_filter, &mut resolver, &symbols, &mut stats, &mut out, print_events, mono_to_wall)?;
-                    }
-                }
-            }
+            _ = drain.tick() => sink.drain(ring.get_mut())?,
             _ = tick.tick() => {
                 read_writes(&writes, &mut write_snapshot);
                 let d = read_drops(&drops);
-                let rows = owner_rows(&stats, &write_snapshot, &mut resolver);
-                if !out.closed {
+                let rows = owner_rows(&sink.stats, &write_snapshot, &mut sink.resolver);
+                if !sink.out.closed {
                     let refs: Vec<_> = rows.iter().map(|(o, s, w)| (o, s, w)).collect();
                     eprint!("{}", live::summary_table(&refs, d.iter().sum()));
                 }
@@ -402,42 +397,26 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
             _ = sigterm.recv() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
         }
-        if out.closed {
+        if sink.out.closed {
             break;
         }
     }
 
     // Drain what the kernel delivered before we stop, then detach.
-    {
-        let rb = ring.get_mut();
-        while let Some(item) = rb.next() {
-            if let Some(ev) = decode(&item) {
-                handle_event(
-                    &ev,
-                    pid_filter,
-                    &mut resolver,
-                    &symbols,
-                    &mut stats,
-                    &mut out,
-                    print_events,
-                    mono_to_wall,
-                )?;
-            }
-        }
-    }
+    sink.drain(ring.get_mut())?;
     read_writes(&writes, &mut write_snapshot);
     let d = read_drops(&drops);
     drop(probes);
     let elapsed = started.elapsed().as_secs_f64();
-    let rows = owner_rows(&stats, &write_snapshot, &mut resolver);
+    let rows = owner_rows(&sink.stats, &write_snapshot, &mut sink.resolver);
     if let Some(p) = &cli.json {
         let v = build_report(&kernel, started_wall, elapsed, &probes_json, d, &rows);
         report::write_atomic(p, &v)?;
     }
-    if let Some(w) = &mut out.events {
+    if let Some(w) = &mut sink.out.events {
         let _ = w.flush();
     }
-    if !out.closed {
+    if !sink.out.closed {
         let refs: Vec<_> = rows.iter().map(|(o, s, w)| (o, s, w)).collect();
         let mut text = format!("\n--- cowtrace summary ({elapsed:.1} s) ---\n");
         text.push_str(&live::summary_table(&refs, d.iter().sum()));
@@ -480,35 +459,53 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-#[allow(clippy::too_many_arguments)]
-fn handle_event(
-    ev: &KernelEvent,
-    pid_filter: &[u32],
-    resolver: &mut ContainerResolver,
-    symbols: &Symbols,
-    stats: &mut Stats,
-    out: &mut Out,
+/// Everything an event passes through between the ring buffer and the
+/// outputs: attribution, trigger classification, aggregation, printing.
+struct EventSink<'a> {
+    pid_filter: &'a [u32],
+    resolver: ContainerResolver,
+    symbols: Symbols,
+    stats: Stats,
+    out: Out,
     print_events: bool,
     mono_to_wall: i128,
-) -> Result<()> {
-    if !pid_filter.is_empty() && !pid_filter.contains(&ev.pid) {
-        return Ok(());
+}
+
+impl EventSink<'_> {
+    /// Takes every record the ring buffer holds now.
+    fn drain(&mut self, rb: &mut RingBuf<MapData>) -> Result<()> {
+        while let Some(item) = rb.next() {
+            if let Some(ev) = decode(&item) {
+                self.handle(&ev)?;
+            }
+        }
+        Ok(())
     }
-    let owner = resolver.owner_of_cgroup(ev.cgroup_id);
-    let fs = resolver.owner_of_dev(ev.dev);
-    let trigger = match &ev.kind {
-        cowtrace::event::Kind::CopyUp(c) => Some(symbols.classify_copy_up(&c.stack).as_str()),
-        _ => None,
-    };
-    stats.record(&owner, ev);
-    if out.events.is_some() {
-        out.event(&report::event_json(&owner, fs.as_ref(), trigger, ev))?;
+
+    fn handle(&mut self, ev: &KernelEvent) -> Result<()> {
+        if !self.pid_filter.is_empty() && !self.pid_filter.contains(&ev.pid) {
+            return Ok(());
+        }
+        let owner = self.resolver.owner_of_cgroup(ev.cgroup_id);
+        let fs = self.resolver.owner_of_dev(ev.dev);
+        let trigger = match &ev.kind {
+            cowtrace::event::Kind::CopyUp(c) => {
+                Some(self.symbols.classify_copy_up(&c.stack).as_str())
+            }
+            _ => None,
+        };
+        self.stats.record(&owner, ev);
+        if self.out.events.is_some() {
+            self.out
+                .event(&report::event_json(&owner, fs.as_ref(), trigger, ev))?;
+        }
+        if self.print_events {
+            let wall = wall_clock((ev.ts_ns as i128 + self.mono_to_wall) as u64);
+            self.out
+                .line(&live::event_line(&wall, &owner, fs.as_ref(), trigger, ev));
+        }
+        Ok(())
     }
-    if print_events {
-        let wall = wall_clock((ev.ts_ns as i128 + mono_to_wall) as u64);
-        out.line(&live::event_line(&wall, &owner, fs.as_ref(), trigger, ev));
-    }
-    Ok(())
 }
 
 type Row = (Owner, cowtrace::stats::OwnerStats, WriteTotals);
