@@ -3,7 +3,8 @@
 //! `cargo xtask` (see `main.rs`) is a thin command line over these modules;
 //! other tasks (tests, demos) can call them directly:
 //!
-//! * [`setup`]: install and locate the tools everything else needs.
+//! * [`setup`]: install and locate the tools everything else needs
+//!   ([`host_packages`]: the apt packages as one consistent transaction).
 //! * [`build`]: build the static agent and the guest test binaries.
 //! * [`kernel`]: download and unpack Debian kernel packages per series.
 //! * [`guest`]: boot a kernel in QEMU and run one command in it.
@@ -20,6 +21,7 @@ pub mod cpio;
 pub mod demo;
 pub mod docker;
 pub mod guest;
+pub mod host_packages;
 pub mod kernel;
 pub mod qemu;
 pub mod setup;
