@@ -7,23 +7,21 @@
 //!   ([`host_packages`]: the apt packages as one consistent transaction).
 //! * [`build`]: build the static agent and the guest test binaries.
 //! * [`kernel`]: download and unpack Debian kernel packages per series.
-//! * [`guest`]: boot a kernel in QEMU and run one command in it.
+//! * [`guest`]: the guest harness: boot a kernel in QEMU and run one
+//!   command in it (its own layers are listed there).
 //! * [`testrun`]: run the guest test executables in guests.
 //! * [`demo`]: the Docker demo with a container named nginx.
 //! * [`bench`]: cowtrace's cost to the workload, side by side with bpftrace.
-//! * [`docker`]: the Debian rootfs with a Docker engine for `--docker` guests.
-//! * [`apt`], [`cpio`], [`qemu`], [`util`]: the plumbing underneath.
+//! * [`apt`], [`cpio`], [`util`]: the plumbing underneath.
 
 pub mod apt;
 pub mod bench;
 pub mod build;
 pub mod cpio;
 pub mod demo;
-pub mod docker;
 pub mod guest;
 pub mod host_packages;
 pub mod kernel;
-pub mod qemu;
 pub mod setup;
 pub mod testrun;
 pub mod util;

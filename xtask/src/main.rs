@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
-use xtask::guest::{self, Copy, GuestFailure, GuestSpec};
+use xtask::guest::{self, Copy, GuestFailure, GuestKind, GuestSpec};
 use xtask::kernel::Series;
 use xtask::{build, setup, testrun};
 
@@ -145,7 +145,11 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let spec = GuestSpec {
                 kernel: a.kernel,
-                docker: a.docker,
+                kind: if a.docker {
+                    GuestKind::Docker
+                } else {
+                    GuestKind::Small
+                },
                 copies: a.copies,
                 out: a.out,
                 timeout: Duration::from_secs(a.timeout),
@@ -174,8 +178,7 @@ fn run(cli: Cli) -> Result<i32> {
                 } else {
                     a.kernels
                 },
-                docker: a.docker,
-                no_docker: a.no_docker,
+                docker: testrun::DockerTests::from_flags(a.docker, a.no_docker),
                 timeout: Duration::from_secs(a.timeout),
                 targets: a.targets,
                 args: a.args,

@@ -8,9 +8,9 @@
 //! /usr/local/bin/cowtrace and the tests under [`GUEST_DIR`].
 
 use crate::build;
-use crate::guest::{self, Copy, GuestSpec};
+use crate::demo;
+use crate::guest::{self, Copy, GuestKind, GuestSpec, Sinks};
 use crate::kernel::Series;
-use crate::qemu::Sinks;
 use crate::setup::Tooling;
 use crate::util::note;
 use anyhow::{Context, Result};
@@ -22,13 +22,31 @@ use std::time::Duration;
 /// Where the test executables go in the guest.
 pub const GUEST_DIR: &str = "/usr/local/libexec/cowtrace-tests";
 
+/// Whether the Docker guest's tests run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DockerTests {
+    /// Beside the kernel tests (the default).
+    Also,
+    /// Instead of them (`--docker`).
+    Only,
+    /// Not at all (`--no-docker`).
+    Skip,
+}
+
+impl DockerTests {
+    pub fn from_flags(only: bool, skip: bool) -> Self {
+        match (only, skip) {
+            (true, _) => DockerTests::Only,
+            (false, true) => DockerTests::Skip,
+            (false, false) => DockerTests::Also,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TestOptions {
     pub kernels: Vec<Series>,
-    /// Only the Docker guest tests.
-    pub docker: bool,
-    /// No Docker guest tests.
-    pub no_docker: bool,
+    pub docker: DockerTests,
     /// Per guest.
     pub timeout: Duration,
     /// Only test targets with these names (all if empty).
@@ -74,13 +92,25 @@ pub fn run(tooling: &Tooling, opts: &TestOptions) -> Result<bool> {
         if selected.is_empty() {
             continue;
         }
+        let docker = guest_run.kind == GuestKind::Docker;
         let label = format!(
             "{}{}",
             guest_run.kernel,
-            if guest_run.docker { " (docker)" } else { "" }
+            if docker { " (docker)" } else { "" }
         );
         note(format!("tests on kernel series {label}"));
+        let mut copies: Vec<Copy> = selected
+            .iter()
+            .map(|(name, exe)| Copy {
+                host: (*exe).clone(),
+                guest: format!("{GUEST_DIR}/{name}"),
+            })
+            .collect();
         let mut script = String::from("rc=0\n");
+        if docker {
+            copies.push(demo::script_copy(tooling)?);
+            script.push_str(&format!("export COWTRACE_DEMO={}\n", demo::GUEST_SCRIPT));
+        }
         for (name, _) in &selected {
             script.push_str(&format!(
                 "echo \"== {name}\"; {GUEST_DIR}/{name} \"$@\" || {{ rc=1; echo \"== {name} FAILED\"; }}\n"
@@ -101,14 +131,8 @@ pub fn run(tooling: &Tooling, opts: &TestOptions) -> Result<bool> {
         command.extend(opts.args.iter().cloned());
         let spec = GuestSpec {
             kernel: guest_run.kernel,
-            docker: guest_run.docker,
-            copies: selected
-                .iter()
-                .map(|(name, exe)| Copy {
-                    host: (*exe).clone(),
-                    guest: format!("{GUEST_DIR}/{name}"),
-                })
-                .collect(),
+            kind: guest_run.kind,
+            copies,
             out: None,
             timeout: opts.timeout,
             command,
@@ -122,17 +146,10 @@ pub fn run(tooling: &Tooling, opts: &TestOptions) -> Result<bool> {
         let result = guest::run_with(&spec, &mut sinks);
         let c = Counts::parse(&String::from_utf8_lossy(&captured.lock().unwrap()));
         total.add(c);
-        let verdict = match result {
-            Ok(0) => format!("ok ({} passed)", c.passed),
-            Ok(rc) => format!(
-                "FAILED (exit {rc}; {} passed, {} failed)",
-                c.passed, c.failed
-            ),
-            Err(e) => format!("FAILED ({e:#})"),
-        };
+        let verdict = Verdict::of(result, c);
         // A guest that died or a runner that failed without counting a
         // failed test still fails the run.
-        if !verdict.starts_with("ok") && c.failed == 0 {
+        if !verdict.passed() && c.failed == 0 {
             total.failed += 1;
         }
         results.push((label, verdict));
@@ -145,10 +162,45 @@ pub fn run(tooling: &Tooling, opts: &TestOptions) -> Result<bool> {
     Ok(total.failed == 0)
 }
 
+/// How one guest's tests ended.
+enum Verdict {
+    Passed(Counts),
+    Failed { exit: i32, counts: Counts },
+    GuestFailed(String),
+}
+
+impl Verdict {
+    fn of(result: Result<i32>, counts: Counts) -> Self {
+        match result {
+            Ok(0) => Verdict::Passed(counts),
+            Ok(exit) => Verdict::Failed { exit, counts },
+            Err(e) => Verdict::GuestFailed(format!("{e:#}")),
+        }
+    }
+
+    fn passed(&self) -> bool {
+        matches!(self, Verdict::Passed(_))
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Passed(c) => write!(f, "ok ({} passed)", c.passed),
+            Verdict::Failed { exit, counts } => write!(
+                f,
+                "FAILED (exit {exit}; {} passed, {} failed)",
+                counts.passed, counts.failed
+            ),
+            Verdict::GuestFailed(why) => write!(f, "FAILED ({why})"),
+        }
+    }
+}
+
 /// One guest boot: which kernel, which guest, which test executables.
 struct GuestRun {
     kernel: Series,
-    docker: bool,
+    kind: GuestKind,
     targets: &'static [&'static str],
 }
 
@@ -157,20 +209,20 @@ struct GuestRun {
 /// the first selected kernel that is not 5.10).
 fn plan(opts: &TestOptions) -> Vec<GuestRun> {
     let mut runs = Vec::new();
-    if !opts.docker {
+    if opts.docker != DockerTests::Only {
         for &kernel in &opts.kernels {
             runs.push(GuestRun {
                 kernel,
-                docker: false,
+                kind: GuestKind::Small,
                 targets: &["cowtrace_tests", "kernel"],
             });
         }
     }
-    if !opts.no_docker {
+    if opts.docker != DockerTests::Skip {
         if let Some(&kernel) = opts.kernels.iter().find(|&&k| k != Series::V5_10) {
             runs.push(GuestRun {
                 kernel,
-                docker: true,
+                kind: GuestKind::Docker,
                 targets: &["docker"],
             });
         }

@@ -22,7 +22,7 @@ fn fresh_image_state() -> (tempdir::Dir, AptState) {
             stanza
                 .lines()
                 .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().split_whitespace().next().unwrap_or("").to_string())
+                .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
         };
         let package = field("Package:").unwrap_or_default();
         let source = field("Source:").unwrap_or_else(|| package.clone());

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BPFTRACE_SCRIPT: &str = include_str!("../../../xtask/src/bench.bt");
+const BPFTRACE_SCRIPT: &str = include_str!("bench.bt");
 
 #[derive(Clone, Copy, PartialEq)]
 enum Tracer {
