@@ -14,7 +14,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-pub const COWTRACE: &str = "/usr/local/bin/cowtrace";
+/// The agent under test: where the guest harness installs it, or
+/// `$COWTRACE_BIN` (`cargo xtask test --kernel host` sets it).
+pub fn cowtrace_bin() -> String {
+    std::env::var("COWTRACE_BIN").unwrap_or_else(|_| "/usr/local/bin/cowtrace".into())
+}
 
 fn mount(src: &str, target: &Path, fstype: &str, data: &str) {
     let c = |s: &str| CString::new(s).unwrap();
@@ -181,7 +185,7 @@ impl Tracer {
         let dir = PathBuf::from(format!("/tmp/trace-{name}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut child = Command::new(COWTRACE)
+        let mut child = Command::new(cowtrace_bin())
             .args(["--quiet", "--interval", "1h"])
             .arg("--events")
             .arg(dir.join("events.ndjson"))

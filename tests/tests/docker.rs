@@ -211,7 +211,7 @@ fn a_host_process_writing_into_a_container_is_reported_with_both() {
 #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
 fn an_unknown_container_is_a_usage_error_listing_the_running_ones() {
     let _c = Container::run("present");
-    let o = Command::new(cowtrace_tests::COWTRACE)
+    let o = Command::new(cowtrace_tests::cowtrace_bin())
         .args(["--container", "absent"])
         .output()
         .unwrap();

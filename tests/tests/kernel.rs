@@ -23,7 +23,7 @@ fn cstr(p: &Path) -> CString {
 fn doctor_passes_and_names_a_method_for_every_probe() {
     let _ = GUEST;
     let _ov = Overlay::new("doctor", |_| {});
-    let out = std::process::Command::new(cowtrace_tests::COWTRACE)
+    let out = std::process::Command::new(cowtrace_tests::cowtrace_bin())
         .arg("doctor")
         .output()
         .unwrap();
@@ -422,7 +422,7 @@ fn a_closed_stdout_ends_cowtrace_quietly() {
             make_file(&l.join(format!("f{i}")), 10);
         }
     });
-    let mut child = std::process::Command::new(cowtrace_tests::COWTRACE)
+    let mut child = std::process::Command::new(cowtrace_tests::cowtrace_bin())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -9,7 +9,9 @@
 //! * [`kernel`]: download and unpack Debian kernel packages per series.
 //! * [`guest`]: the guest harness: boot a kernel in QEMU and run one
 //!   command in it (its own layers are listed there).
-//! * [`testrun`]: run the guest test executables in guests.
+//! * [`testrun`]: run the guest test executables in guests, or natively
+//!   ([`native`]) on a kernel that can trace, as [`testopts`] asks;
+//!   [`results`] counts them.
 //! * [`demo`]: the Docker demo with a container named nginx.
 //! * [`bench`]: cowtrace's cost to the workload, side by side with bpftrace.
 //! * [`apt`], [`cpio`], [`util`]: the plumbing underneath.
@@ -22,6 +24,9 @@ pub mod demo;
 pub mod guest;
 pub mod host_packages;
 pub mod kernel;
+pub mod native;
+pub mod results;
 pub mod setup;
+pub mod testopts;
 pub mod testrun;
 pub mod util;

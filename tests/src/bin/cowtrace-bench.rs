@@ -46,7 +46,7 @@ fn start(t: Tracer, events: bool) -> Running {
             }
         }
         Tracer::Cowtrace => {
-            let mut c = Command::new(cowtrace_tests::COWTRACE);
+            let mut c = Command::new(cowtrace_tests::cowtrace_bin());
             c.args([
                 "--quiet",
                 "--interval",

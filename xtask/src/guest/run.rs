@@ -118,7 +118,7 @@ fn boot(
         initrd: initrd.to_path_buf(),
         disk,
         run_dir: run_dir.to_path_buf(),
-        timeout,
+        timeout: accel.timeout(timeout),
         accel,
         memory_mb: 2048,
     };
@@ -164,7 +164,7 @@ fn finish(spec: &GuestSpec, kernel: &Kernel, r: Report) -> Result<i32> {
         }
         Outcome::TimedOut => format!(
             "{what}: timed out after {}s{}",
-            spec.timeout.as_secs(),
+            r.elapsed.as_secs(),
             if r.start_after.is_some() {
                 " while the command ran"
             } else {

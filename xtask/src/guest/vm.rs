@@ -23,6 +23,18 @@ pub enum Accel {
     Kvm,
 }
 
+impl Accel {
+    /// A guest timeout sized for TCG, scaled for this accelerator: KVM
+    /// runs guests several times faster, so a hang shows sooner (never
+    /// under two minutes, for the boot itself).
+    pub fn timeout(self, for_tcg: Duration) -> Duration {
+        match self {
+            Accel::Tcg => for_tcg,
+            Accel::Kvm => (for_tcg / 4).max(Duration::from_secs(120)).min(for_tcg),
+        }
+    }
+}
+
 /// One boot.
 #[derive(Debug, Clone)]
 pub struct Boot {
@@ -72,6 +84,26 @@ pub enum Outcome {
     InitFailed(String),
     /// QEMU stopped without an exit status (boot failure, crash).
     NoStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_scale_with_the_accelerator() {
+        let t = Duration::from_secs(900);
+        assert_eq!(Accel::Tcg.timeout(t), t);
+        assert_eq!(Accel::Kvm.timeout(t), Duration::from_secs(225));
+        assert_eq!(
+            Accel::Kvm.timeout(Duration::from_secs(300)),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            Accel::Kvm.timeout(Duration::from_secs(20)),
+            Duration::from_secs(20)
+        );
+    }
 }
 
 #[derive(Debug)]
