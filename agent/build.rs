@@ -4,11 +4,11 @@
 //! aya-build forwards every line of the inner cargo's output as a
 //! `cargo:warning`, which on a cold cache is ~150 "Compiling ..." lines. The
 //! build runs with our stdout captured: progress lines are dropped on
-//! success, real diagnostics kept, and the whole output shown on failure.
+//! success, real diagnostics (compiler warnings) kept, and the whole
+//! output shown on failure.
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 fn main() {
     if let Err(e) = build() {
@@ -22,7 +22,6 @@ fn build() -> Result<(), String> {
     ensure_bpf_linker_on_path()?;
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
     let log_path = out_dir.join("aya-build.log");
-    let started = Instant::now();
     let result = with_stdout_to(&log_path, || {
         aya_build::build_ebpf(
             [aya_build::Package {
@@ -51,10 +50,8 @@ fn build() -> Result<(), String> {
         }
         return Err(format!("building the eBPF programs failed: {e:#}"));
     }
-    println!(
-        "cargo:warning=built the eBPF programs (agent-ebpf) in {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
+    // Nothing more on success: cargo replays a build script's warnings on
+    // every later build, so its own `Compiling cowtrace` is the one line.
     Ok(())
 }
 

