@@ -6,7 +6,7 @@
 //! ratios against `none`, and writes `bench.json` and `bench.md`.
 
 use crate::build;
-use crate::guest::{self, Copy, GuestKind, GuestSpec};
+use crate::guest::{self, Copy, GuestKind, GuestSpec, Init};
 use crate::kernel::Series;
 use crate::setup::Tooling;
 use anyhow::{bail, Context, Result};
@@ -29,7 +29,7 @@ pub fn run(tooling: &Tooling, kernel: Series, out: &Path, rounds: u32) -> Result
     std::fs::create_dir_all(out)?;
     let spec = GuestSpec {
         kernel,
-        kind: GuestKind::Docker,
+        kind: GuestKind::Docker(Init::Shell),
         copies: vec![Copy {
             host: runner,
             guest: "/usr/local/bin/cowtrace-bench".into(),

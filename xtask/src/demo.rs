@@ -5,7 +5,7 @@
 //! latency JSON lands in the host's `--out` directory.
 
 use crate::build;
-use crate::guest::{self, Copy, GuestKind, GuestSpec};
+use crate::guest::{self, Copy, GuestKind, GuestSpec, Init};
 use crate::kernel::Series;
 use crate::setup::Tooling;
 use anyhow::{bail, Context, Result};
@@ -28,12 +28,12 @@ pub fn script_copy(tooling: &Tooling) -> Result<Copy> {
     })
 }
 
-pub fn run(tooling: &Tooling, kernel: Series, out: &Path) -> Result<i32> {
+pub fn run(tooling: &Tooling, kernel: Series, init: Init, out: &Path) -> Result<i32> {
     let agent = build::agent(tooling)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let spec = GuestSpec {
         kernel,
-        kind: GuestKind::Docker,
+        kind: GuestKind::Docker(init),
         copies: vec![script_copy(tooling)?],
         out: Some(out.to_path_buf()),
         timeout: Duration::from_secs(900),

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
-use xtask::guest::{self, Copy, GuestFailure, GuestKind, GuestSpec};
+use xtask::guest::{self, Copy, GuestFailure, GuestKind, GuestSpec, Init};
 use xtask::kernel::Series;
 use xtask::{build, setup, testopts, testrun};
 
@@ -49,6 +49,10 @@ enum Cmd {
         /// Where the latency JSON goes.
         #[arg(long, default_value = "target/demo")]
         out: PathBuf,
+        /// PID 1 of the guest: systemd (Docker on the systemd cgroup
+        /// driver, as on most hosts) or shell (Docker on cgroupfs).
+        #[arg(long, default_value = "systemd", value_name = "systemd|shell")]
+        init: Init,
     },
 }
 
@@ -73,6 +77,9 @@ struct TestArgs {
     /// Skip the Docker guest tests.
     #[arg(long)]
     no_docker: bool,
+    /// Docker guests by PID 1 (repeatable; default: both, shell and systemd).
+    #[arg(long = "init", value_name = "shell|systemd")]
+    inits: Vec<Init>,
     /// Arguments for the test executables (filters, --nocapture, ...).
     #[arg(last = true)]
     args: Vec<String>,
@@ -86,6 +93,15 @@ struct VmArgs {
     /// Boot a Debian rootfs with a running Docker engine.
     #[arg(long)]
     docker: bool,
+    /// PID 1 of the Docker guest: shell (a script starts containerd and
+    /// dockerd, cgroupfs driver) or systemd (their units, systemd driver).
+    #[arg(
+        long,
+        default_value = "shell",
+        value_name = "shell|systemd",
+        requires = "docker"
+    )]
+    init: Init,
     /// HOST_PATH:GUEST_PATH to put into the guest (repeatable).
     #[arg(long = "copy", value_name = "HOST_PATH:GUEST_PATH")]
     copies: Vec<Copy>,
@@ -150,7 +166,7 @@ fn run(cli: Cli) -> Result<i32> {
             let spec = GuestSpec {
                 kernel: a.kernel,
                 kind: if a.docker {
-                    GuestKind::Docker
+                    GuestKind::Docker(a.init)
                 } else {
                     GuestKind::Small
                 },
@@ -170,15 +186,20 @@ fn run(cli: Cli) -> Result<i32> {
             let t = setup::ensure()?;
             xtask::bench::run(&t, kernel, &out, rounds)
         }
-        Cmd::Demo { kernel, out } => {
+        Cmd::Demo { kernel, out, init } => {
             let t = setup::ensure()?;
-            xtask::demo::run(&t, kernel, &out)
+            xtask::demo::run(&t, kernel, init, &out)
         }
         Cmd::Test(a) => {
             let t = setup::ensure()?;
             let opts = testopts::TestOptions {
                 kernels: testopts::Kernels::from_args(&a.kernels)?,
                 docker: testopts::DockerTests::from_flags(a.docker, a.no_docker),
+                inits: if a.inits.is_empty() {
+                    Init::ALL.to_vec()
+                } else {
+                    a.inits
+                },
                 timeout: Duration::from_secs(a.timeout),
                 targets: a.targets,
                 args: a.args,

@@ -1,6 +1,7 @@
 //! What a test run is asked to do: where (guests of which kernel series,
 //! or the running kernel), which test executables, with which arguments.
 
+use crate::guest::Init;
 use crate::kernel::Series;
 use anyhow::{bail, Result};
 use std::time::Duration;
@@ -86,6 +87,8 @@ impl Kernels {
 pub struct TestOptions {
     pub kernels: Kernels,
     pub docker: DockerTests,
+    /// The Docker guests' inits: the Docker tests run once in each.
+    pub inits: Vec<Init>,
     /// Per guest.
     pub timeout: Duration,
     /// Only test targets with these names (all if empty).

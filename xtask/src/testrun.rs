@@ -9,7 +9,7 @@
 
 use crate::build;
 use crate::demo;
-use crate::guest::{self, Copy, GuestKind, GuestSpec, Sinks};
+use crate::guest::{self, Copy, GuestKind, GuestSpec, Init, Sinks};
 use crate::kernel::Series;
 use crate::native;
 use crate::results::{Counts, Tee, Verdict};
@@ -82,7 +82,7 @@ fn guest_tests(
     let agent = build::agent(tooling)?;
     let tests = build::guest_tests(tooling)?;
     let mut results = Vec::new();
-    for guest_run in plan(opts.docker, series) {
+    for guest_run in plan(opts.docker, series, &opts.inits) {
         let selected: Vec<_> = tests
             .iter()
             .filter(|(name, _)| guest_run.targets.contains(&name.as_str()))
@@ -91,12 +91,11 @@ fn guest_tests(
         if selected.is_empty() {
             continue;
         }
-        let docker = guest_run.kind == GuestKind::Docker;
-        let label = format!(
-            "{}{}",
-            guest_run.kernel,
-            if docker { " (docker)" } else { "" }
-        );
+        let docker = guest_run.kind.is_docker();
+        let label = match guest_run.kind {
+            GuestKind::Small => guest_run.kernel.to_string(),
+            GuestKind::Docker(init) => format!("{} (docker, {init} init)", guest_run.kernel),
+        };
         note(format!("tests on kernel series {label}"));
         let mut copies: Vec<Copy> = selected
             .iter()
@@ -159,9 +158,9 @@ struct GuestRun {
 }
 
 /// The plain-overlay tests on every selected kernel, then the Docker tests
-/// once (Docker's runc does not start containers on 5.10, so they run on
-/// the first selected kernel that is not 5.10).
-fn plan(docker: DockerTests, series: &[Series]) -> Vec<GuestRun> {
+/// once per init (Docker's runc does not start containers on 5.10, so they
+/// run on the first selected kernel that is not 5.10).
+fn plan(docker: DockerTests, series: &[Series], inits: &[Init]) -> Vec<GuestRun> {
     let mut runs = Vec::new();
     if docker != DockerTests::Only {
         for &kernel in series {
@@ -174,11 +173,13 @@ fn plan(docker: DockerTests, series: &[Series]) -> Vec<GuestRun> {
     }
     if docker != DockerTests::Skip {
         if let Some(&kernel) = series.iter().find(|&&k| k != Series::V5_10) {
-            runs.push(GuestRun {
-                kernel,
-                kind: GuestKind::Docker,
-                targets: DOCKER_TARGETS,
-            });
+            for &init in inits {
+                runs.push(GuestRun {
+                    kernel,
+                    kind: GuestKind::Docker(init),
+                    targets: DOCKER_TARGETS,
+                });
+            }
         }
     }
     runs

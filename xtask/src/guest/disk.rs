@@ -5,8 +5,14 @@
 //! qcow2 overlay of it, so they never change the cache. Nothing ever pulls
 //! from a registry. The preparation boot is the caller's (see `run`), so
 //! this layer never boots anything itself.
+//!
+//! A systemd guest's disk is its own image (another rootfs, see
+//! [`configure_systemd`]), named `<kernel>-systemd-<key>.img` beside the
+//! shell guest's `<kernel>-<key>.img`.
 
+use super::init::RUN_UNIT_NAME;
 use super::rootfs::{self, BUSYBOX};
+use super::spec::Init;
 use crate::kernel::Kernel;
 use crate::util::{self, note, KeyHasher};
 use anyhow::{bail, Result};
@@ -50,10 +56,11 @@ pub type PrepareBoot<'a> = &'a dyn Fn(&Path, &[String], Duration) -> Result<()>;
 pub fn base_image(
     cache: &Path,
     kernel: &Kernel,
+    init: Init,
     boot_key: &str,
     prepare: PrepareBoot,
 ) -> Result<PathBuf> {
-    let tarball = rootfs::rootfs_tarball(cache)?;
+    let tarball = rootfs::rootfs_tarball(cache, init)?;
     let nginx = rootfs::nginx_rootfs_tarball(cache)?;
     let mut h = KeyHasher::new();
     h.str(IMAGE_RECIPE)
@@ -62,16 +69,23 @@ pub fn base_image(
         .str(&kernel.version)
         .str(boot_key)
         .file(Path::new(BUSYBOX))?;
+    if init == Init::Systemd {
+        h.str(SYSTEMD_RECIPE).str(DAEMON_JSON).str(RUN_UNIT_NAME);
+        for u in SYSTEMD_MASKED {
+            h.str(u);
+        }
+    }
     let dir = cache.join("docker");
     fs::create_dir_all(&dir)?;
-    let image = dir.join(format!("{}-{}.img", kernel.version, h.hex()));
+    let prefix = image_prefix(&kernel.version, init);
+    let image = dir.join(format!("{prefix}{}.img", h.hex()));
     let _lock = util::lock(&dir.join(format!("{}.lock", kernel.version)))?;
     if image.is_file() {
         return Ok(image);
     }
     let t = Instant::now();
     note(format!(
-        "building the docker disk image for {}",
+        "building the docker disk image for {} ({init} init)",
         kernel.version
     ));
     let stage = dir.join(format!("stage-{}", h.hex()));
@@ -106,8 +120,11 @@ pub fn base_image(
     fs::write(stage.join("etc/hostname"), "cowtrace\n")?;
     fs::write(stage.join("etc/hosts"), "127.0.0.1 localhost cowtrace\n")?;
     fs::write(stage.join("etc/resolv.conf"), "")?;
+    if init == Init::Systemd {
+        configure_systemd(&stage)?;
+    }
 
-    let tmp = dir.join(format!("{}-{}.img.tmp", kernel.version, h.hex()));
+    let tmp = dir.join(format!("{prefix}{}.img.tmp", h.hex()));
     util::remove_all(&tmp)?;
     fs::File::create(&tmp)?.set_len(DISK_SIZE)?;
     util::output_quiet(
@@ -131,10 +148,10 @@ pub fn base_image(
             String::from_utf8_lossy(&st.stdout)
         );
     }
-    // Drop older images of this kernel.
+    // Drop older images of this kernel and init.
     for e in fs::read_dir(&dir)?.filter_map(|e| e.ok()) {
         let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(&format!("{}-", kernel.version)) && n.ends_with(".img") {
+        if is_image_of(&n, &prefix) {
             let _ = fs::remove_file(e.path());
         }
     }
@@ -145,4 +162,159 @@ pub fn base_image(
         prep.as_secs_f64()
     ));
     Ok(image)
+}
+
+/// Bump when [`configure_systemd`] changes in a way its inputs don't show.
+const SYSTEMD_RECIPE: &str = "2";
+
+/// Docker's configuration on systemd guests: the systemd cgroup driver (as
+/// on the hosts users run), the rest as the shell guest's command line.
+pub const DAEMON_JSON: &str = r#"{
+  "exec-opts": ["native.cgroupdriver=systemd"],
+  "storage-driver": "overlay2",
+  "data-root": "/var/lib/docker",
+  "iptables": false,
+  "bridge": "none"
+}
+"#;
+
+/// Units masked on systemd guests: logins, timers and housekeeping that
+/// only slow a TCG boot down and have nothing to do with containers.
+pub const SYSTEMD_MASKED: &[&str] = &[
+    "getty.target",
+    "getty@.service",
+    "serial-getty@.service",
+    "console-getty.service",
+    "systemd-logind.service",
+    "systemd-firstboot.service",
+    "systemd-timesyncd.service",
+    "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service",
+    "systemd-journal-flush.service",
+    "systemd-random-seed.service",
+    "systemd-pstore.service",
+    "systemd-machine-id-commit.service",
+    "ldconfig.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "systemd-tmpfiles-clean.timer",
+    "modprobe@dm_mod.service",
+    "modprobe@fuse.service",
+    "modprobe@loop.service",
+];
+
+/// `<kernel>-` for the shell guest's images, `<kernel>-systemd-` for the
+/// systemd guest's; the cache key follows.
+fn image_prefix(kernel_version: &str, init: Init) -> String {
+    match init {
+        Init::Shell => format!("{kernel_version}-"),
+        init => format!("{kernel_version}-{init}-"),
+    }
+}
+
+/// Whether `name` is an image of the variant with this `prefix` (and not
+/// one of another init whose prefix it starts with).
+fn is_image_of(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_suffix(".img"))
+        .is_some_and(|key| !key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A systemd guest's configuration on its rootfs: Docker on the systemd
+/// cgroup driver; containerd, docker and the command's unit
+/// ([`RUN_UNIT_NAME`], whose file comes with each run's payload) enabled
+/// for `multi-user.target`; a fixed machine id (no first-boot setup) and
+/// [`SYSTEMD_MASKED`] masked.
+fn configure_systemd(root: &Path) -> Result<()> {
+    use std::os::unix::fs::symlink;
+    let unit_dir = Path::new("/lib/systemd/system");
+    for unit in ["containerd.service", "docker.service", "docker.socket"] {
+        let installed = root.join("usr/lib/systemd/system").join(unit);
+        if !installed.is_file() {
+            bail!(
+                "the systemd rootfs has no {unit} (looked for {})",
+                installed.display()
+            );
+        }
+    }
+    let etc = root.join("etc/systemd/system");
+    for (target, units) in [
+        (
+            "multi-user.target.wants",
+            &["containerd.service", "docker.service"][..],
+        ),
+        ("sockets.target.wants", &["docker.socket"][..]),
+    ] {
+        let wants = etc.join(target);
+        fs::create_dir_all(&wants)?;
+        for unit in units {
+            let link = wants.join(unit);
+            let _ = fs::remove_file(&link);
+            symlink(unit_dir.join(unit), &link)?;
+        }
+    }
+    // A link to a file the payload brings (stage 1 copies the payload over
+    // the disk, which must not already hold a link there).
+    symlink(
+        Path::new("/etc/systemd/system").join(RUN_UNIT_NAME),
+        etc.join("multi-user.target.wants").join(RUN_UNIT_NAME),
+    )?;
+    for unit in SYSTEMD_MASKED {
+        let link = etc.join(unit);
+        let _ = fs::remove_file(&link);
+        symlink("/dev/null", &link)?;
+    }
+    let _ = fs::remove_file(etc.join("default.target"));
+    symlink(
+        unit_dir.join("multi-user.target"),
+        etc.join("default.target"),
+    )?;
+    fs::create_dir_all(root.join("etc/docker"))?;
+    fs::write(root.join("etc/docker/daemon.json"), DAEMON_JSON)?;
+    fs::write(
+        root.join("etc/machine-id"),
+        "c0ffee00c0ffee00c0ffee00c0ffee00\n",
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_of_each_init_stay_apart() {
+        let shell = image_prefix("6.1.0-50-cloud-amd64", Init::Shell);
+        let systemd = image_prefix("6.1.0-50-cloud-amd64", Init::Systemd);
+        assert!(is_image_of(
+            "6.1.0-50-cloud-amd64-8ba7e9e350d100d8.img",
+            &shell
+        ));
+        assert!(!is_image_of(
+            "6.1.0-50-cloud-amd64-systemd-8ba7e9e350d100d8.img",
+            &shell
+        ));
+        assert!(is_image_of(
+            "6.1.0-50-cloud-amd64-systemd-8ba7e9e350d100d8.img",
+            &systemd
+        ));
+        assert!(!is_image_of(
+            "6.1.0-50-cloud-amd64-8ba7e9e350d100d8.img",
+            &systemd
+        ));
+        assert!(!is_image_of(
+            "6.1.0-50-cloud-amd64-8ba7e9e350d100d8.img.tmp",
+            &shell
+        ));
+    }
+
+    #[test]
+    fn docker_uses_the_systemd_cgroup_driver_there() {
+        let v: serde_json::Value = serde_json::from_str(DAEMON_JSON).unwrap();
+        assert_eq!(v["exec-opts"][0], "native.cgroupdriver=systemd");
+    }
 }

@@ -4,7 +4,7 @@
 
 use super::init;
 use super::rootfs::{self, BUSYBOX};
-use super::spec::{GuestKind, GuestSpec};
+use super::spec::{GuestKind, GuestSpec, Init};
 use crate::cpio::Tree;
 use crate::kernel::Kernel;
 use anyhow::{bail, Result};
@@ -29,6 +29,15 @@ pub fn payload(spec: &GuestSpec, clean_stop: bool) -> Result<Tree> {
         init::command_script(&spec.command),
     );
     t.dir("out", 0o755).dir("root", 0o700);
+    if spec.kind == GuestKind::Docker(Init::Systemd) {
+        // systemd starts the init as this unit once the engine is up (the
+        // disk enables it: see `disk`).
+        t.bytes(
+            &format!("etc/systemd/system/{}", init::RUN_UNIT_NAME),
+            0o644,
+            init::RUN_UNIT,
+        );
+    }
     if let Some(agent) = &spec.agent {
         t.host("usr/local/bin/cowtrace", agent)?;
     }
@@ -42,7 +51,7 @@ pub fn payload(spec: &GuestSpec, clean_stop: bool) -> Result<Tree> {
 pub fn initramfs(kind: GuestKind, kernel: &Kernel, payload: &Tree) -> Result<Tree> {
     match kind {
         GuestKind::Small => small(kernel, payload),
-        GuestKind::Docker => docker_stage1(kernel, payload),
+        GuestKind::Docker(init) => docker_stage1(kernel, payload, init),
     }
 }
 
@@ -94,12 +103,12 @@ fn small(kernel: &Kernel, payload: &Tree) -> Result<Tree> {
 }
 
 /// The Docker guest's first stage: load virtio, mount /dev/vda, copy the
-/// payload onto it, switch_root to the payload's init.
-fn docker_stage1(kernel: &Kernel, payload: &Tree) -> Result<Tree> {
+/// payload onto it, switch_root to the payload's init or to systemd.
+fn docker_stage1(kernel: &Kernel, payload: &Tree, init: Init) -> Result<Tree> {
     let mut t = Tree::new();
     add_busybox(&mut t)?;
     let modules = add_modules(&mut t, kernel, &["virtio_pci", "virtio_blk"])?;
-    t.bytes("init", 0o755, init::stage1_script(&modules));
+    t.bytes("init", 0o755, init::stage1_script(&modules, init));
     t.merge_under("payload", payload);
     Ok(t)
 }

@@ -2,6 +2,7 @@
 //! `cowtrace/busybox` image) and debootstrapped Debian trees (the Docker
 //! guest's rootfs, the demo's nginx image), cached as tarballs.
 
+use super::spec::Init;
 use crate::apt;
 use crate::util::{self, note, KeyHasher};
 use anyhow::{bail, Context, Result};
@@ -30,16 +31,29 @@ pub const PACKAGES: &[&str] = &[
     "bpftrace",
 ];
 
+/// What a systemd Docker guest adds: systemd as /sbin/init; the D-Bus
+/// system bus through which Docker's and containerd's systemd cgroup
+/// drivers (runc) ask systemd for scopes; and AppArmor's parser, which
+/// Docker needs once systemd has mounted securityfs and the kernel's
+/// AppArmor shows (as on Debian and Ubuntu hosts).
+pub const SYSTEMD_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "dbus", "apparmor"];
+
 /// The demo's nginx image (see `disk::NGINX_IMAGE`).
 const NGINX_PACKAGES: &[&str] = &["nginx", "busybox-static"];
 
 /// Bump when the way the rootfs is made changes.
 const ROOTFS_RECIPE: &str = "1";
 
-/// The debootstrapped rootfs tarball of the Docker guest (built once,
-/// needs root).
-pub fn rootfs_tarball(cache: &Path) -> Result<PathBuf> {
-    debootstrap_tarball(cache, "docker", PACKAGES)
+/// The debootstrapped rootfs tarball of the Docker guest with this init
+/// (built once, needs root).
+pub fn rootfs_tarball(cache: &Path, init: Init) -> Result<PathBuf> {
+    match init {
+        Init::Shell => debootstrap_tarball(cache, "docker", PACKAGES),
+        Init::Systemd => {
+            let packages: Vec<&str> = PACKAGES.iter().chain(SYSTEMD_PACKAGES).copied().collect();
+            debootstrap_tarball(cache, "docker-systemd", &packages)
+        }
+    }
 }
 
 /// The rootfs of the demo's nginx image.

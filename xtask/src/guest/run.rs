@@ -12,7 +12,7 @@ use super::disk;
 use super::init;
 use super::initramfs::{initramfs, payload};
 use super::rundir::new_run_dir;
-use super::spec::{GuestKind, GuestSpec};
+use super::spec::{GuestKind, GuestSpec, Init};
 use super::vm::{self, Accel, Boot, Outcome, Report, Sinks};
 use crate::kernel::{self, Kernel};
 use crate::util::{self, note};
@@ -69,14 +69,15 @@ pub fn run_with(spec: &GuestSpec, sinks: &mut Sinks) -> Result<i32> {
     let initrd = run_dir.join("initrd.gz");
     initramfs(spec.kind, &kernel, &payload(spec, false)?)?.write_gz(&initrd)?;
     let report = match spec.kind {
-        GuestKind::Docker => {
+        GuestKind::Docker(guest_init) => {
             let prepare = |raw: &Path, command: &[String], timeout: Duration| {
-                prepare_disk(&cache, &kernel, accel, raw, command, timeout)
+                prepare_disk(&cache, &kernel, guest_init, accel, raw, command, timeout)
             };
             let base = disk::base_image(
                 &cache,
                 &kernel,
-                &init::init_script(GuestKind::Docker, true),
+                guest_init,
+                &init::init_script(spec.kind, true),
                 &prepare,
             )?;
             let disk = run_dir.join("disk.qcow2");
@@ -222,16 +223,18 @@ fn extract_tar(tar: &[u8], out: &Path) -> Result<()> {
 fn prepare_disk(
     cache: &Path,
     kernel: &Kernel,
+    guest_init: Init,
     accel: Accel,
     disk: &Path,
     command: &[String],
     timeout: Duration,
 ) -> Result<()> {
     let run_dir = new_run_dir(cache)?;
-    let mut spec = GuestSpec::new(kernel.series, GuestKind::Docker, command.to_vec());
+    let kind = GuestKind::Docker(guest_init);
+    let mut spec = GuestSpec::new(kernel.series, kind, command.to_vec());
     spec.timeout = timeout;
     let initrd = run_dir.join("initrd.gz");
-    initramfs(GuestKind::Docker, kernel, &payload(&spec, true)?)?.write_gz(&initrd)?;
+    initramfs(kind, kernel, &payload(&spec, true)?)?.write_gz(&initrd)?;
     let mut sinks = Sinks {
         stdout: Box::new(fs::File::create(run_dir.join("prepare.stdout"))?),
         stderr: Box::new(fs::File::create(run_dir.join("prepare.stderr"))?),

@@ -9,16 +9,61 @@ use std::time::Duration;
 pub enum GuestKind {
     /// A busybox initramfs with overlay.ko: fast, for kernel tests.
     Small,
-    /// A Debian rootfs on a virtio disk with a running Docker engine.
-    Docker,
+    /// A Debian rootfs on a virtio disk with a running Docker engine,
+    /// started by this init.
+    Docker(Init),
+}
+
+impl GuestKind {
+    pub fn is_docker(self) -> bool {
+        matches!(self, GuestKind::Docker(_))
+    }
 }
 
 impl std::fmt::Display for GuestKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GuestKind::Small => f.write_str("small"),
+            GuestKind::Docker(Init::Shell) => f.write_str("docker"),
+            GuestKind::Docker(init) => write!(f, "docker ({init})"),
+        }
+    }
+}
+
+/// PID 1 of a Docker guest, and so who starts the engine and makes the
+/// containers' cgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Init {
+    /// A shell script starts containerd and dockerd itself; Docker's
+    /// cgroupfs driver puts containers at `/docker/<id>`.
+    Shell,
+    /// systemd boots the rootfs and starts containerd and dockerd as its
+    /// units; Docker's systemd driver has systemd create
+    /// `system.slice/docker-<id>.scope` over D-Bus, as on most real hosts.
+    Systemd,
+}
+
+impl Init {
+    pub const ALL: [Init; 2] = [Init::Shell, Init::Systemd];
+}
+
+impl std::fmt::Display for Init {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            GuestKind::Small => "small",
-            GuestKind::Docker => "docker",
+            Init::Shell => "shell",
+            Init::Systemd => "systemd",
         })
+    }
+}
+
+impl std::str::FromStr for Init {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "shell" => Ok(Init::Shell),
+            "systemd" => Ok(Init::Systemd),
+            _ => bail!("unknown init {s:?}: expected shell or systemd"),
+        }
     }
 }
 

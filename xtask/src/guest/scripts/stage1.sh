@@ -1,5 +1,6 @@
 # Docker guests, first stage: load the virtio modules ($MODULES), mount
-# /dev/vda, copy the payload onto it and switch_root to the payload's init.
+# /dev/vda, copy the payload onto it and switch_root to $STAGE2 (the
+# payload's init, or systemd).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 fail() { echo "$M_FAIL $*" > $C; echo o > /proc/sysrq-trigger; sleep 30; exit 1; }
 mount -t proc proc /proc
@@ -13,4 +14,4 @@ mkdir -p /newroot
 mount -t ext4 /dev/vda /newroot || fail "cannot mount /dev/vda"
 cp -a /payload/. /newroot/ || fail "cannot copy the payload"
 umount /proc /sys /dev
-exec switch_root /newroot /etc/cowtrace/init
+exec switch_root /newroot "$STAGE2"
