@@ -1,5 +1,11 @@
 //! Guest tests with a real Docker engine (`cargo xtask test --docker`):
 //! attribution of copy-ups, whiteouts and writes to named containers.
+//!
+//! They run in both Docker guests: the shell init's (Docker's cgroupfs
+//! driver, containers at `/docker/<id>`) and systemd's (Docker's systemd
+//! driver, containers in `system.slice/docker-<id>.scope` scopes that
+//! systemd creates and removes). Tests whose expectations differ between
+//! the two ask [`booted_with_systemd`].
 
 use cowtrace_tests::{make_file, Overlay, Tracer};
 use serde_json::Value;
@@ -8,17 +14,42 @@ use std::sync::OnceLock;
 
 const IMAGE: &str = "cowtrace/test-img";
 
-fn docker(args: &[&str]) -> String {
-    let o = Command::new("docker")
+fn run(program: &str, args: &[&str]) -> String {
+    let o = Command::new(program)
         .args(args)
         .output()
-        .expect("run docker");
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
     assert!(
         o.status.success(),
-        "docker {args:?}: {}",
+        "{program} {args:?}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn docker(args: &[&str]) -> String {
+    run("docker", args)
+}
+
+/// Whether the guest's PID 1 is systemd (else the shell init).
+fn booted_with_systemd() -> bool {
+    std::fs::read_to_string("/proc/1/comm").unwrap().trim() == "systemd"
+}
+
+/// The cgroup v2 path of `pid` and its cgroup id (the directory's inode,
+/// which `bpf_get_current_cgroup_id` returns).
+fn cgroup_of(pid: &str) -> (String, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no cgroup v2 line in {text:?}"))
+        .to_string();
+    let id = std::fs::metadata(format!("/sys/fs/cgroup{path}"))
+        .unwrap()
+        .ino();
+    (path, id)
 }
 
 /// Builds the test image once: a layer of 20 small files on busybox.
@@ -68,6 +99,15 @@ impl Container {
 
     fn exec(&self, script: &str) {
         docker(&["exec", &self.0, "sh", "-c", script]);
+    }
+
+    fn id(&self) -> String {
+        docker(&["inspect", "-f", "{{.Id}}", &self.0])
+    }
+
+    /// Its init process's cgroup path and id.
+    fn cgroup(&self) -> (String, u64) {
+        cgroup_of(&docker(&["inspect", "-f", "{{.State.Pid}}", &self.0]))
     }
 }
 
@@ -264,4 +304,229 @@ fn the_demo_reports_nginx_and_only_nginx() {
         n["copy_up_vs_write"]["p50_ratio"].as_f64().unwrap() > 1.0,
         "{n:#}"
     );
+}
+
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn containers_live_in_the_cgroups_their_engines_driver_makes() {
+    let c = Container::run("where");
+    let id = c.id();
+    let (path, cgroup_id) = c.cgroup();
+    let driver = docker(&["info", "-f", "{{.CgroupDriver}}"]);
+    if booted_with_systemd() {
+        assert_eq!(driver, "systemd");
+        let scope = format!("docker-{id}.scope");
+        assert_eq!(path, format!("/system.slice/{scope}"));
+        // systemd made it: the scope is one of its units.
+        let state = run(
+            "systemctl",
+            &["show", "-p", "ActiveState", "--value", &scope],
+        );
+        assert_eq!(state, "active", "{scope}");
+    } else {
+        assert_eq!(driver, "cgroupfs");
+        assert_eq!(path, format!("/docker/{id}"));
+    }
+    let t = Tracer::start("where", &[]);
+    c.exec("echo b >> /data/f8");
+    let tr = t.stop();
+    let e: Vec<_> = tr
+        .events
+        .iter()
+        .filter(|e| e["type"] == "copy_up" && e["path"] == "data/f8")
+        .collect();
+    assert_eq!(e.len(), 1, "{:#?}", tr.events);
+    assert_eq!(e[0]["cgroup_id"], cgroup_id, "{}", e[0]);
+    assert_eq!(e[0]["container"]["id"], id.as_str());
+    assert_eq!(e[0]["container"]["name"], "where");
+    assert_eq!(e[0]["filesystem"]["name"], "where");
+}
+
+/// A container that lives for one command: under systemd its scope goes
+/// away as soon as the last process exits.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn a_short_lived_container_is_attributed() {
+    image();
+    let _ = Command::new("docker").args(["rm", "-f", "brief"]).output();
+    let t = Tracer::start("brief", &[]);
+    docker(&[
+        "run",
+        "--name",
+        "brief",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo b >> /data/f6",
+    ]);
+    let id = docker(&["inspect", "-f", "{{.Id}}", "brief"]);
+    docker(&["rm", "brief"]);
+    let tr = t.stop();
+    let e: Vec<_> = tr
+        .events
+        .iter()
+        .filter(|e| e["type"] == "copy_up" && e["path"] == "data/f6")
+        .collect();
+    assert_eq!(e.len(), 1, "{:#?}", tr.events);
+    assert_eq!(e[0]["container"]["id"], id.as_str(), "{}", e[0]);
+    assert_eq!(e[0]["container"]["name"], "brief", "{}", e[0]);
+    let b = named(&tr.report, "brief").expect("brief in report");
+    assert_eq!(b["image"], IMAGE);
+}
+
+/// `docker restart` gives the container a new cgroup (a new scope under
+/// systemd) and a new overlay mount; it stays one container.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn a_restarted_container_stays_one_named_container() {
+    let c = Container::run("phoenix");
+    let t = Tracer::start("restart", &[]);
+    c.exec("echo b >> /data/f10");
+    let (_, before) = c.cgroup();
+    docker(&["restart", "-t", "1", "phoenix"]);
+    let (_, after) = c.cgroup();
+    assert_ne!(before, after, "the restart kept the cgroup");
+    c.exec("echo b >> /data/f11");
+    let tr = t.stop();
+    for (file, cgroup_id) in [("data/f10", before), ("data/f11", after)] {
+        let e: Vec<_> = tr
+            .events
+            .iter()
+            .filter(|e| e["type"] == "copy_up" && e["path"] == file)
+            .collect();
+        assert_eq!(e.len(), 1, "{file}: {:#?}", tr.events);
+        assert_eq!(e[0]["cgroup_id"], cgroup_id, "{}", e[0]);
+        assert_eq!(e[0]["container"]["name"], "phoenix", "{}", e[0]);
+    }
+    let rows: Vec<_> = tr.report["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == "phoenix")
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    // /data once (the upper layer survives the restart), then each file.
+    assert_eq!(rows[0]["copy_up"]["count"], 3, "{:#}", rows[0]);
+}
+
+fn ctr(args: &[&str]) -> String {
+    let mut all = vec!["-n", "k8s.io"];
+    all.extend_from_slice(args);
+    run("ctr", &all)
+}
+
+/// A containerd container in containerd's `k8s.io` namespace, killed and
+/// removed on drop.
+struct CriContainer(String);
+
+impl Drop for CriContainer {
+    fn drop(&mut self) {
+        let id = self.0.as_str();
+        let quiet = |args: &[&str]| {
+            let _ = Command::new("ctr")
+                .args(["-n", "k8s.io"])
+                .args(args)
+                .output();
+        };
+        quiet(&["task", "kill", "-s", "SIGKILL", id]);
+        for _ in 0..100 {
+            let o = Command::new("ctr")
+                .args(["-n", "k8s.io", "task", "rm", id])
+                .output();
+            if o.is_ok_and(|o| o.status.success()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        quiet(&["container", "rm", id]);
+    }
+}
+
+/// containerd as the kubelet drives it, without a kubelet (Debian has
+/// none): the container's cgroup is where the kubelet would put a
+/// burstable pod's container with the init's cgroup driver. Under systemd,
+/// containerd's systemd driver (runc) asks systemd over D-Bus for the scope
+/// `cri-containerd-<id>.scope` in the pod's slice, and systemd makes
+/// `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`
+/// around it; with cgroupfs it is `/kubepods/burstable/pod<uid>/<id>`.
+/// cowtrace attributes its copy-ups by the container id in that path.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn a_kubernetes_style_containerd_container_is_attributed_by_id() {
+    image();
+    run(
+        "sh",
+        &[
+            "-c",
+            &format!("docker save {IMAGE} | ctr -n k8s.io images import -"),
+        ],
+    );
+    let id = "c0ffee".repeat(10) + "cafe";
+    let uid = "1b2c3d4e-5f60-7182-93a4-b5c6d7e8f90a";
+    let (cgroup_arg, want_path, systemd) = if booted_with_systemd() {
+        let slice = format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_"));
+        (
+            format!("{slice}:cri-containerd:{id}"),
+            format!("/kubepods.slice/kubepods-burstable.slice/{slice}/cri-containerd-{id}.scope"),
+            true,
+        )
+    } else {
+        let path = format!("/kubepods/burstable/pod{uid}/{id}");
+        (path.clone(), path, false)
+    };
+    let image = format!("docker.io/{IMAGE}:latest");
+    let mut args = vec!["run", "-d"];
+    if systemd {
+        args.push("--runc-systemd-cgroup");
+    }
+    args.extend([
+        "--cgroup",
+        &cgroup_arg,
+        "--label",
+        "io.kubernetes.pod.name=web",
+        "--label",
+        "io.kubernetes.pod.namespace=shop",
+        "--label",
+        "io.kubernetes.container.name=app",
+        &image,
+        &id,
+        "sleep",
+        "3600",
+    ]);
+    ctr(&args);
+    let _c = CriContainer(id.clone());
+    let tasks = ctr(&["task", "ls"]);
+    let pid = tasks
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(id.as_str())).then(|| f.next().unwrap().to_string())
+        })
+        .unwrap_or_else(|| panic!("no task {id} in:\n{tasks}"));
+    let (path, cgroup_id) = cgroup_of(&pid);
+    assert_eq!(path, want_path);
+    let t = Tracer::start("k8s", &[]);
+    ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "write",
+        &id,
+        "sh",
+        "-c",
+        "echo b >> /data/f12",
+    ]);
+    let tr = t.stop();
+    let e: Vec<_> = tr
+        .events
+        .iter()
+        .filter(|e| e["type"] == "copy_up" && e["path"] == "data/f12")
+        .collect();
+    assert_eq!(e.len(), 1, "{:#?}", tr.events);
+    assert_eq!(e[0]["cgroup_id"], cgroup_id, "{}", e[0]);
+    assert_eq!(e[0]["container"]["id"], id.as_str(), "{}", e[0]);
+    let row = tr.container(&id);
+    assert_eq!(row["copy_up"]["count"], 2, "{row:#}");
 }
