@@ -77,32 +77,6 @@ impl DockerApi {
         serde_json::from_str(body).map_err(std::io::Error::other)
     }
 
-    /// One container by id, also after it exited (until it is removed):
-    /// a container that lives for one command is often gone from the
-    /// running list by the time its first event is attributed (under
-    /// systemd its scope and its process go within milliseconds).
-    pub fn container(&self, id: &str) -> std::io::Result<ContainerInfo> {
-        let d = self.get(&format!("/containers/{id}/json"))?;
-        let pid = d["State"]["Pid"]
-            .as_u64()
-            .filter(|&p| p > 0)
-            .map(|p| p as u32);
-        Ok(ContainerInfo {
-            id: d["Id"].as_str().unwrap_or(id).to_string(),
-            name: d["Name"]
-                .as_str()
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string(),
-            image: d["Config"]["Image"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            pid,
-            root_dev: pid.and_then(root_overlay_dev),
-        })
-    }
-
     /// Running containers with name, image and init pid.
     pub fn containers(&self) -> std::io::Result<Vec<ContainerInfo>> {
         let list = self.get("/containers/json")?;
@@ -139,9 +113,6 @@ pub struct ContainerResolver {
     cgroups: Option<CgroupIndex>,
     docker: Option<DockerApi>,
     known: HashMap<String, ContainerInfo>,
-    /// Ids the runtime did not know when last asked one by one (another
-    /// runtime's containers), and when.
-    unknown_ids: HashMap<String, Instant>,
     by_cgroup: HashMap<u64, Owner>,
     /// Devices no container had at the last look (host overlays).
     unknown_devs: std::collections::HashSet<u32>,
@@ -159,7 +130,6 @@ impl ContainerResolver {
             cgroups: crate::cgroup::default_root().and_then(|r| CgroupIndex::scan(r).ok()),
             docker,
             known: HashMap::new(),
-            unknown_ids: HashMap::new(),
             by_cgroup: HashMap::new(),
             unknown_devs: Default::default(),
             last_refresh: None,
@@ -244,9 +214,6 @@ impl ContainerResolver {
         if !self.known.contains_key(&id) {
             self.refresh_containers();
         }
-        if !self.known.contains_key(&id) {
-            self.inspect(&id);
-        }
         let owner = match self.known.get(&id) {
             Some(c) => Owner {
                 id: c.id.clone(),
@@ -269,28 +236,6 @@ impl ContainerResolver {
 }
 
 impl ContainerResolver {
-    /// Asks the runtime for one container it did not list as running (at
-    /// most every 2 s per id, for ids it does not know).
-    fn inspect(&mut self, id: &str) {
-        let Some(api) = &self.docker else { return };
-        if self
-            .unknown_ids
-            .get(id)
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
-        {
-            return;
-        }
-        match api.container(id) {
-            Ok(c) => {
-                self.unknown_ids.remove(id);
-                self.known.insert(id.to_string(), c);
-            }
-            Err(_) => {
-                self.unknown_ids.insert(id.to_string(), Instant::now());
-            }
-        }
-    }
-
     /// The container whose root filesystem is overlay device `dev`.
     pub fn owner_of_dev(&mut self, dev: u32) -> Option<Owner> {
         let find = |known: &HashMap<String, ContainerInfo>| {
@@ -321,72 +266,5 @@ impl ContainerResolver {
 impl Default for ContainerResolver {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::net::UnixListener;
-
-    /// A Docker API socket answering each request from `answers` (path ->
-    /// status line and body) in turn.
-    fn fake_api(answers: Vec<(&'static str, &'static str, &'static str)>) -> (DockerApi, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("cowtrace-api-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("docker.sock");
-        let _ = std::fs::remove_file(&socket);
-        let listener = UnixListener::bind(&socket).unwrap();
-        std::thread::spawn(move || {
-            for (want, status, body) in answers {
-                let (mut s, _) = listener.accept().unwrap();
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.ends_with(b"\r\n\r\n") {
-                    let n = s.read(&mut buf).unwrap();
-                    assert!(n > 0, "request ended early");
-                    req.extend_from_slice(&buf[..n]);
-                }
-                let req = String::from_utf8_lossy(&req);
-                assert!(req.starts_with(&format!("GET {want} ")), "{req}");
-                write!(
-                    s,
-                    "HTTP/1.0 {status}\r\nContent-Type: application/json\r\n\r\n{body}"
-                )
-                .unwrap();
-            }
-        });
-        (
-            DockerApi {
-                socket: socket.clone(),
-            },
-            dir,
-        )
-    }
-
-    #[test]
-    fn an_exited_container_is_named_by_inspecting_it() {
-        let id = "ab".repeat(32);
-        let (api, dir) = fake_api(vec![
-            (
-                "/containers/abab/json",
-                "200 OK",
-                r#"{"Id":"abababababababababababababababababababababababababababababababab","Name":"/brief","Config":{"Image":"cowtrace/test-img"},"State":{"Pid":0,"Status":"exited"}}"#,
-            ),
-            (
-                "/containers/cdcd/json",
-                "404 Not Found",
-                r#"{"message":"No such container"}"#,
-            ),
-        ]);
-        let c = api.container("abab").unwrap();
-        assert_eq!(c.id, id);
-        assert_eq!(c.name, "brief");
-        assert_eq!(c.image, "cowtrace/test-img");
-        assert_eq!(c.pid, None);
-        assert_eq!(c.root_dev, None);
-        let e = api.container("cdcd").unwrap_err().to_string();
-        assert!(e.contains("404"), "{e}");
-        let _ = std::fs::remove_dir_all(dir);
     }
 }
