@@ -3,7 +3,8 @@
 //!
 //! kernel records (`agent_ebpf` wire types)
 //!   -> [`probes`] (load and attach, layout from [`btf`])
-//!   -> [`event`] (decoded) -> [`attribution`] (container, via [`cgroup`])
+//!   -> [`event`] (decoded) -> [`attribution`] (container, via [`cgroup`]
+//!   and the [`runtime`] clients, on a worker thread of its own)
 //!   -> [`stats`] (HDR histograms) -> [`live`] / [`report`] (outputs).
 //!
 //! [`kallsyms`] turns a copy-up's kernel stack into its trigger;
@@ -21,4 +22,5 @@ pub mod live;
 pub mod mountinfo;
 pub mod probes;
 pub mod report;
+pub mod runtime;
 pub mod stats;

@@ -8,7 +8,7 @@ use agent_ebpf::{WriteKey, WriteStats};
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use clap::{Parser, Subcommand};
-use cowtrace::attribution::ContainerResolver;
+use cowtrace::attribution::{Attribution, FilterUpdate};
 use cowtrace::event::{decode, KernelEvent};
 use cowtrace::kallsyms::Symbols;
 use cowtrace::probes::{ProbeOptions, Probes};
@@ -260,14 +260,26 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
         }
     };
 
-    let mut resolver = ContainerResolver::new();
+    // Attribution runs on its own thread from here on; only `--container`
+    // waits for the runtime's first answer (bounded).
+    let attribution = Attribution::start();
     let mut container_filter = Vec::new();
+    if !cli.containers.is_empty() && !attribution.wait_ready(RUNTIME_WAIT) {
+        return Err(Failure::Runtime(anyhow!(
+            "the container runtime did not answer within {} s: cannot find --container {}",
+            RUNTIME_WAIT.as_secs(),
+            cli.containers.join(", ")
+        )));
+    }
     for name in &cli.containers {
-        match resolver.find(name) {
+        match attribution.find(name) {
             Some(c) => container_filter.push(c),
             None => {
-                let mut names: Vec<String> =
-                    resolver.containers().into_iter().map(|c| c.name).collect();
+                let mut names: Vec<String> = attribution
+                    .containers()
+                    .into_iter()
+                    .map(|c| c.info.name)
+                    .collect();
                 names.sort();
                 let list = if names.is_empty() {
                     "none".to_string()
@@ -280,7 +292,8 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
             }
         }
     }
-    if let Some(w) = &resolver.warned {
+    attribution.follow(container_filter.iter().map(|c| c.info.name.clone()));
+    if let Some(w) = attribution.warning() {
         eprintln!("cowtrace: warning: {w}");
     }
 
@@ -296,14 +309,7 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     // and empty maps, nothing passes until now. A container is both its
     // processes (cgroup) and its root filesystem (overlay device), so a
     // `docker cp` into it counts too.
-    for c in &container_filter {
-        if let Some(id) = c
-            .pid
-            .and_then(|p| cowtrace::cgroup::cgroup_id_of_pid(p).ok())
-        {
-            cgroup_ids.push(id);
-        }
-    }
+    cgroup_ids.extend(container_filter.iter().filter_map(|c| c.cgroup_id));
     fill_filter::<u64>(&mut probes, "CGROUP_FILTER", &cgroup_ids)?;
     let devs: Vec<u32> = container_filter.iter().filter_map(|c| c.root_dev).collect();
     fill_filter::<u32>(&mut probes, "DEV_FILTER", &devs)?;
@@ -345,15 +351,16 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     let mut stats = Stats::default();
     for c in &container_filter {
         stats.touch(&Owner {
-            id: c.id.clone(),
-            name: c.name.clone(),
-            image: c.image.clone(),
+            id: c.info.id.clone(),
+            name: c.info.name.clone(),
+            image: c.info.image.clone(),
         });
     }
     let mut write_snapshot: HashMap<WriteKey, WriteStats> = HashMap::new();
     let mut sink = EventSink {
         pid_filter: &cli.pids,
-        resolver,
+        attribution,
+        held: std::collections::VecDeque::new(),
         symbols,
         stats,
         out,
@@ -378,12 +385,18 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
                 guard.clear_ready();
             }
             // Records below the kernel's wake-up threshold arrive without a
-            // wake-up: collect them at least this often.
+            // wake-up: collect them at least this often (and release held
+            // events whose owner is now known).
             _ = drain.tick() => sink.drain(ring.get_mut())?,
+            Some(update) = sink.attribution.filter_updates.recv() => {
+                // A followed container (re)started: trace its new cgroup
+                // and root filesystem too.
+                follow_in_kernel(&mut probes, &update)?;
+            }
             _ = tick.tick() => {
                 read_writes(&writes, &mut write_snapshot);
                 let d = read_drops(&drops);
-                let rows = owner_rows(&sink.stats, &write_snapshot, &mut sink.resolver);
+                let rows = owner_rows(&sink.stats, &write_snapshot, &mut sink.attribution, false);
                 if !sink.out.closed {
                     let refs: Vec<_> = rows.iter().map(|(o, s, w)| (o, s, w)).collect();
                     eprint!("{}", live::summary_table(&refs, d.iter().sum()));
@@ -402,13 +415,16 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
         }
     }
 
-    // Drain what the kernel delivered before we stop, then detach.
+    // Drain what the kernel delivered before we stop, then detach; held
+    // events get a last short chance to be attributed.
     sink.drain(ring.get_mut())?;
     read_writes(&writes, &mut write_snapshot);
     let d = read_drops(&drops);
     drop(probes);
+    let writers: Vec<u64> = write_snapshot.keys().map(|k| k.cgroup_id).collect();
+    sink.finish(&writers)?;
     let elapsed = started.elapsed().as_secs_f64();
-    let rows = owner_rows(&sink.stats, &write_snapshot, &mut sink.resolver);
+    let rows = owner_rows(&sink.stats, &write_snapshot, &mut sink.attribution, true);
     if let Some(p) = &cli.json {
         let v = build_report(&kernel, started_wall, elapsed, &probes_json, d, &rows);
         report::write_atomic(p, &v)?;
@@ -455,15 +471,26 @@ fn fill_filter<K: aya::Pod>(probes: &mut Probes, map: &str, keys: &[K]) -> Resul
     Ok(())
 }
 
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+fn short(id: &str) -> String {
+    cowtrace::attribution::short_id(id)
 }
+
+/// How long an event may wait for attribution to learn its cgroup before
+/// it is booked to whatever is known then.
+const HOLD: Duration = Duration::from_millis(1500);
+/// At most this many events wait; past it the oldest go out as they are.
+const MAX_HELD: usize = 65_536;
+/// How long `--container` waits for the runtime's first answer.
+const RUNTIME_WAIT: Duration = Duration::from_secs(5);
 
 /// Everything an event passes through between the ring buffer and the
 /// outputs: attribution, trigger classification, aggregation, printing.
+/// Events whose cgroup attribution does not know yet are held (in order)
+/// until it does, for at most [`HOLD`].
 struct EventSink<'a> {
     pid_filter: &'a [u32],
-    resolver: ContainerResolver,
+    attribution: Attribution,
+    held: std::collections::VecDeque<(Instant, KernelEvent)>,
     symbols: Symbols,
     stats: Stats,
     out: Out,
@@ -474,56 +501,116 @@ struct EventSink<'a> {
 impl EventSink<'_> {
     /// Takes every record the ring buffer holds now.
     fn drain(&mut self, rb: &mut RingBuf<MapData>) -> Result<()> {
+        let now = Instant::now();
         while let Some(item) = rb.next() {
             if let Some(ev) = decode(&item) {
-                self.handle(&ev)?;
+                if !self.pid_filter.is_empty() && !self.pid_filter.contains(&ev.pid) {
+                    continue;
+                }
+                self.held.push_back((now, ev));
             }
+        }
+        self.release(now, false)
+    }
+
+    /// Hands on held events, oldest first, while their owner is known (or
+    /// they waited long enough, or `all`).
+    fn release(&mut self, now: Instant, all: bool) -> Result<()> {
+        while let Some((since, ev)) = self.held.front() {
+            let owner = match self.attribution.owner_of_cgroup(ev.cgroup_id) {
+                Some(o) => o,
+                None if all || now.duration_since(*since) >= HOLD || self.held.len() > MAX_HELD => {
+                    Owner::host()
+                }
+                None => break,
+            };
+            let (_, ev) = self.held.pop_front().expect("front exists");
+            self.handle(&owner, &ev)?;
         }
         Ok(())
     }
 
-    fn handle(&mut self, ev: &KernelEvent) -> Result<()> {
-        if !self.pid_filter.is_empty() && !self.pid_filter.contains(&ev.pid) {
-            return Ok(());
+    /// At exit: a short last wait for attribution (of held events and of
+    /// `cgroups`, the writers), then everything out.
+    fn finish(&mut self, cgroups: &[u64]) -> Result<()> {
+        let until = Instant::now() + Duration::from_millis(500);
+        let unknown = |a: &mut Attribution| {
+            cgroups
+                .iter()
+                .filter(|&&c| a.owner_of_cgroup(c).is_none())
+                .count()
+        };
+        while (!self.held.is_empty() || unknown(&mut self.attribution) > 0)
+            && Instant::now() < until
+        {
+            self.release(Instant::now(), false)?;
+            std::thread::sleep(Duration::from_millis(10));
         }
-        let owner = self.resolver.owner_of_cgroup(ev.cgroup_id);
-        let fs = self.resolver.owner_of_dev(ev.dev);
+        self.release(Instant::now(), true)
+    }
+
+    fn handle(&mut self, owner: &Owner, ev: &KernelEvent) -> Result<()> {
+        let fs = self.attribution.owner_of_dev(ev.dev);
         let trigger = match &ev.kind {
             cowtrace::event::Kind::CopyUp(c) => {
                 Some(self.symbols.classify_copy_up(&c.stack).as_str())
             }
             _ => None,
         };
-        self.stats.record(&owner, ev);
+        self.stats.record(owner, ev);
         if self.out.events.is_some() {
             self.out
-                .event(&report::event_json(&owner, fs.as_ref(), trigger, ev))?;
+                .event(&report::event_json(owner, fs.as_ref(), trigger, ev))?;
         }
         if self.print_events {
             let wall = wall_clock((ev.ts_ns as i128 + self.mono_to_wall) as u64);
             self.out
-                .line(&live::event_line(&wall, &owner, fs.as_ref(), trigger, ev));
+                .line(&live::event_line(&wall, owner, fs.as_ref(), trigger, ev));
         }
         Ok(())
     }
 }
 
+/// Adds a (re)started followed container to the kernel filters.
+fn follow_in_kernel(probes: &mut Probes, update: &FilterUpdate) -> Result<()> {
+    if let Some(cg) = update.cgroup_id {
+        fill_filter::<u64>(probes, "CGROUP_FILTER", &[cg])?;
+    }
+    if let Some(dev) = update.root_dev {
+        fill_filter::<u32>(probes, "DEV_FILTER", &[dev])?;
+    }
+    Ok(())
+}
+
 type Row = (Owner, cowtrace::stats::OwnerStats, WriteTotals);
 
+/// Per-owner rows with current names. Writes of a cgroup attribution does
+/// not know yet wait for the next interval, unless this is the `last`.
 fn owner_rows(
     stats: &Stats,
     writes: &HashMap<WriteKey, WriteStats>,
-    resolver: &mut ContainerResolver,
+    attribution: &mut Attribution,
+    last: bool,
 ) -> Vec<Row> {
     let mut totals: HashMap<Owner, WriteTotals> = HashMap::new();
     for (k, s) in writes {
-        let owner = resolver.owner_of_cgroup(k.cgroup_id);
+        let owner = match attribution.owner_of_cgroup(k.cgroup_id) {
+            Some(o) => o,
+            None if last => Owner::host(),
+            None => continue,
+        };
         totals.entry(owner).or_default().add_kernel(s);
     }
     let mut rows: Vec<Row> = stats
         .owners
         .iter()
-        .map(|(o, s)| (o.clone(), s.clone(), totals.remove(o).unwrap_or_default()))
+        .map(|(o, s)| {
+            (
+                attribution.describe(o),
+                s.clone(),
+                totals.remove(o).unwrap_or_default(),
+            )
+        })
         .collect();
     for (o, w) in totals {
         rows.push((o, Default::default(), w));

