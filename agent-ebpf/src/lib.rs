@@ -17,6 +17,20 @@ pub const NAME_LEN: usize = 64;
 /// Kernel stack frames kept with a copy-up, for classifying its trigger.
 pub const STACK_DEPTH: usize = 24;
 
+/// Bytes kept of a cgroup's directory name and of its parent's, NUL
+/// included (`cri-containerd-<64 hex>.scope` is 85).
+pub const CGROUP_NAME_LEN: usize = 96;
+
+/// The kernfs names of a cgroup and of its parent, as the kernel saw them
+/// when an event came from it: the container id survives the cgroup's
+/// removal (a short-lived container is gone before userspace looks).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CgroupName {
+    pub parent: [u8; CGROUP_NAME_LEN],
+    pub leaf: [u8; CGROUP_NAME_LEN],
+}
+
 /// What an [`Event`] is. Also the index into the drop counters.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,6 +260,13 @@ pub struct Config {
     pub vfs_rename_flags_off: u32,
     /// `vfs_setxattr`: the xattr name.
     pub vfs_setxattr_name_arg: u32,
+    /// The current task's cgroup v2 directory: `task_struct.cgroups`,
+    /// `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.name` and `.parent`.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_name: u32,
+    pub kernfs_node_parent: u32,
 }
 
 /// `OVERLAYFS_SUPER_MAGIC`: a uapi constant, not a layout detail.
@@ -260,6 +281,7 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::WriteKey {}
     unsafe impl aya::Pod for super::WriteStats {}
+    unsafe impl aya::Pod for super::CgroupName {}
 }
 
 #[cfg(test)]

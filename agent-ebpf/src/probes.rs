@@ -1,19 +1,21 @@
 //! The programs themselves (see `main.rs` for the design).
 
 use agent_ebpf::{
-    flags, hist_bucket, Config, Event, EventKind, WhiteoutCause, WriteKey, WriteStats, EVENT_KINDS,
-    HIST_BUCKETS, NAME_LEN, OVERLAYFS_SUPER_MAGIC, PATH_DEPTH, RENAME_WHITEOUT, STACK_DEPTH,
+    flags, hist_bucket, CgroupName, Config, Event, EventKind, WhiteoutCause, WriteKey, WriteStats,
+    CGROUP_NAME_LEN, EVENT_KINDS, HIST_BUCKETS, NAME_LEN, OVERLAYFS_SUPER_MAGIC, PATH_DEPTH,
+    RENAME_WHITEOUT, STACK_DEPTH,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel_str,
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_stack, bpf_ktime_get_ns,
+            bpf_probe_read_kernel_str,
         },
     },
     macros::{fentry, fexit, kprobe, kretprobe, map},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
     EbpfContext,
 };
@@ -55,6 +57,13 @@ static WRITE_STARTS: HashMap<u32, WriteStart> = HashMap::with_max_entries(16384,
 static EVENT_SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static ZERO_STATS: Array<WriteStats> = Array::with_max_entries(1, 0);
+
+/// cgroup id -> its kernfs names, for the cgroups events come from (the
+/// least recently used go first when it is full).
+#[map]
+static CGROUP_NAMES: LruHashMap<u64, CgroupName> = LruHashMap::with_max_entries(4096, 0);
+#[map]
+static CGROUP_NAME_SCRATCH: PerCpuArray<CgroupName> = PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
 struct CopyOp {
@@ -188,6 +197,7 @@ fn new_event(kind: EventKind, dentry: u64) -> Option<&'static mut Event> {
     ev.pid = (pid_tgid >> 32) as u32;
     ev.tid = pid_tgid as u32;
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    remember_cgroup(ev.cgroup_id);
     ev.dev = dentry_dev(dentry);
     ev.mode = dentry_mode(dentry);
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
@@ -199,6 +209,49 @@ fn new_event(kind: EventKind, dentry: u64) -> Option<&'static mut Event> {
     ev.stack_len = 0;
     read_path(dentry, ev);
     Some(ev)
+}
+
+/// Notes the current task's cgroup names under `id`, once per cgroup.
+#[inline(always)]
+fn remember_cgroup(id: u64) {
+    if CGROUP_NAMES.get_ptr(id).is_some() {
+        return;
+    }
+    let Some(slot) = CGROUP_NAME_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let slot = unsafe { &mut *slot };
+    let task = unsafe { bpf_get_current_task() };
+    let css_set: u64 = read(task, conf!(task_cgroups));
+    let cgrp: u64 = read(css_set, conf!(css_set_dfl_cgrp));
+    let kn: u64 = read(cgrp, conf!(cgroup_kn));
+    if kn == 0 {
+        return;
+    }
+    let parent: u64 = read(kn, conf!(kernfs_node_parent));
+    let name_off = conf!(kernfs_node_name);
+    slot.leaf[0] = 0;
+    slot.parent[0] = 0;
+    let leaf: u64 = read(kn, name_off);
+    unsafe {
+        bpf_probe_read_kernel_str(
+            slot.leaf.as_mut_ptr() as *mut c_void,
+            CGROUP_NAME_LEN as u32,
+            leaf as *const c_void,
+        )
+    };
+    if parent != 0 {
+        let pname: u64 = read(parent, name_off);
+        unsafe {
+            bpf_probe_read_kernel_str(
+                slot.parent.as_mut_ptr() as *mut c_void,
+                CGROUP_NAME_LEN as u32,
+                pname as *const c_void,
+            )
+        };
+    }
+    // Full of busier cgroups: the least recently used one makes room.
+    let _ = CGROUP_NAMES.insert(id, &*slot, 0);
 }
 
 /// Walks `d_parent` up to the overlay root (the dentry that is its own

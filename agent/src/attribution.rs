@@ -120,21 +120,26 @@ impl Directory {
         }
         e.root_dev = root_dev.or(e.root_dev);
         e.cgroup_id = cgroup_id.or(e.cgroup_id);
-        e.exited_at = None;
+        if e.info.pid.is_some() {
+            e.exited_at = None;
+        }
         e
     }
 
-    fn stopped(&mut self, id: &str, now: Instant) {
-        if let Some(e) = self.containers.get_mut(id) {
-            e.exited_at.get_or_insert(now);
-            e.info.pid = None;
-            // Its device may go to the next container: forget the mapping.
-            if let Some(dev) = e.root_dev.take() {
-                if self.by_dev.get(&dev).is_some_and(|o| o == id) {
-                    self.by_dev.remove(&dev);
-                }
+    /// A container stopped; returns it, with the root device it gave up.
+    fn stopped(&mut self, id: &str, now: Instant) -> Option<(Entry, Option<u32>)> {
+        let e = self.containers.get_mut(id)?;
+        e.exited_at.get_or_insert(now);
+        e.info.pid = None;
+        // Its device may go to the next container: forget the mapping.
+        let dev = e.root_dev.take();
+        let e = e.clone();
+        if let Some(dev) = dev {
+            if self.by_dev.get(&dev).is_some_and(|o| o == id) {
+                self.by_dev.remove(&dev);
             }
         }
+        Some((e, dev))
     }
 
     /// Forget what has been gone long enough (keeping exited containers'
@@ -178,16 +183,35 @@ impl Directory {
     }
 }
 
-/// Tell the kernel filter about a container (`--container` follows it
-/// across restarts: new cgroup, new root device).
+/// A change to the kernel filter for a followed container: `--container`
+/// follows it across restarts (new cgroup, new root device), and a device
+/// it gave up stops passing (overlay devices are reused).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FilterUpdate {
-    pub cgroup_id: Option<u64>,
-    pub root_dev: Option<u32>,
+pub enum FilterUpdate {
+    Add {
+        cgroup_id: Option<u64>,
+        root_dev: Option<u32>,
+    },
+    RemoveDev(u32),
 }
+
+/// The kernel's cgroup id -> names map (see `agent_ebpf::CgroupName`).
+pub type KernelCgroupNames = aya::maps::HashMap<aya::maps::MapData, u64, agent_ebpf::CgroupName>;
 
 enum Request {
     Cgroup(u64),
+    KernelNames(Box<KernelCgroupNames>),
+}
+
+/// `parent/leaf` of a kernel-recorded cgroup name, as a cgroup path tail.
+fn kernel_cgroup_path(names: &KernelCgroupNames, cg: u64) -> Option<String> {
+    let n = names.get(&cg, 0).ok()?;
+    let text = |b: &[u8]| {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    };
+    let (parent, leaf) = (text(&n.parent), text(&n.leaf));
+    (!leaf.is_empty()).then(|| format!("/{parent}/{leaf}"))
 }
 
 /// The event path's handle.
@@ -338,6 +362,12 @@ impl Attribution {
         None
     }
 
+    /// Hands the kernel's cgroup names to the worker: cgroups already gone
+    /// from cgroupfs (a container that lived for a moment) are still named.
+    pub fn use_kernel_names(&self, names: KernelCgroupNames) {
+        let _ = self.requests.send(Request::KernelNames(Box::new(names)));
+    }
+
     /// The container whose root filesystem is overlay device `dev`.
     pub fn owner_of_dev(&self, dev: u32) -> Option<Owner> {
         let d = self.lock();
@@ -419,13 +449,14 @@ async fn work<R: Runtime>(
         tokio::time::interval_at(tokio::time::Instant::now() + RELIST_EVERY, RELIST_EVERY);
     relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut new_ids = Vec::new();
+    let mut names = None;
     loop {
         tokio::select! {
             req = requests.recv() => {
                 let Some(req) = req else { return };
-                handle_request(&dir, req, &mut cgroups, &mut new_ids);
+                handle_request(&dir, req, &mut cgroups, &mut names, &mut new_ids);
                 while let Ok(req) = requests.try_recv() {
-                    handle_request(&dir, req, &mut cgroups, &mut new_ids);
+                    handle_request(&dir, req, &mut cgroups, &mut names, &mut new_ids);
                 }
             }
             Some(answer) = answers.recv() => match answer {
@@ -460,7 +491,7 @@ async fn work<R: Runtime>(
                     let mut update = None;
                     with(&mut |d| {
                         let e = d.upsert(info.clone(), true);
-                        update = Some(FilterUpdate { cgroup_id: e.cgroup_id, root_dev: e.root_dev });
+                        update = Some(FilterUpdate::Add { cgroup_id: e.cgroup_id, root_dev: e.root_dev });
                     });
                     let followed = follow
                         .lock()
@@ -473,7 +504,15 @@ async fn work<R: Runtime>(
             },
             change = async { feed.as_mut().unwrap().next().await }, if feed.is_some() => match change {
                 Some(Ok(Change::Started(id))) | Some(Ok(Change::Updated(id))) => new_ids.push(id),
-                Some(Ok(Change::Stopped(id))) => with(&mut |d| d.stopped(&id, Instant::now())),
+                Some(Ok(Change::Stopped(id))) => {
+                    let mut gone = None;
+                    with(&mut |d| gone = d.stopped(&id, Instant::now()));
+                    if let Some((e, Some(dev))) = gone {
+                        if follow.lock().unwrap_or_else(|p| p.into_inner()).contains(&e.info.name) {
+                            let _ = filters.send(FilterUpdate::RemoveDev(dev));
+                        }
+                    }
+                }
                 // The feed broke: relist and resubscribe on the next tick.
                 Some(Err(_)) | None => feed = None,
             },
@@ -495,18 +534,27 @@ async fn work<R: Runtime>(
     }
 }
 
-/// Resolve one cgroup id from cgroupfs; a container the directory does not
+/// Resolve one cgroup id from cgroupfs, or from the names the kernel
+/// recorded when the cgroup is gone; a container the directory does not
 /// know yet is added by id and queued to be described.
 fn handle_request(
     dir: &Arc<Mutex<Directory>>,
     req: Request,
     cgroups: &mut Option<CgroupIndex>,
+    names: &mut Option<Box<KernelCgroupNames>>,
     to_describe: &mut Vec<String>,
 ) {
-    let Request::Cgroup(cg) = req;
+    let cg = match req {
+        Request::Cgroup(cg) => cg,
+        Request::KernelNames(map) => {
+            *names = Some(map);
+            return;
+        }
+    };
     let path = cgroups
         .as_mut()
-        .and_then(|c| c.lookup(cg).map(str::to_string));
+        .and_then(|c| c.lookup(cg).map(str::to_string))
+        .or_else(|| kernel_cgroup_path(names.as_ref()?, cg));
     let attributed = match path.as_deref().and_then(container_id_from_cgroup_path) {
         Some((_runtime, id)) => Attributed::Container(id),
         None => Attributed::Host,

@@ -339,6 +339,15 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
         PerCpuArray::try_from(probes.ebpf.take_map("DROPS").context("DROPS map")?)
             .context("DROPS map")?;
 
+    let cgroup_names: cowtrace::attribution::KernelCgroupNames = aya::maps::HashMap::try_from(
+        probes
+            .ebpf
+            .take_map("CGROUP_NAMES")
+            .context("CGROUP_NAMES map")?,
+    )
+    .context("CGROUP_NAMES map")?;
+    attribution.use_kernel_names(cgroup_names);
+
     let mut out = Out {
         stdout: std::io::stdout(),
         events: events_out,
@@ -571,13 +580,32 @@ impl EventSink<'_> {
     }
 }
 
-/// Adds a (re)started followed container to the kernel filters.
+/// Keeps the kernel filters on a followed container: its new cgroup and
+/// root device after a (re)start, minus a device it gave up.
 fn follow_in_kernel(probes: &mut Probes, update: &FilterUpdate) -> Result<()> {
-    if let Some(cg) = update.cgroup_id {
-        fill_filter::<u64>(probes, "CGROUP_FILTER", &[cg])?;
-    }
-    if let Some(dev) = update.root_dev {
-        fill_filter::<u32>(probes, "DEV_FILTER", &[dev])?;
+    match *update {
+        FilterUpdate::Add {
+            cgroup_id,
+            root_dev,
+        } => {
+            if let Some(cg) = cgroup_id {
+                fill_filter::<u64>(probes, "CGROUP_FILTER", &[cg])?;
+            }
+            if let Some(dev) = root_dev {
+                fill_filter::<u32>(probes, "DEV_FILTER", &[dev])?;
+            }
+        }
+        FilterUpdate::RemoveDev(dev) => {
+            let mut m: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+                probes
+                    .ebpf
+                    .map_mut("DEV_FILTER")
+                    .context("DEV_FILTER map")?,
+            )
+            .context("DEV_FILTER map")?;
+            // Already gone is fine.
+            let _ = m.remove(&dev);
+        }
     }
     Ok(())
 }

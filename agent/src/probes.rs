@@ -124,6 +124,13 @@ pub fn layout(btf: &KernelBtf) -> Result<Config> {
         sb_s_magic: off("super_block", "s_magic")?,
         file_f_inode: off("file", "f_inode")?,
         kiocb_ki_filp: off("kiocb", "ki_filp")?,
+        task_cgroups: off("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: off("css_set", "dfl_cgrp")?,
+        cgroup_kn: off("cgroup", "kn")?,
+        kernfs_node_name: off("kernfs_node", "name")?,
+        // Renamed `__parent` in 6.15 (RCU-protected since).
+        kernfs_node_parent: off("kernfs_node", "parent")
+            .or_else(|_| off("kernfs_node", "__parent"))?,
         ..Default::default()
     };
 
