@@ -59,11 +59,20 @@ impl DockerApi {
     }
 
     fn get(&self, path: &str) -> std::io::Result<Value> {
+        // Once the run is ending, no new request: the end must not wait
+        // for a runtime (a request in flight is cut by the signal).
+        if crate::shutdown::requested() {
+            return Err(std::io::Error::other("cowtrace is ending"));
+        }
         let mut s = UnixStream::connect(&self.socket)?;
+        let _in_flight = crate::shutdown::api_request(std::os::fd::AsRawFd::as_raw_fd(&s));
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
         write!(s, "GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n")?;
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf)?;
+        // A runtime answer is small; a hostile or broken one must not grow
+        // without bound.
+        (&mut s).take(64 << 20).read_to_end(&mut buf)?;
         let text = String::from_utf8_lossy(&buf);
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         if !head.starts_with("HTTP/1.")
@@ -117,6 +126,8 @@ pub struct ContainerResolver {
     /// Devices no container had at the last look (host overlays).
     unknown_devs: std::collections::HashSet<u32>,
     last_refresh: Option<Instant>,
+    /// Set at the end of a run: answers come from what is known already.
+    stopped: bool,
     pub warned: Option<String>,
 }
 
@@ -133,14 +144,23 @@ impl ContainerResolver {
             by_cgroup: HashMap::new(),
             unknown_devs: Default::default(),
             last_refresh: None,
+            stopped: false,
             warned,
         };
         r.refresh_containers();
         r
     }
 
+    /// No more runtime requests (the end of a run must not wait on one).
+    pub fn stop_refreshing(&mut self) {
+        self.stopped = true;
+    }
+
     /// Asks the runtime again (at most every 500 ms).
     fn refresh_containers(&mut self) {
+        if self.stopped {
+            return;
+        }
         if self
             .last_refresh
             .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
@@ -148,6 +168,9 @@ impl ContainerResolver {
             return;
         }
         self.last_refresh = Some(Instant::now());
+        if crate::shutdown::requested() {
+            return;
+        }
         let Some(api) = &self.docker else { return };
         match api.containers() {
             Ok(list) => {

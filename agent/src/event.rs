@@ -64,12 +64,52 @@ impl KernelEvent {
     }
 }
 
-/// Escapes control characters, backslashes and invalid UTF-8 as `\xNN`.
+/// Characters that change how text around them looks without being seen
+/// themselves: Unicode format characters (general category Cf: bidi
+/// overrides and isolates such as U+202E, zero-width characters, the BOM,
+/// tag characters, ...) and the line and paragraph separators (Zl, Zp).
+/// A name holding one could pass for another name on a terminal.
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x2028..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
+}
+
+/// [`escape_bytes`] for text that is already a string (container names,
+/// ids, runtime messages).
+pub fn escape_str(s: &str) -> String {
+    escape_bytes(s.as_bytes())
+}
+
+/// Escapes control characters (C0, DEL, C1), invisible format characters
+/// ([`is_invisible_format`]), backslashes and invalid UTF-8 as `\xNN` per
+/// byte, so what is shown is exactly what the bytes were.
 pub fn escape_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
-            if c.is_control() || c == '\\' {
+            if c.is_control() || c == '\\' || is_invisible_format(c) {
                 for b in c.to_string().bytes() {
                     let _ = write!(out, "\\x{b:02x}");
                 }
@@ -100,6 +140,13 @@ fn file_type(mode: u32) -> &'static str {
         0o140000 => "socket",
         _ => "unknown",
     }
+}
+
+/// The kind of a ring-buffer record without decoding the rest (to count
+/// records that are dropped unread).
+pub fn record_kind(bytes: &[u8]) -> Option<EventKind> {
+    let head: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
+    EventKind::from_u32(u32::from_ne_bytes(head))
 }
 
 /// Decodes one ring-buffer record; `None` if it is not a whole [`Event`].
@@ -207,6 +254,27 @@ mod tests {
         assert_eq!(escape_bytes(b"x\xffy"), "x\\xffy");
         assert_eq!(escape_bytes(b"\x1b[31m"), "\\x1b[31m");
         assert_eq!(escape_bytes(b"back\\slash"), "back\\x5cslash");
+    }
+
+    #[test]
+    fn escaping_invisible_format_characters() {
+        // Right-to-left override: "evil\u{202e}txt.sh" shows as "evilhs.txt".
+        assert_eq!(
+            escape_str("evil\u{202e}txt.sh"),
+            "evil\\xe2\\x80\\xaetxt.sh"
+        );
+        assert_eq!(escape_str("a\u{200b}b"), "a\\xe2\\x80\\x8bb");
+        assert_eq!(escape_str("a\u{2028}b"), "a\\xe2\\x80\\xa8b");
+        assert_eq!(escape_str("\u{feff}x"), "\\xef\\xbb\\xbfx");
+        assert_eq!(
+            escape_str("\u{2066}x\u{2069}"),
+            "\\xe2\\x81\\xa6x\\xe2\\x81\\xa9"
+        );
+        assert_eq!(escape_str("tag\u{e0041}"), "tag\\xf3\\xa0\\x81\\x81");
+        // C1 controls, e.g. U+009B (CSI).
+        assert_eq!(escape_str("a\u{9b}31m"), "a\\xc2\\x9b31m");
+        // Ordinary non-ASCII text stays readable.
+        assert_eq!(escape_str("données/日本語/ü"), "données/日本語/ü");
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub mod kallsyms;
 pub mod kretprobe;
 pub mod live;
 pub mod mountinfo;
+pub mod output;
 pub mod probes;
 pub mod report;
+pub mod shutdown;
 pub mod stats;

@@ -476,7 +476,9 @@ impl Attacher<'_> {
                     self.kretprobes.push(k);
                     return Ok("kretprobe");
                 }
-                Err(e) => eprintln!("cowtrace: warning: {e:#}; using a perf kretprobe (may miss returns under load)"),
+                Err(e) => crate::output::err_line(&format!(
+                    "cowtrace: warning: {e:#}; using a perf kretprobe (may miss returns under load)"
+                )),
             }
         }
         p.attach(function, 0)
