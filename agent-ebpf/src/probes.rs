@@ -41,6 +41,13 @@ static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static DEV_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
+/// Set to 1 by the agent when its run ends: from then on no program adds
+/// an event, a drop or a write, so the agent's final drain has an end and
+/// its final report a moment, however busy the machine (detaching the
+/// probes afterwards takes seconds on a busy small machine).
+#[map]
+static STOP: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map]
 static COPY_OPS: HashMap<u32, CopyOp> = HashMap::with_max_entries(16384, 0);
 #[map]
@@ -171,7 +178,15 @@ fn wanted(dev: u32) -> bool {
 }
 
 #[inline(always)]
+fn stopped() -> bool {
+    matches!(STOP.get(0), Some(v) if *v != 0)
+}
+
+#[inline(always)]
 fn count_drop(kind: EventKind) {
+    if stopped() {
+        return;
+    }
     if let Some(p) = DROPS.get_ptr_mut(kind as u32) {
         unsafe { *p += 1 };
     }
@@ -243,6 +258,9 @@ const WAKEUP_BYTES: u64 = 1 << 20;
 
 #[inline(always)]
 fn submit(ev: &Event) {
+    if stopped() {
+        return;
+    }
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
@@ -594,7 +612,7 @@ fn write_end(ret: i64) -> u32 {
     // Removed, not just marked: entries of threads that exit must not pile
     // up until the map is full.
     let _ = WRITE_STARTS.remove(&tid);
-    if ret < 0 {
+    if ret < 0 || stopped() {
         return 0;
     }
     let latency = now() - start.start_ns;

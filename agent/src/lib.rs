@@ -20,6 +20,7 @@ pub mod kretprobe;
 pub mod live;
 pub mod mountinfo;
 pub mod output;
+pub mod privileges;
 pub mod probes;
 pub mod report;
 pub mod shutdown;

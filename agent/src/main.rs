@@ -16,7 +16,7 @@ use cowtrace::output::{err_line, err_text, EventsTarget, JsonTarget};
 use cowtrace::probes::{ProbeOptions, Probes};
 use cowtrace::report::{self, RunInfo};
 use cowtrace::stats::{Owner, Stats, WriteTotals};
-use cowtrace::{doctor, live, shutdown};
+use cowtrace::{doctor, live, privileges, shutdown};
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -404,6 +404,9 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     fill_filter::<u64>(&mut probes, "CGROUP_FILTER", &cgroup_ids)?;
     let devs: Vec<u32> = container_filter.iter().filter_map(|c| c.root_dev).collect();
     fill_filter::<u32>(&mut probes, "DEV_FILTER", &devs)?;
+    // Attached: give up every capability but the few the run still needs
+    // (README, "Privileges").
+    privileges::drop_after_attach().map_err(Failure::Runtime)?;
     let symbols = syms.table;
     let kernel = doctor::kernel_release();
     err_line(&format!(
@@ -478,13 +481,16 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("ring buffer")?;
-                sink.drain(guard.get_inner_mut());
-                guard.clear_ready();
+                // Left ready while records remain: the loop comes back
+                // after looking at the other branches.
+                if !sink.drain(guard.get_inner_mut()) {
+                    guard.clear_ready();
+                }
             }
             // Records below the kernel's wake-up threshold arrive without a
             // wake-up: collect them at least this often.
             _ = drain.tick() => {
-                sink.drain(ring.get_mut());
+                let _ = sink.drain(ring.get_mut());
                 sink.out.flush_events();
             }
             _ = tick.tick() => {
@@ -510,13 +516,24 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         }
     }
 
-    // The end. Detach first: after that no new event is made, so the drain
-    // ends even under a storm of events; what the drain cannot handle
-    // within its budget is counted as dropped, never silently lost. No
-    // runtime API is asked from here on.
+    // The end. The kernel side stops first: from then on no event, drop or
+    // write is added, so the drain below ends even under a storm of
+    // events; what it cannot handle within its budget is counted as
+    // dropped, never silently lost. No runtime API is asked from here on.
+    // The final report and summary are written before the probes are
+    // detached (which can take seconds on a busy machine).
     sink.resolver.stop_refreshing();
     let ending = Instant::now();
-    drop(probes);
+    let mut attached = Some(probes);
+    if let Some(Err(e)) = attached.as_mut().map(|p| p.stop_events()) {
+        // Not expected; then detach first, which stops events too.
+        err_line(&format!(
+            "cowtrace: warning: {e:#}; detaching before the final drain"
+        ));
+        if let Some(p) = attached.take() {
+            p.detach();
+        }
+    }
     let lost = sink.drain_until(ring.get_mut(), ending + DRAIN_BUDGET);
     read_writes(&writes, &mut write_snapshot);
     let mut d = read_drops(&drops);
@@ -554,6 +571,10 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         }
         err_text(&text);
     }
+    // Only now, with everything written: detach (all probes at once).
+    if let Some(p) = attached.take() {
+        p.detach();
+    }
     Ok(if sink.out.failed {
         Ended::OutputFailed
     } else {
@@ -561,8 +582,12 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     })
 }
 
-/// How long the final drain may take after the probes are detached; the
-/// whole end stays within 2 s (detaching takes well under a second).
+/// The longest one pass over the ring buffer runs before the loop looks
+/// at signals and timers again.
+const DRAIN_SLICE: Duration = Duration::from_millis(20);
+
+/// How long the final drain may take once the kernel side has stopped:
+/// the final report and summary are out within 2 s of the signal.
 const DRAIN_BUDGET: Duration = Duration::from_millis(800);
 
 fn fill_filter<K: aya::Pod>(probes: &mut Probes, map: &str, keys: &[K]) -> Result<()> {
@@ -600,13 +625,22 @@ struct EventSink<'a> {
 }
 
 impl EventSink<'_> {
-    /// Takes every record the ring buffer holds now.
-    fn drain(&mut self, rb: &mut RingBuf<MapData>) {
+    /// Takes the records the ring buffer holds, for at most [`DRAIN_SLICE`]
+    /// (a storm of events must not keep the loop from seeing a signal).
+    /// True if it stopped with records left.
+    fn drain(&mut self, rb: &mut RingBuf<MapData>) -> bool {
+        let until = Instant::now() + DRAIN_SLICE;
+        let mut n = 0u32;
         while let Some(item) = rb.next() {
             if let Some(ev) = decode(&item) {
                 self.handle(&ev);
             }
+            n = n.wrapping_add(1);
+            if n.is_multiple_of(64) && Instant::now() > until {
+                return true;
+            }
         }
+        false
     }
 
     /// Like [`Self::drain`], but only until `deadline`; the records left

@@ -255,6 +255,12 @@ impl EventsTarget {
                 return Err(refuse("it is a symbolic link (not followed)".into()))
             }
             Err(rustix::io::Errno::ISDIR) => return Err(refuse("it is a directory".into())),
+            // In a sticky directory the kernel refuses (EACCES) to open
+            // another user's symlink before O_NOFOLLOW's ELOOP: say what
+            // was there.
+            Err(_) if matches!(kind_at(&dir, name), Ok(Some(FileType::Symlink))) => {
+                return Err(refuse("it is a symbolic link (not followed)".into()))
+            }
             Err(rustix::io::Errno::NXIO) => {
                 return Err(refuse(
                     "it is a FIFO without a reader (start the reader first)".into(),

@@ -288,6 +288,24 @@ impl Tracer {
         }
     }
 
+    /// Waits at most `limit` for a stderr line containing `needle`.
+    pub fn wait_for_line(&mut self, needle: &str, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.stderr_seen.push(line);
+                    if found {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
     /// Everything cowtrace wrote to stderr until it closed it.
     pub fn rest_of_stderr(&mut self) -> String {
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
