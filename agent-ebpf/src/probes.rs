@@ -159,6 +159,15 @@ fn dentry_dev(dentry: u64) -> u32 {
 }
 
 #[inline(always)]
+fn dentry_ino(dentry: u64) -> u64 {
+    let inode: u64 = read(dentry, conf!(dentry_d_inode));
+    if inode == 0 {
+        return 0;
+    }
+    read::<u64>(inode, conf!(inode_i_ino))
+}
+
+#[inline(always)]
 fn dentry_mode(dentry: u64) -> u32 {
     let inode: u64 = read(dentry, conf!(dentry_d_inode));
     if inode == 0 {
@@ -205,6 +214,7 @@ fn new_event(kind: EventKind, dentry: u64) -> Option<&'static mut Event> {
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.dev = dentry_dev(dentry);
     ev.mode = dentry_mode(dentry);
+    ev.ino = dentry_ino(dentry);
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ev.latency_ns = 0;
     ev.op_latency_ns = 0;
@@ -224,6 +234,7 @@ fn read_path(mut dentry: u64, ev: &mut Event) {
     let name_off = conf!(dentry_d_name_name);
     let len_off = conf!(dentry_d_name_len);
     ev.path.depth = 0;
+    ev.path.name_cut = 0;
     for i in 0..PATH_DEPTH {
         let parent: u64 = read(dentry, parent_off);
         if parent == dentry || parent == 0 {
@@ -232,7 +243,7 @@ fn read_path(mut dentry: u64, ev: &mut Event) {
         let name: u64 = read(dentry, name_off);
         let len: u32 = read(dentry, len_off);
         if len as usize >= NAME_LEN {
-            ev.flags |= flags::PATH_CUT;
+            ev.path.name_cut |= 1 << i;
         }
         let slot = &mut ev.path.names[i];
         unsafe {

@@ -38,9 +38,16 @@ pub struct KernelEvent {
     /// Overlay device, kernel encoding (major << 20 | minor).
     pub dev: u32,
     pub file_type: &'static str,
-    /// Raw path bytes relative to the overlay root (may be invalid UTF-8).
+    /// Raw path bytes relative to the overlay root (may be invalid UTF-8);
+    /// a cut name holds its first bytes only (see `names_cut`).
     pub path: Vec<u8>,
+    /// Cut at the top: deeper than the kernel walks.
     pub path_cut: bool,
+    /// Root first, one per component of `path`: that name was longer than
+    /// the kernel keeps.
+    pub names_cut: Vec<bool>,
+    /// Inode number of the object.
+    pub ino: u64,
 }
 
 impl KernelEvent {
@@ -52,14 +59,34 @@ impl KernelEvent {
         }
     }
 
-    /// The path for display and JSON: control characters and invalid UTF-8
-    /// escaped (`\xNN`), a cut path prefixed with `…/`.
+    /// The path for display and JSON: control characters, format
+    /// characters, backslashes and invalid UTF-8 escaped (`\xNN`), so a
+    /// raw backslash can only be one of these markers:
+    ///
+    /// - `\…/` first: the path was deeper than the kernel walks (its top
+    ///   is missing);
+    /// - `\…` after a name: the name was longer than the kernel keeps
+    ///   (this is its start), and the path then ends in `\#INODE`, so two
+    ///   objects whose names start alike are never one path.
     pub fn path_display(&self) -> String {
         let mut s = String::new();
         if self.path_cut {
-            s.push_str("…/");
+            s.push_str("\\…/");
         }
-        s.push_str(&escape_bytes(&self.path));
+        let mut any_cut = false;
+        for (i, part) in self.path.split(|&b| b == b'/').enumerate() {
+            if i > 0 {
+                s.push('/');
+            }
+            s.push_str(&escape_bytes(part));
+            if self.names_cut.get(i).copied().unwrap_or(false) {
+                s.push_str("\\…");
+                any_cut = true;
+            }
+        }
+        if any_cut {
+            s.push_str(&format!("\\#{}", self.ino));
+        }
         s
     }
 }
@@ -158,11 +185,13 @@ pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
     let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const Event) };
     let depth = (ev.path.depth as usize).min(agent_ebpf::PATH_DEPTH);
     let mut path = Vec::new();
+    let mut names_cut = Vec::with_capacity(depth);
     for i in (0..depth).rev() {
-        if !path.is_empty() {
+        if i + 1 != depth {
             path.push(b'/');
         }
         path.extend_from_slice(cstr(&ev.path.names[i]));
+        names_cut.push(ev.path.name_cut & (1 << i) != 0);
     }
     let kind = match EventKind::from_u32(ev.kind)? {
         EventKind::CopyUp => Kind::CopyUp(CopyUp {
@@ -198,6 +227,8 @@ pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
         },
         path,
         path_cut: ev.flags & flags::PATH_CUT != 0,
+        names_cut,
+        ino: ev.ino,
     })
 }
 
@@ -286,8 +317,42 @@ mod tests {
         ev.path.depth = 1;
         ev.path.names[0][0] = b'z';
         let e = decode(&bytes(&ev)).unwrap();
-        assert_eq!(e.path_display(), "…/z");
+        assert_eq!(e.path_display(), "\\…/z");
         assert_eq!(e.file_type, "dir");
         assert_eq!(e.kind, Kind::Whiteout { cause: "rmdir" });
+    }
+
+    #[test]
+    fn long_names_that_start_alike_stay_apart_and_cuts_are_unambiguous() {
+        let long = |ino: u64| {
+            let mut ev = blank();
+            ev.kind = EventKind::CopyUp as u32;
+            ev.path.depth = 2;
+            ev.path.names[0][..63].copy_from_slice(&[b'L'; 63]);
+            ev.path.names[1][..4].copy_from_slice(b"data");
+            ev.path.name_cut = 1;
+            ev.ino = ino;
+            decode(&bytes(&ev)).unwrap()
+        };
+        let a = long(1001).path_display();
+        let b = long(1002).path_display();
+        assert_ne!(a, b);
+        assert_eq!(a, format!("data/{}\\…\\#1001", "L".repeat(63)));
+        // A directory really named `…`, or with a backslash, is no marker.
+        let mut ev = blank();
+        ev.kind = EventKind::OpaqueDir as u32;
+        ev.path.depth = 2;
+        ev.path.names[0][..1].copy_from_slice(b"x");
+        ev.path.names[1][..3].copy_from_slice("…".as_bytes());
+        let real = decode(&bytes(&ev)).unwrap().path_display();
+        assert_eq!(real, "…/x");
+        ev.path.names[1][..4].copy_from_slice(b"\\#12");
+        let real = decode(&bytes(&ev)).unwrap().path_display();
+        assert_eq!(real, "\\x5c#12/x");
+        // A depth cut and a name cut are told apart.
+        ev.flags = flags::PATH_CUT;
+        let deep = decode(&bytes(&ev)).unwrap().path_display();
+        assert!(deep.starts_with("\\…/"), "{deep}");
+        assert!(!deep.contains("\\#"), "{deep}");
     }
 }

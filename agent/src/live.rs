@@ -239,6 +239,8 @@ mod tests {
             file_type: "dir",
             path: b"d".to_vec(),
             path_cut: false,
+            names_cut: vec![false],
+            ino: 0,
         };
         let line = event_line("00:00:00.000", &evil, Some(&evil), None, &ev);
         assert!(

@@ -119,6 +119,7 @@ pub fn layout(btf: &KernelBtf) -> Result<Config> {
         dentry_d_inode: off("dentry", "d_inode")?,
         dentry_d_sb: off("dentry", "d_sb")?,
         inode_i_mode: off("inode", "i_mode")?,
+        inode_i_ino: off("inode", "i_ino")?,
         inode_i_sb: off("inode", "i_sb")?,
         sb_s_dev: off("super_block", "s_dev")?,
         sb_s_magic: off("super_block", "s_magic")?,

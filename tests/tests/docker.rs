@@ -356,6 +356,15 @@ fn hostile_file_names_are_escaped_in_the_live_view() {
         assert!(!text.contains(bad), "raw {what} in the live view:\n{text}");
         assert!(!rest.contains(bad), "raw {what} on stderr:\n{rest}");
     }
+    // The two long names share their first 120 bytes: two files.
+    let cut = format!("data/{}\\…\\#", "L".repeat(63));
+    let long: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.contains("copy_up"))
+        .filter_map(|l| l.split("  ").last())
+        .filter(|p| p.starts_with(&cut))
+        .collect();
+    assert_eq!(long.len(), 2, "{long:?}\n{text}");
     for shown in [
         "data/evil\\xe2\\x80\\xaetxt.sh",
         "data/zero\\xe2\\x80\\x8bwidth",

@@ -917,3 +917,53 @@ fn after_attaching_only_the_documented_capabilities_are_left() {
     assert!(host["writes"]["count"].as_u64().unwrap() >= 1, "{host:#}");
     assert_no_probes_left();
 }
+
+/// The kernel keeps 16 components of 63 bytes. Two 221-byte names sharing
+/// their first 120 bytes stay two files, a directory really named `…` is
+/// not taken for a cut, and a path cut at the top is told from a name cut.
+#[test]
+#[ignore = "needs a guest kernel: run through `cargo xtask test`"]
+fn long_names_deep_paths_and_a_directory_named_ellipsis_are_told_apart() {
+    let a = format!("{}{}", "L".repeat(120), "a".repeat(101));
+    let b = format!("{}{}", "L".repeat(120), "b".repeat(101));
+    let deep: String = (0..20).map(|i| format!("d{i}/")).collect::<String>() + "f";
+    let ov = Overlay::new("names", |l| {
+        make_file(&l.join(&a), 10);
+        make_file(&l.join(&b), 10);
+        make_file(&l.join("…/x"), 10);
+        make_file(&l.join(&deep), 10);
+    });
+    let t = Tracer::start("names", &[]);
+    for p in [&a, &b, "…/x", &deep] {
+        append(&ov.path(p), b"x");
+    }
+    let tr = t.stop();
+    let dev = ov.dev();
+    let targets: Vec<&str> = tr
+        .of("copy_up", &dev)
+        .into_iter()
+        .filter(|e| e["ancestor"] == false)
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    println!("{targets:#?}");
+    let cut = format!("{}\\…\\#", "L".repeat(63));
+    let long: Vec<&&str> = targets.iter().filter(|p| p.starts_with(&cut)).collect();
+    assert_eq!(long.len(), 2, "{targets:#?}");
+    assert_ne!(long[0], long[1]);
+    assert!(targets.contains(&"…/x"), "{targets:#?}");
+    let d = targets
+        .iter()
+        .find(|p| p.ends_with("/d19/f"))
+        .unwrap_or_else(|| panic!("{targets:#?}"));
+    assert!(d.starts_with("\\…/d"), "{d}");
+    assert!(!d.contains("\\#"), "{d}");
+    let top = tr.container("host")["top_files"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let long_top = top
+        .iter()
+        .filter(|f| f["path"].as_str().unwrap().starts_with(&cut))
+        .count();
+    assert_eq!(long_top, 2, "{top:#?}");
+}
