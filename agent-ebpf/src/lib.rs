@@ -10,9 +10,11 @@
 
 /// Kernel `TASK_COMM_LEN`.
 pub const COMM_LEN: usize = 16;
-/// Path components walked up from a dentry before the path is marked cut.
+/// Path components walked up from a dentry before the path is marked cut
+/// ([`flags::PATH_CUT`]).
 pub const PATH_DEPTH: usize = 16;
-/// Bytes kept per path component, NUL included; a longer name is marked cut.
+/// Bytes kept per path component, NUL included; a longer name keeps its
+/// first `NAME_LEN - 1` bytes and its bit in [`Path::name_cut`].
 pub const NAME_LEN: usize = 64;
 /// Kernel stack frames kept with a copy-up, for classifying its trigger.
 pub const STACK_DEPTH: usize = 24;
@@ -64,8 +66,8 @@ pub mod flags {
     pub const OP_TARGET: u32 = 1 << 2;
     /// Whiteout / opaque dir: the object is a directory.
     pub const DIR: u32 = 1 << 3;
-    /// The path was cut: deeper than [`crate::PATH_DEPTH`] or a component
-    /// longer than [`crate::NAME_LEN`].
+    /// The path was cut at the top: deeper than [`crate::PATH_DEPTH`]
+    /// components. (A name cut is [`crate::Path::name_cut`].)
     pub const PATH_CUT: u32 = 1 << 4;
 }
 
@@ -80,12 +82,14 @@ pub enum WhiteoutCause {
 
 /// A dentry's path relative to its overlay mount root, leaf first:
 /// `names[0]` is the object's own name, `names[depth-1]` the child of the
-/// root. Each name is NUL-terminated unless it filled its slot.
+/// root. Each name is NUL-terminated (a name of `NAME_LEN` bytes or more
+/// keeps its first `NAME_LEN - 1`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Path {
     pub depth: u32,
-    pub _pad: u32,
+    /// Bit `i` set: `names[i]` is the start of a longer name.
+    pub name_cut: u32,
     pub names: [[u8; NAME_LEN]; PATH_DEPTH],
 }
 
@@ -108,6 +112,9 @@ pub struct Event {
     /// Inode mode (file type bits) of the object.
     pub mode: u32,
     pub comm: [u8; COMM_LEN],
+    /// Inode number of the object (tells apart objects whose names were
+    /// cut to the same bytes).
+    pub ino: u64,
     /// Copy-up: time spent copying this one object.
     pub latency_ns: u64,
     /// Copy-up (target only): the whole operation, parents included.
@@ -235,6 +242,7 @@ pub struct Config {
     pub dentry_d_inode: u32,
     pub dentry_d_sb: u32,
     pub inode_i_mode: u32,
+    pub inode_i_ino: u32,
     pub inode_i_sb: u32,
     pub sb_s_dev: u32,
     pub sb_s_magic: u32,

@@ -43,6 +43,13 @@ static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static DEV_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
+/// Set to 1 by the agent when its run ends: from then on no program adds
+/// an event, a drop or a write, so the agent's final drain has an end and
+/// its final report a moment, however busy the machine (detaching the
+/// probes afterwards takes seconds on a busy small machine).
+#[map]
+static STOP: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map]
 static COPY_OPS: HashMap<u32, CopyOp> = HashMap::with_max_entries(16384, 0);
 #[map]
@@ -161,6 +168,15 @@ fn dentry_dev(dentry: u64) -> u32 {
 }
 
 #[inline(always)]
+fn dentry_ino(dentry: u64) -> u64 {
+    let inode: u64 = read(dentry, conf!(dentry_d_inode));
+    if inode == 0 {
+        return 0;
+    }
+    read::<u64>(inode, conf!(inode_i_ino))
+}
+
+#[inline(always)]
 fn dentry_mode(dentry: u64) -> u32 {
     let inode: u64 = read(dentry, conf!(dentry_d_inode));
     if inode == 0 {
@@ -180,7 +196,15 @@ fn wanted(dev: u32) -> bool {
 }
 
 #[inline(always)]
+fn stopped() -> bool {
+    matches!(STOP.get(0), Some(v) if *v != 0)
+}
+
+#[inline(always)]
 fn count_drop(kind: EventKind) {
+    if stopped() {
+        return;
+    }
     if let Some(p) = DROPS.get_ptr_mut(kind as u32) {
         unsafe { *p += 1 };
     }
@@ -200,6 +224,7 @@ fn new_event(kind: EventKind, dentry: u64) -> Option<&'static mut Event> {
     remember_cgroup(ev.cgroup_id);
     ev.dev = dentry_dev(dentry);
     ev.mode = dentry_mode(dentry);
+    ev.ino = dentry_ino(dentry);
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ev.latency_ns = 0;
     ev.op_latency_ns = 0;
@@ -262,6 +287,7 @@ fn read_path(mut dentry: u64, ev: &mut Event) {
     let name_off = conf!(dentry_d_name_name);
     let len_off = conf!(dentry_d_name_len);
     ev.path.depth = 0;
+    ev.path.name_cut = 0;
     for i in 0..PATH_DEPTH {
         let parent: u64 = read(dentry, parent_off);
         if parent == dentry || parent == 0 {
@@ -270,7 +296,7 @@ fn read_path(mut dentry: u64, ev: &mut Event) {
         let name: u64 = read(dentry, name_off);
         let len: u32 = read(dentry, len_off);
         if len as usize >= NAME_LEN {
-            ev.flags |= flags::PATH_CUT;
+            ev.path.name_cut |= 1 << i;
         }
         let slot = &mut ev.path.names[i];
         unsafe {
@@ -296,6 +322,9 @@ const WAKEUP_BYTES: u64 = 1 << 20;
 
 #[inline(always)]
 fn submit(ev: &Event) {
+    if stopped() {
+        return;
+    }
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
@@ -647,7 +676,7 @@ fn write_end(ret: i64) -> u32 {
     // Removed, not just marked: entries of threads that exit must not pile
     // up until the map is full.
     let _ = WRITE_STARTS.remove(&tid);
-    if ret < 0 {
+    if ret < 0 || stopped() {
         return 0;
     }
     let latency = now() - start.start_ns;

@@ -62,7 +62,7 @@ impl Entry {
         Owner {
             id: self.info.id.clone(),
             name: if self.info.name.is_empty() {
-                short_id(&self.info.id)
+                short_id(&self.info.id).to_string()
             } else {
                 self.info.name.clone()
             },
@@ -72,8 +72,11 @@ impl Entry {
 }
 
 /// The first 12 characters of an id (by character, never mid-UTF-8).
-pub fn short_id(id: &str) -> String {
-    id.chars().take(12).collect()
+pub fn short_id(id: &str) -> &str {
+    match id.char_indices().nth(12) {
+        Some((i, _)) => &id[..i],
+        None => id,
+    }
 }
 
 /// What a cgroup id stands for.
@@ -175,7 +178,7 @@ impl Directory {
                 Some(e) => e.owner(),
                 None => Owner {
                     id: id.clone(),
-                    name: short_id(id),
+                    name: short_id(id).to_string(),
                     image: String::new(),
                 },
             },

@@ -402,3 +402,116 @@ fn short_lived_containers_are_each_attributed() {
         .collect();
     assert!(on_host.is_empty(), "booked to the host: {on_host:#?}");
 }
+
+/// Hostile file names built into a real image and copied up in a real
+/// container, with the live view captured: no format character (U+202E
+/// right-to-left override, zero-width space, U+2028) and no escape
+/// sequence reaches the terminal raw.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn hostile_file_names_are_escaped_in_the_live_view() {
+    use std::io::{BufRead, Read};
+    let ctx = std::path::Path::new("/tmp/cowtrace-hostile");
+    std::fs::create_dir_all(ctx).unwrap();
+    let long = |c: char| format!("{}{}", "L".repeat(120), c.to_string().repeat(101));
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM cowtrace/busybox:latest\n\
+             RUN mkdir /data && cd /data && \
+             echo 1 > \"$(printf 'evil\\342\\200\\256txt.sh')\" && \
+             echo 2 > \"$(printf 'zero\\342\\200\\213width')\" && \
+             echo 3 > \"$(printf 'line\\342\\200\\250sep')\" && \
+             echo 4 > \"$(printf 'esc\\033[2Jname')\" && \
+             echo 5 > {} && echo 6 > {}\n",
+            long('a'),
+            long('b')
+        ),
+    )
+    .unwrap();
+    docker(&[
+        "build",
+        "-q",
+        "--network",
+        "none",
+        "-t",
+        "cowtrace/hostile",
+        "/tmp/cowtrace-hostile",
+    ]);
+    let _ = Command::new("docker")
+        .args(["rm", "-f", "hostile"])
+        .output();
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "hostile",
+        "--network",
+        "none",
+        "cowtrace/hostile",
+        "sleep",
+        "3600",
+    ]);
+    let c = Container("hostile".into());
+    let mut child = Command::new(cowtrace_tests::cowtrace_bin())
+        .args(["--container", "hostile", "--interval", "1h"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("tracing") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "cowtrace ended before tracing"
+        );
+    }
+    c.exec("for f in /data/*; do echo x >> \"$f\"; done");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    let _ = err.read_to_string(&mut rest);
+    let status = child.wait().unwrap();
+    let stdout = reader.join().unwrap();
+    let text = String::from_utf8_lossy(&stdout);
+    println!("{text}");
+    assert!(status.success(), "{status}: {rest}");
+    for (bad, what) in [
+        ('\u{202e}', "U+202E"),
+        ('\u{200b}', "U+200B"),
+        ('\u{2028}', "U+2028"),
+        ('\x1b', "ESC"),
+    ] {
+        assert!(!text.contains(bad), "raw {what} in the live view:\n{text}");
+        assert!(!rest.contains(bad), "raw {what} on stderr:\n{rest}");
+    }
+    // The two long names share their first 120 bytes: two files.
+    let cut = format!("data/{}\\…\\#", "L".repeat(63));
+    let long: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.contains("copy_up"))
+        .filter_map(|l| l.split("  ").last())
+        .filter(|p| p.starts_with(&cut))
+        .collect();
+    assert_eq!(long.len(), 2, "{long:?}\n{text}");
+    for shown in [
+        "data/evil\\xe2\\x80\\xaetxt.sh",
+        "data/zero\\xe2\\x80\\x8bwidth",
+        "data/line\\xe2\\x80\\xa8sep",
+        "data/esc\\x1b[2Jname",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains("copy_up") && l.ends_with(shown)),
+            "no copy-up line for {shown}:\n{text}"
+        );
+    }
+}
