@@ -4,7 +4,7 @@
 //! kernel records (`agent_ebpf` wire types)
 //!   -> [`probes`] (load and attach, layout from [`btf`])
 //!   -> [`event`] (decoded) -> [`attribution`] (container, via [`cgroup`])
-//!   -> [`stats`] (HDR histograms) -> [`live`] / [`report`] (outputs).
+//!   -> [`stats`] (bounded: [`hist`], [`topfiles`]) -> [`live`] / [`report`] (outputs).
 //!
 //! [`kallsyms`] turns a copy-up's kernel stack into its trigger;
 //! [`mountinfo`] maps overlay devices to mounts; [`doctor`] checks the
@@ -15,6 +15,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod doctor;
 pub mod event;
+pub mod hist;
 pub mod kallsyms;
 pub mod kretprobe;
 pub mod live;
@@ -22,3 +23,4 @@ pub mod mountinfo;
 pub mod probes;
 pub mod report;
 pub mod stats;
+pub mod topfiles;
