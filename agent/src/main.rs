@@ -13,7 +13,7 @@ use cowtrace::event::{decode, KernelEvent};
 use cowtrace::kallsyms::Symbols;
 use cowtrace::probes::{ProbeOptions, Probes};
 use cowtrace::report::{self, RunInfo};
-use cowtrace::stats::{Owner, Stats, WriteTotals};
+use cowtrace::stats::{Owner, Row, Stats, WriteTotals};
 use cowtrace::{doctor, live};
 use std::collections::HashMap;
 use std::io::Write;
@@ -383,10 +383,10 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
             _ = tick.tick() => {
                 read_writes(&writes, &mut write_snapshot);
                 let d = read_drops(&drops);
-                let rows = owner_rows(&sink.stats, &write_snapshot, &mut sink.resolver);
+                let totals = write_totals(&write_snapshot, &mut sink.resolver);
+                let rows = sink.stats.rows(&totals);
                 if !sink.out.closed {
-                    let refs: Vec<_> = rows.iter().map(|(o, s, w)| (o, s, w)).collect();
-                    eprint!("{}", live::summary_table(&refs, d.iter().sum()));
+                    eprint!("{}", live::summary_table(&rows, d.iter().sum()));
                 }
                 if let Some(p) = &cli.json {
                     let v = build_report(&kernel, started_wall, started.elapsed().as_secs_f64(), &probes_json, d, &rows);
@@ -408,7 +408,8 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     let d = read_drops(&drops);
     drop(probes);
     let elapsed = started.elapsed().as_secs_f64();
-    let rows = owner_rows(&sink.stats, &write_snapshot, &mut sink.resolver);
+    let totals = write_totals(&write_snapshot, &mut sink.resolver);
+    let rows = sink.stats.rows(&totals);
     if let Some(p) = &cli.json {
         let v = build_report(&kernel, started_wall, elapsed, &probes_json, d, &rows);
         report::write_atomic(p, &v)?;
@@ -417,9 +418,8 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
         let _ = w.flush();
     }
     if !sink.out.closed {
-        let refs: Vec<_> = rows.iter().map(|(o, s, w)| (o, s, w)).collect();
         let mut text = format!("\n--- cowtrace summary ({elapsed:.1} s) ---\n");
-        text.push_str(&live::summary_table(&refs, d.iter().sum()));
+        text.push_str(&live::summary_table(&rows, d.iter().sum()));
         for (o, s, w) in &rows {
             if s.copy_up.is_empty() && w.latency.is_empty() {
                 continue;
@@ -429,7 +429,10 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
                 o.name,
                 short(&o.id)
             ));
-            text.push_str(&live::histogram_pair(&s.copy_up, &w.latency));
+            text.push_str(&live::histogram_pair(
+                &s.copy_up.to_hdr(),
+                &w.latency.to_hdr(),
+            ));
             if !s.files.is_empty() {
                 text.push_str(&format!("\n{}: top files by copy-up time\n", o.name));
                 text.push_str(&live::top_files_table(s, 10));
@@ -508,28 +511,17 @@ impl EventSink<'_> {
     }
 }
 
-type Row = (Owner, cowtrace::stats::OwnerStats, WriteTotals);
-
-fn owner_rows(
-    stats: &Stats,
+/// Each owner's writes, from the kernel's per-(cgroup, device) totals.
+fn write_totals(
     writes: &HashMap<WriteKey, WriteStats>,
     resolver: &mut ContainerResolver,
-) -> Vec<Row> {
+) -> HashMap<Owner, WriteTotals> {
     let mut totals: HashMap<Owner, WriteTotals> = HashMap::new();
     for (k, s) in writes {
         let owner = resolver.owner_of_cgroup(k.cgroup_id);
         totals.entry(owner).or_default().add_kernel(s);
     }
-    let mut rows: Vec<Row> = stats
-        .owners
-        .iter()
-        .map(|(o, s)| (o.clone(), s.clone(), totals.remove(o).unwrap_or_default()))
-        .collect();
-    for (o, w) in totals {
-        rows.push((o, Default::default(), w));
-    }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    rows
+    totals
 }
 
 fn build_report(
@@ -538,7 +530,7 @@ fn build_report(
     elapsed: f64,
     probes: &serde_json::Value,
     drops: [u64; 3],
-    rows: &[Row],
+    rows: &[Row<'_>],
 ) -> serde_json::Value {
     let started = fmt_rfc3339(started);
     let info = RunInfo {
