@@ -321,6 +321,24 @@ mod tests {
     }
 
     #[test]
+    fn schema_document_states_these_numbers() {
+        // Whitespace-insensitive: the document is wrapped by hand.
+        let doc = crate::report::SCHEMA_DOC
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        for said in [
+            format!("at most {SHOWN}."),
+            format!("at most {DEFAULT_CAPACITY} files per container"),
+            format!("at most {DEFAULT_CAPACITY} distinct paths"),
+            format!("total copy-up time / {DEFAULT_CAPACITY}"),
+            format!("{} significant digits", crate::hist::SIGNIFICANT_DIGITS),
+        ] {
+            assert!(doc.contains(&said), "docs/json-schema.md lacks {said:?}");
+        }
+    }
+
+    #[test]
     fn memory_is_bounded_by_capacity() {
         let mut t = TopFiles::new(32);
         for i in 0..100_000u64 {
