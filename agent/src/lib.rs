@@ -5,7 +5,7 @@
 //!   -> [`probes`] (load and attach, layout from [`btf`])
 //!   -> [`event`] (decoded) -> [`attribution`] (container, via [`cgroup`]
 //!   and the [`runtime`] clients, on a worker thread of its own)
-//!   -> [`stats`] (HDR histograms) -> [`live`] / [`report`] (outputs).
+//!   -> [`stats`] (bounded: [`hist`], [`topfiles`]) -> [`live`] / [`report`] (outputs).
 //!
 //! [`kallsyms`] turns a copy-up's kernel stack into its trigger;
 //! [`mountinfo`] maps overlay devices to mounts; [`doctor`] checks the
@@ -16,6 +16,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod doctor;
 pub mod event;
+pub mod hist;
 pub mod kallsyms;
 pub mod kretprobe;
 pub mod live;
@@ -27,3 +28,4 @@ pub mod report;
 pub mod runtime;
 pub mod shutdown;
 pub mod stats;
+pub mod topfiles;

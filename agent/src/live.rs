@@ -2,7 +2,8 @@
 //! interval, and at exit copy-up versus write histograms and top files.
 
 use crate::event::{escape_str, KernelEvent, Kind};
-use crate::stats::{top_files, Owner, OwnerStats, WriteTotals};
+use crate::hist::LogHist;
+use crate::stats::{Owner, OwnerStats, WriteTotals};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 
@@ -83,7 +84,7 @@ pub fn event_line(
     )
 }
 
-fn pct(h: &Histogram<u64>, q: f64) -> String {
+fn pct(h: &LogHist, q: f64) -> String {
     if h.is_empty() {
         "-".into()
     } else {
@@ -195,14 +196,25 @@ pub fn histogram_pair(copy_up: &Histogram<u64>, writes: &Histogram<u64>) -> Stri
 pub fn top_files_table(st: &OwnerStats, n: usize) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{:>10} {:>6} {:>10}  FILE", "TOTAL", "COUNT", "BYTES");
-    for (path, c) in top_files(&st.files, n) {
+    for f in st.files.top(n) {
+        let c = &f.cost;
         let _ = writeln!(
             s,
             "{:>10} {:>6} {:>10}  {}",
             fmt_ns(c.total_ns),
             c.count,
             fmt_bytes(c.bytes),
-            path
+            f.path
+        );
+    }
+    let c = st.files.other(n);
+    if c.count > 0 {
+        let _ = writeln!(
+            s,
+            "{:>10} {:>6} {:>10}  (other files)",
+            fmt_ns(c.total_ns),
+            c.count,
+            fmt_bytes(c.bytes)
         );
     }
     s

@@ -15,7 +15,7 @@ use cowtrace::kallsyms::Symbols;
 use cowtrace::output::{err_line, err_text, EventsTarget, JsonTarget};
 use cowtrace::probes::{ProbeOptions, Probes};
 use cowtrace::report::{self, RunInfo};
-use cowtrace::stats::{Owner, Stats, WriteTotals};
+use cowtrace::stats::{Owner, Row, Stats, WriteTotals};
 use cowtrace::{doctor, live, privileges, shutdown};
 use std::collections::HashMap;
 use std::io::Write;
@@ -518,10 +518,11 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             _ = tick.tick() => {
                 read_writes(&writes, &mut write_snapshot);
                 let d = read_drops(&drops);
-                let rows = owner_rows(&sink.stats, &write_snapshot, &mut sink.attribution, false);
+                sink.stats.refresh_names(|o| sink.attribution.describe(o));
+                let totals = write_totals(&write_snapshot, &mut sink.attribution, false);
+                let rows = sink.stats.rows(&totals);
                 if !sink.out.closed {
-                    let refs: Vec<_> = rows.iter().map(|(o, s, w)| (o, s, w)).collect();
-                    err_text(&live::summary_table(&refs, d.iter().sum()));
+                    err_text(&live::summary_table(&rows, d.iter().sum()));
                 }
                 if let Some(t) = &json {
                     let v = build_report(&base, started.elapsed().as_secs_f64(), d, &rows);
@@ -566,16 +567,17 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     let writers: Vec<u64> = write_snapshot.keys().map(|k| k.cgroup_id).collect();
     sink.finish(&writers);
     let elapsed = started.elapsed().as_secs_f64();
-    let rows = owner_rows(&sink.stats, &write_snapshot, &mut sink.attribution, true);
+    sink.stats.refresh_names(|o| sink.attribution.describe(o));
+    let totals = write_totals(&write_snapshot, &mut sink.attribution, true);
+    let rows = sink.stats.rows(&totals);
     sink.out.flush_events();
     if let Some(t) = &json {
         let v = build_report(&base, elapsed, d, &rows);
         sink.out.json(t, &v);
     }
     if !sink.out.closed {
-        let refs: Vec<_> = rows.iter().map(|(o, s, w)| (o, s, w)).collect();
         let mut text = format!("\n--- cowtrace summary ({elapsed:.1} s) ---\n");
-        text.push_str(&live::summary_table(&refs, d.iter().sum()));
+        text.push_str(&live::summary_table(&rows, d.iter().sum()));
         for (o, s, w) in &rows {
             if s.copy_up.is_empty() && w.latency.is_empty() {
                 continue;
@@ -585,7 +587,10 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
                 escape_str(&o.name),
                 escape_str(short_id(&o.id))
             ));
-            text.push_str(&live::histogram_pair(&s.copy_up, &w.latency));
+            text.push_str(&live::histogram_pair(
+                &s.copy_up.to_hdr(),
+                &w.latency.to_hdr(),
+            ));
             if !s.files.is_empty() {
                 text.push_str(&format!(
                     "\n{}: top files by copy-up time\n",
@@ -805,16 +810,14 @@ fn follow_in_kernel(probes: &mut Probes, update: &FilterUpdate) -> Result<()> {
     Ok(())
 }
 
-type Row = (Owner, cowtrace::stats::OwnerStats, WriteTotals);
-
-/// Per-owner rows with current names. Writes of a cgroup attribution does
-/// not know yet wait for the next interval, unless this is the `last`.
-fn owner_rows(
-    stats: &Stats,
+/// Each owner's writes, from the kernel's per-(cgroup, device) totals.
+/// Writes of a cgroup attribution does not know yet wait for the next
+/// interval, unless this is the `last`.
+fn write_totals(
     writes: &HashMap<WriteKey, WriteStats>,
     attribution: &mut Attribution,
     last: bool,
-) -> Vec<Row> {
+) -> HashMap<Owner, WriteTotals> {
     let mut totals: HashMap<Owner, WriteTotals> = HashMap::new();
     for (k, s) in writes {
         let owner = match attribution.owner_of_cgroup(k.cgroup_id) {
@@ -824,22 +827,7 @@ fn owner_rows(
         };
         totals.entry(owner).or_default().add_kernel(s);
     }
-    let mut rows: Vec<Row> = stats
-        .owners
-        .iter()
-        .map(|(o, s)| {
-            (
-                attribution.describe(o),
-                s.clone(),
-                totals.remove(o).unwrap_or_default(),
-            )
-        })
-        .collect();
-    for (o, w) in totals {
-        rows.push((o, Default::default(), w));
-    }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    rows
+    totals
 }
 
 /// What every report of a run shares.
@@ -850,7 +838,12 @@ struct RunBase {
     mono_to_wall: i64,
 }
 
-fn build_report(base: &RunBase, elapsed: f64, drops: [u64; 3], rows: &[Row]) -> serde_json::Value {
+fn build_report(
+    base: &RunBase,
+    elapsed: f64,
+    drops: [u64; 3],
+    rows: &[Row<'_>],
+) -> serde_json::Value {
     let started = fmt_rfc3339(base.started);
     let info = RunInfo {
         kernel: &base.kernel,

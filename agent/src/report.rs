@@ -3,7 +3,7 @@
 //! from [`crate::stats`] only: nothing here knows about the kernel.
 
 use crate::event::{KernelEvent, Kind};
-use crate::stats::{top_files, Owner, OwnerStats, WriteTotals};
+use crate::stats::{Owner, OwnerStats, WriteTotals, SHOWN};
 use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
@@ -94,14 +94,19 @@ fn ratio(a: &Histogram<u64>, b: &Histogram<u64>, q: f64) -> Value {
 }
 
 pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
-    let top: Vec<Value> = top_files(&s.files, 10)
+    let top: Vec<Value> = s
+        .files
+        .top(SHOWN)
         .into_iter()
-        .map(|(path, c)| json!({"path": path, "count": c.count, "total_ns": c.total_ns, "bytes": c.bytes}))
+        .map(|f| json!({"path": f.path, "count": f.cost.count, "total_ns": f.cost.total_ns, "bytes": f.cost.bytes, "error_ns": f.error_ns}))
         .collect();
-    let mut copy_up = latency_block(s.copy_up_count, s.copy_up_bytes, &s.copy_up);
+    let other = s.files.other(SHOWN);
+    // Dense histograms only while this container is rendered.
+    let (cu, w_lat) = (s.copy_up.to_hdr(), w.latency.to_hdr());
+    let mut copy_up = latency_block(s.copy_up_count, s.copy_up_bytes, &cu);
     copy_up["operation_latency_ns"] =
-        latency_block(s.copy_up_op.len(), 0, &s.copy_up_op)["latency_ns"].clone();
-    let mut writes = latency_block(w.count, w.bytes, &w.latency);
+        latency_block(s.copy_up_op.len(), 0, &s.copy_up_op.to_hdr())["latency_ns"].clone();
+    let mut writes = latency_block(w.count, w.bytes, &w_lat);
     writes["timed"] = json!(w.timed);
     json!({
         "id": owner.id,
@@ -112,10 +117,11 @@ pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
         "whiteouts": {"count": s.whiteouts},
         "opaque_dirs": {"count": s.opaque_dirs},
         "copy_up_vs_write": {
-            "p50_ratio": ratio(&s.copy_up, &w.latency, 0.5),
-            "p99_ratio": ratio(&s.copy_up, &w.latency, 0.99),
+            "p50_ratio": ratio(&cu, &w_lat, 0.5),
+            "p99_ratio": ratio(&cu, &w_lat, 0.99),
         },
         "top_files": top,
+        "top_files_other": {"count": other.count, "total_ns": other.total_ns, "bytes": other.bytes},
     })
 }
 
@@ -255,14 +261,14 @@ mod tests {
             copy_up_bytes: 10,
             ..Default::default()
         };
-        s.copy_up.record(100_000).unwrap();
-        s.copy_up.record(300_000).unwrap();
-        s.copy_up_op.record(300_000).unwrap();
+        s.copy_up.record(100_000);
+        s.copy_up.record(300_000);
+        s.copy_up_op.record(300_000);
         let mut w = WriteTotals {
             count: 3,
             ..Default::default()
         };
-        w.latency.record(1_000).unwrap();
+        w.latency.record(1_000);
         let v = container_json(&Owner::host(), &s, &w);
         assert_eq!(v["id"], "host");
         assert_eq!(v["copy_up"]["count"], 2);
@@ -283,21 +289,14 @@ mod tests {
             copy_up_count: 1,
             ..Default::default()
         };
-        s.copy_up.record(5_000).unwrap();
-        s.copy_up_op.record(6_000).unwrap();
-        s.files.insert(
-            "etc/x".into(),
-            crate::stats::FileCost {
-                count: 1,
-                total_ns: 5_000,
-                bytes: 3,
-            },
-        );
+        s.copy_up.record(5_000);
+        s.copy_up_op.record(6_000);
+        s.files.record("etc/x", 5_000, 3);
         let mut w = WriteTotals {
             count: 1,
             ..Default::default()
         };
-        w.latency.record(100).unwrap();
+        w.latency.record(100);
         let run = RunInfo {
             kernel: "6.1.0",
             started: "2026-11-27T00:00:00Z",
