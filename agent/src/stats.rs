@@ -313,6 +313,8 @@ mod tests {
             file_type: "file",
             path: path.as_bytes().to_vec(),
             path_cut: false,
+            names_cut: Vec::new(),
+            ino: 0,
         }
     }
 

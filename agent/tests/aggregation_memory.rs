@@ -60,6 +60,8 @@ fn event(kind: Kind, path: String) -> KernelEvent {
         file_type: "file",
         path: path.into_bytes(),
         path_cut: false,
+        names_cut: Vec::new(),
+        ino: 0,
     }
 }
 
