@@ -260,6 +260,13 @@ impl Attribution {
             std::thread::Builder::new()
                 .name("attribution".into())
                 .spawn(move || {
+                    // Capabilities are per thread: this one needs no more
+                    // than the run keeps after attaching, so it gives up
+                    // the rest at once.
+                    if let Err(e) = crate::privileges::drop_after_attach() {
+                        let mut d = dir.lock().unwrap_or_else(|p| p.into_inner());
+                        d.warning = Some(format!("attribution worker: {e:#}"));
+                    }
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()

@@ -62,8 +62,9 @@ pub fn mask(list: &[Need]) -> u64 {
 }
 
 /// Gives up every capability but [`KEPT`] (those of them the process has),
-/// in the effective, permitted and inheritable sets of the calling thread,
-/// which is the only thread when it is called. Returns the effective set.
+/// in the effective, permitted and inheritable sets of the calling thread
+/// (capabilities are per thread: the main thread calls it once attached,
+/// attribution's worker when it starts). Returns the effective set.
 pub fn drop_after_attach() -> Result<u64> {
     let have = rustix::thread::capabilities(None).context("reading capabilities")?;
     let keep = CapabilitySet::from_bits_retain(mask(KEPT));
