@@ -64,8 +64,8 @@ struct TestArgs {
     /// Only this test target (repeatable).
     #[arg(long = "target")]
     targets: Vec<String>,
-    /// Seconds per guest.
-    #[arg(long, default_value_t = 900)]
+    /// Seconds per guest (TCG on a busy 2-core machine; scaled down under KVM).
+    #[arg(long, default_value_t = 1800)]
     timeout: u64,
     /// Skip the host unit tests.
     #[arg(long)]
