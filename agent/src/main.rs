@@ -419,22 +419,7 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     if !sink.out.closed {
         let refs: Vec<_> = rows.iter().map(|(o, s, w)| (o, s, w)).collect();
         let mut text = format!("\n--- cowtrace summary ({elapsed:.1} s) ---\n");
-        text.push_str(&live::summary_table(&refs, d.iter().sum()));
-        for (o, s, w) in &rows {
-            if s.copy_up.is_empty() && w.latency.is_empty() {
-                continue;
-            }
-            text.push_str(&format!(
-                "\n{} ({}): copy-up vs write latency\n",
-                o.name,
-                short(&o.id)
-            ));
-            text.push_str(&live::histogram_pair(&s.copy_up, &w.latency));
-            if !s.files.is_empty() {
-                text.push_str(&format!("\n{}: top files by copy-up time\n", o.name));
-                text.push_str(&live::top_files_table(s, 10));
-            }
-        }
+        text.push_str(&live::exit_summary(&refs, d.iter().sum()));
         eprint!("{text}");
     }
     Ok(())
@@ -453,10 +438,6 @@ fn fill_filter<K: aya::Pod>(probes: &mut Probes, map: &str, keys: &[K]) -> Resul
             .with_context(|| format!("filling {map}"))?;
     }
     Ok(())
-}
-
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
 }
 
 /// Everything an event passes through between the ring buffer and the
