@@ -11,6 +11,8 @@ use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::path::Path;
 
+pub mod read;
+
 pub const SCHEMA: &str = "cowtrace/v1";
 
 /// Facts about the run that are not per container.
