@@ -6,6 +6,10 @@
 //!   -> [`event`] (decoded) -> [`attribution`] (container, via [`cgroup`])
 //!   -> [`stats`] (HDR histograms) -> [`live`] / [`report`] (outputs).
 //!
+//! Offline, [`offline`] (`cowtrace report`) reads saved reports back
+//! ([`report::read`]), pairs two of them ([`compare`]) and renders them
+//! ([`render`]: terminal text, HTML with plots).
+//!
 //! [`kallsyms`] turns a copy-up's kernel stack into its trigger;
 //! [`mountinfo`] maps overlay devices to mounts; [`doctor`] checks the
 //! kernel before anything is attached.
@@ -13,12 +17,15 @@
 pub mod attribution;
 pub mod btf;
 pub mod cgroup;
+pub mod compare;
 pub mod doctor;
 pub mod event;
 pub mod kallsyms;
 pub mod kretprobe;
 pub mod live;
 pub mod mountinfo;
+pub mod offline;
 pub mod probes;
+pub mod render;
 pub mod report;
 pub mod stats;

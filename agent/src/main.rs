@@ -30,7 +30,8 @@ Examples:
   sudo cowtrace --duration 30s --json cow.json    everything on the host for 30 s
   sudo cowtrace --quiet --events - | jq .         NDJSON events on stdout
   sudo cowtrace --cgroup /sys/fs/cgroup/system.slice/foo.service
-  cowtrace doctor                                 can this kernel run cowtrace?";
+  cowtrace doctor                                 can this kernel run cowtrace?
+  cowtrace report cow.json --html cow.html        a saved report, with plots (no root)";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -78,6 +79,8 @@ struct Cli {
 enum Command {
     /// What this kernel offers, and how cowtrace would attach each probe
     Doctor,
+    /// A saved --json report on the terminal and as HTML plots, or two compared (no root needed)
+    Report(cowtrace::offline::ReportArgs),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -125,6 +128,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Doctor) => run_doctor(&cli),
+        Some(Command::Report(ref args)) => return ExitCode::from(cowtrace::offline::run(args)),
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -3,7 +3,7 @@
 //! normal writes, counts, bytes and the files that cost the most.
 
 use crate::event::{KernelEvent, Kind};
-use agent_ebpf::{hist_bucket_range, WriteStats, HIST_BUCKETS};
+use agent_ebpf::{hist_bucket, hist_bucket_range, WriteStats, HIST_BUCKETS};
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, HashMap};
 
@@ -103,6 +103,14 @@ impl WriteTotals {
     }
 }
 
+/// The value range `[lo, hi]` a write latency from [`WriteTotals`] can
+/// stand for: the kernel bucket it was counted in (values are recorded at
+/// the bucket's midpoint, 8 buckets per power of two).
+pub fn write_value_range(v: u64) -> (u64, u64) {
+    let (lo, hi) = hist_bucket_range(hist_bucket(v));
+    (lo, hi.min(1 << 40))
+}
+
 #[derive(Default)]
 pub struct Stats {
     pub owners: BTreeMap<Owner, OwnerStats>,
@@ -146,7 +154,6 @@ pub fn top_files(files: &HashMap<String, FileCost>, n: usize) -> Vec<(&String, &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_ebpf::hist_bucket;
 
     #[test]
     fn kernel_buckets_merge_keeps_count_and_resolution() {
@@ -168,6 +175,19 @@ mod tests {
         assert!((1_000..=1_200).contains(&p50), "p50 {p50}");
         let max = t.latency.max();
         assert!((2_000_000..2_300_000).contains(&max), "max {max}");
+    }
+
+    #[test]
+    fn a_merged_write_value_maps_back_to_its_kernel_bucket() {
+        let mut s: WriteStats = unsafe { std::mem::zeroed() };
+        s.buckets[hist_bucket(170_000)] += 1;
+        let mut t = WriteTotals::default();
+        t.add_kernel(&s);
+        let v = t.latency.value_at_quantile(0.5);
+        let (lo, hi) = write_value_range(v);
+        assert!(lo <= 170_000 && 170_000 <= hi, "{lo}..{hi}");
+        // 8 buckets per octave: about 1/8 of the value wide.
+        assert_eq!(hi - lo + 1, 1 << 14);
     }
 
     #[test]
