@@ -229,7 +229,7 @@ fn top_files(c: &Loaded) -> String {
             "total copy-up time",
             &[("copy-up", plots::COPY_UP)],
             &rows,
-            &fmt_ns,
+            &|v| plots::fmt_tick(v as f64),
         ),
         &format!(
             "Total copy-up time per file (beside each bar: time · bytes · copy-ups). The report keeps the top {TOP_FILES}."
@@ -270,7 +270,11 @@ fn layers(c: &Loaded) -> String {
                 bars: vec![Some((*v, if is_ns { fmt_ns(*v) } else { v.to_string() }))],
             })
             .collect();
-        let fmt: &dyn Fn(u64) -> String = if is_ns { &fmt_ns } else { &|v| v.to_string() };
+        let fmt: &dyn Fn(u64) -> String = if is_ns {
+            &|v| plots::fmt_tick(v as f64)
+        } else {
+            &|v| v.to_string()
+        };
         s.push_str(&figure(
             "layers",
             plots::hbars(
@@ -452,7 +456,7 @@ fn compare_plots(p: &Pair) -> String {
                 "total copy-up time",
                 &[("before", plots::BEFORE), ("after", plots::AFTER)],
                 &rows,
-                &fmt_ns,
+                &|v| plots::fmt_tick(v as f64),
             ),
             &format!(
                 "Total copy-up time per file in each run (time · bytes · copy-ups). A run that copied up more \

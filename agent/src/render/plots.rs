@@ -89,12 +89,28 @@ fn octaves(series: &[Series]) -> Option<(u32, u32)> {
     Some((lo, hi))
 }
 
+/// The smallest range of whole decades around `[lo, hi]`: a log axis
+/// then has its labels at 1, 10, 100, ... instead of crowded 2, 3, ... 9.
+fn decades(lo: f64, hi: f64) -> (f64, f64) {
+    let lo = 10f64.powf(lo.max(1.0).log10().floor());
+    let hi = 10f64.powf(hi.max(1.0).log10().ceil());
+    (lo, if hi > lo { hi } else { lo * 10.0 })
+}
+
+/// Axis label counts: few on a log axis (one per decade), more on a
+/// linear one.
+const LOG_LABELS: usize = 6;
+const LINEAR_LABELS: usize = 11;
+
+#[allow(clippy::too_many_arguments)]
 fn mesh<'a, X, Y, XT, YT>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
     x_desc: &str,
     y_desc: &str,
     x_fmt: &dyn Fn(&XT) -> String,
     y_fmt: &dyn Fn(&YT) -> String,
+    x_labels: usize,
+    y_labels: usize,
 ) -> Result<(), String>
 where
     X: Ranged<ValueType = XT> + ValueFormatter<XT>,
@@ -106,6 +122,8 @@ where
         .y_desc(y_desc)
         .x_label_formatter(x_fmt)
         .y_label_formatter(y_fmt)
+        .x_labels(x_labels)
+        .y_labels(y_labels)
         .label_style(style(13))
         .axis_desc_style(style(14))
         .axis_style(FG)
@@ -156,6 +174,7 @@ pub fn latency_histogram(caption: &str, series: &[Series]) -> Result<String, Str
         let mut chart = ChartBuilder::on(root)
             .caption(caption, style(16))
             .margin(10)
+            .margin_right(28)
             .x_label_area_size(42)
             .y_label_area_size(56)
             .build_cartesian_2d(
@@ -169,6 +188,8 @@ pub fn latency_histogram(caption: &str, series: &[Series]) -> Result<String, Str
             "share of each kind's count (%)",
             &|v| fmt_tick(*v),
             &|v| format!("{v:.0}%"),
+            LOG_LABELS,
+            LINEAR_LABELS,
         )?;
         for (i, s) in series.iter().enumerate() {
             let color = s.color;
@@ -213,11 +234,15 @@ pub fn latency_cdf(caption: &str, series: &[Series]) -> Result<String, String> {
     let Some((lo, hi)) = octaves(series) else {
         return Err("no latencies to plot".into());
     };
-    let (x0, x1) = ((1u64 << lo) as f64, (1u64 << hi) as f64);
+    let live = series.iter().filter(|s| !s.hist.is_empty());
+    let min = live.clone().map(|s| s.hist.min()).min().unwrap_or(1 << lo);
+    let max = live.map(|s| s.hist.max()).max().unwrap_or(1 << hi);
+    let (x0, x1) = decades(min as f64, max as f64 + 1.0);
     svg(W, H, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(caption, style(16))
             .margin(10)
+            .margin_right(28)
             .x_label_area_size(42)
             .y_label_area_size(56)
             .build_cartesian_2d((x0..x1).log_scale(), 0f64..100f64)
@@ -228,6 +253,8 @@ pub fn latency_cdf(caption: &str, series: &[Series]) -> Result<String, String> {
             "operations at or below (%)",
             &|v| fmt_tick(*v),
             &|v| format!("{v:.0}%"),
+            LOG_LABELS,
+            LINEAR_LABELS,
         )?;
         for (i, s) in series.iter().enumerate() {
             if s.hist.is_empty() {
@@ -411,14 +438,12 @@ pub fn timeline(caption: &str, series: &[(String, Vec<(f64, u64)>)]) -> Result<S
     let t1 = all.iter().map(|p| p.0).fold(0f64, f64::max).max(0.001);
     let lo = all.iter().map(|p| p.1.max(1)).min().unwrap_or(1);
     let hi = all.iter().map(|p| p.1.max(1)).max().unwrap_or(1);
-    let (lo, hi) = (
-        (1u64 << (63 - lo.leading_zeros())) as f64,
-        (1u64 << (64 - hi.leading_zeros()).min(62)) as f64,
-    );
+    let (lo, hi) = decades(lo as f64, hi as f64);
     svg(W + 200, H, |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(caption, style(16))
             .margin(10)
+            .margin_right(28)
             .x_label_area_size(42)
             .y_label_area_size(64)
             .build_cartesian_2d(0f64..t1 * 1.02, (lo..hi).log_scale())
@@ -429,6 +454,8 @@ pub fn timeline(caption: &str, series: &[(String, Vec<(f64, u64)>)]) -> Result<S
             "copy-up latency (log scale)",
             &|v| format!("{v:.1}s"),
             &|v| fmt_tick(*v),
+            8,
+            LOG_LABELS,
         )?;
         for (i, (name, pts)) in series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
@@ -448,6 +475,13 @@ pub fn timeline(caption: &str, series: &[(String, Vec<(f64, u64)>)]) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_axes_span_whole_decades() {
+        assert_eq!(decades(524_288.0, 33_554_432.0), (100_000.0, 100_000_000.0));
+        assert_eq!(decades(1_000.0, 1_000.0), (1_000.0, 10_000.0));
+        assert_eq!(decades(0.0, 5.0), (1.0, 10.0));
+    }
 
     #[test]
     fn ticks_read_like_latencies() {
