@@ -3,7 +3,8 @@
 //!
 //! kernel records (`agent_ebpf` wire types)
 //!   -> [`probes`] (load and attach, layout from [`btf`])
-//!   -> [`event`] (decoded) -> [`attribution`] (container, via [`cgroup`])
+//!   -> [`event`] (decoded) -> [`attribution`] (container, via [`cgroup`]
+//!   and the [`runtime`] clients, on a worker thread of its own)
 //!   -> [`stats`] (HDR histograms) -> [`live`] / [`report`] (outputs).
 //!
 //! Offline, [`offline`] (`cowtrace report`) reads saved reports back
@@ -25,7 +26,11 @@ pub mod kretprobe;
 pub mod live;
 pub mod mountinfo;
 pub mod offline;
+pub mod output;
+pub mod privileges;
 pub mod probes;
 pub mod render;
 pub mod report;
+pub mod runtime;
+pub mod shutdown;
 pub mod stats;

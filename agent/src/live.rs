@@ -1,7 +1,7 @@
 //! The terminal view: one line per event, a per-container summary every
 //! interval, and at exit copy-up versus write histograms and top files.
 
-use crate::event::{KernelEvent, Kind};
+use crate::event::{escape_str, KernelEvent, Kind};
 use crate::stats::{top_files, Owner, OwnerStats, WriteTotals};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
@@ -62,9 +62,12 @@ pub fn event_line(
         Kind::Whiteout { cause } => ("whiteout", *cause, "-".into(), "-".into()),
         Kind::OpaqueDir => ("opaque", "mkdir", "-".into(), "-".into()),
     };
+    // Names come from the runtime, i.e. from whoever named the container.
     let who = match fs {
-        Some(f) if f.id != owner.id => format!("{}>{}", owner.name, f.name),
-        _ => owner.name.clone(),
+        Some(f) if f.id != owner.id => {
+            format!("{}>{}", escape_str(&owner.name), escape_str(&f.name))
+        }
+        _ => escape_str(&owner.name),
     };
     format!(
         "{:<12} {:<16} {:>7} {:<15} {:<10} {:<8} {:>10} {:>9}  {}",
@@ -119,7 +122,7 @@ pub fn summary_table(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -
         let _ = writeln!(
             s,
             "{:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}",
-            clip(&o.name, 16),
+            clip(&escape_str(&o.name), 16),
             st.copy_up_count,
             fmt_bytes(st.copy_up_bytes),
             pct(&st.copy_up, 0.5),
@@ -200,12 +203,12 @@ pub fn exit_summary(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) ->
         let _ = writeln!(
             text,
             "\n{} ({}): copy-up vs write latency",
-            o.name,
-            o.id.chars().take(12).collect::<String>()
+            escape_str(&o.name),
+            escape_str(crate::attribution::short_id(&o.id))
         );
         text.push_str(&histogram_pair(&s.copy_up, &w.latency));
         if !s.files.is_empty() {
-            let _ = writeln!(text, "\n{}: top files by copy-up time", o.name);
+            let _ = writeln!(text, "\n{}: top files by copy-up time", escape_str(&o.name));
             text.push_str(&top_files_table(s, 10));
         }
     }
@@ -239,6 +242,42 @@ mod tests {
         assert_eq!(fmt_ns(12_345_678), "12.3ms");
         assert_eq!(fmt_bytes(4096), "4.0KiB");
         assert_eq!(fmt_bytes(64 << 20), "64.0MiB");
+    }
+
+    #[test]
+    fn container_names_are_escaped_in_the_live_view() {
+        let evil = Owner {
+            id: "x\u{202e}y".into(),
+            name: "ng\u{202e}xni\x1b[2J".into(),
+            image: String::new(),
+        };
+        let ev = crate::event::KernelEvent {
+            kind: Kind::OpaqueDir,
+            ts_ns: 0,
+            pid: 1,
+            tid: 1,
+            comm: "sh".into(),
+            cgroup_id: 0,
+            dev: 0,
+            file_type: "dir",
+            path: b"d".to_vec(),
+            path_cut: false,
+            names_cut: vec![false],
+            ino: 0,
+        };
+        let line = event_line("00:00:00.000", &evil, Some(&evil), None, &ev);
+        assert!(
+            !line.contains('\u{202e}') && !line.contains('\x1b'),
+            "{line:?}"
+        );
+        assert!(line.contains("ng\\xe2\\x80"), "{line:?}");
+        let st = OwnerStats::default();
+        let w = WriteTotals::default();
+        let table = summary_table(&[(&evil, &st, &w)], 0);
+        assert!(
+            !table.contains('\u{202e}') && !table.contains('\x1b'),
+            "{table:?}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! kernel: only files.
 
 use crate::compare;
+use crate::output::err_line;
 use crate::render::{html, terminal};
 use crate::report::read::{self, Run};
 use std::io::Write;
@@ -59,7 +60,7 @@ pub fn run(args: &ReportArgs) -> u8 {
     match run_inner(args) {
         Ok(code) => code,
         Err(msg) => {
-            eprintln!("cowtrace: {msg}");
+            err_line(&format!("cowtrace: {msg}"));
             2
         }
     }
@@ -96,7 +97,7 @@ fn run_inner(args: &ReportArgs) -> Result<u8, String> {
             if let Some(pct) = args.fail_if_worse {
                 let worse = compare::worse(&pairs, pct);
                 for w in &worse {
-                    eprintln!("cowtrace: worse: {w}");
+                    err_line(&format!("cowtrace: worse: {w}"));
                 }
                 if !worse.is_empty() {
                     code = 3;
@@ -109,7 +110,7 @@ fn run_inner(args: &ReportArgs) -> Result<u8, String> {
     };
     if let (Some(path), Some(page)) = (&args.html, page) {
         std::fs::write(path, page).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        eprintln!("cowtrace: wrote {}", path.display());
+        err_line(&format!("cowtrace: wrote {}", path.display()));
     }
     Ok(code)
 }

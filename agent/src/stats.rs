@@ -7,12 +7,39 @@ use agent_ebpf::{hist_bucket, hist_bucket_range, WriteStats, HIST_BUCKETS};
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, HashMap};
 
-/// Who an event belongs to: a container, or `host`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Who an event belongs to: a container, or `host`. Its identity is its
+/// id: the name and image are descriptions, filled in when known.
+#[derive(Clone, Debug)]
 pub struct Owner {
     pub id: String,
     pub name: String,
     pub image: String,
+}
+
+impl PartialEq for Owner {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Owner {}
+
+impl std::hash::Hash for Owner {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state)
+    }
+}
+
+impl PartialOrd for Owner {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Owner {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.id.cmp(&other.id)
+    }
 }
 
 impl Owner {

@@ -1,12 +1,12 @@
 //! `cargo xtask bench`: what cowtrace costs the workload it watches, side
-//! by side with bpftrace running the same probes (`bench.bt`), in one
+//! by side with bpftrace running the same probes (`tests/src/bin/bench.bt`), in one
 //! Docker guest (Debian rootfs, ext4 upper layers). The guest runner
 //! (`tests/src/bin/cowtrace-bench.rs`) interleaves none / cowtrace /
 //! bpftrace rounds; this module turns its rounds into medians, min-max and
 //! ratios against `none`, and writes `bench.json` and `bench.md`.
 
 use crate::build;
-use crate::guest::{self, Copy, GuestSpec};
+use crate::guest::{self, Copy, GuestKind, GuestSpec};
 use crate::kernel::Series;
 use crate::setup::Tooling;
 use anyhow::{bail, Context, Result};
@@ -29,7 +29,7 @@ pub fn run(tooling: &Tooling, kernel: Series, out: &Path, rounds: u32) -> Result
     std::fs::create_dir_all(out)?;
     let spec = GuestSpec {
         kernel,
-        docker: true,
+        kind: GuestKind::Docker,
         copies: vec![Copy {
             host: runner,
             guest: "/usr/local/bin/cowtrace-bench".into(),

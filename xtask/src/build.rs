@@ -8,8 +8,9 @@
 use crate::setup::Tooling;
 use crate::util::{self, describe};
 use anyhow::{bail, Context, Result};
+use cargo_metadata::{Artifact, Message, TargetKind};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -26,16 +27,6 @@ pub fn cargo(tooling: &Tooling) -> Command {
     cmd
 }
 
-/// One `compiler-artifact` message of cargo's JSON output.
-#[derive(Debug, Clone)]
-pub struct Artifact {
-    pub package_id: String,
-    pub target_name: String,
-    pub kinds: Vec<String>,
-    pub test: bool,
-    pub executable: Option<PathBuf>,
-}
-
 /// Run a cargo command with `--message-format=json-render-diagnostics`
 /// (diagnostics still go to stderr) and collect its artifacts.
 pub fn run_json(mut cmd: Command) -> Result<Vec<Artifact>> {
@@ -47,28 +38,11 @@ pub fn run_json(mut cmd: Command) -> Result<Vec<Artifact>> {
         .spawn()
         .with_context(|| format!("cannot start `{what}`"))?;
     let mut artifacts = Vec::new();
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line?;
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if v["reason"] != "compiler-artifact" {
-            continue;
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    for message in Message::parse_stream(stdout) {
+        if let Message::CompilerArtifact(a) = message? {
+            artifacts.push(a);
         }
-        artifacts.push(Artifact {
-            package_id: v["package_id"].as_str().unwrap_or_default().to_string(),
-            target_name: v["target"]["name"].as_str().unwrap_or_default().to_string(),
-            kinds: v["target"]["kind"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|k| k.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            test: v["profile"]["test"].as_bool().unwrap_or(false),
-            executable: v["executable"].as_str().map(PathBuf::from),
-        });
     }
     let status = child.wait()?;
     if !status.success() {
@@ -77,16 +51,27 @@ pub fn run_json(mut cmd: Command) -> Result<Vec<Artifact>> {
     Ok(artifacts)
 }
 
+/// The executable of the artifact of target `name` that `pick` accepts.
+fn executable(
+    artifacts: Vec<Artifact>,
+    name: &str,
+    pick: impl Fn(&Artifact) -> bool,
+) -> Result<PathBuf> {
+    artifacts
+        .into_iter()
+        .filter(|a| a.target.name == name && pick(a))
+        .find_map(|a| a.executable)
+        .map(PathBuf::from)
+        .with_context(|| format!("cargo built no `{name}` executable"))
+}
+
 /// Build the static agent; returns `target/x86_64-unknown-linux-gnu/release/cowtrace`.
 pub fn agent(tooling: &Tooling) -> Result<PathBuf> {
     let mut cmd = cargo(tooling);
     cmd.args(["build", "--release", "-p", "cowtrace", "--target", TARGET]);
-    let artifacts = run_json(cmd)?;
-    artifacts
-        .into_iter()
-        .filter(|a| a.target_name == "cowtrace" && a.kinds.iter().any(|k| k == "bin"))
-        .find_map(|a| a.executable)
-        .context("cargo built no `cowtrace` executable")
+    executable(run_json(cmd)?, "cowtrace", |a| {
+        a.target.kind.contains(&TargetKind::Bin)
+    })
 }
 
 /// Build the guest test executables (`cargo test -p cowtrace-tests --no-run`);
@@ -102,11 +87,10 @@ pub fn guest_tests(tooling: &Tooling) -> Result<BTreeMap<String, PathBuf>> {
         "--target",
         TARGET,
     ]);
-    let artifacts = run_json(cmd)?;
-    Ok(artifacts
+    Ok(run_json(cmd)?
         .into_iter()
-        .filter(|a| a.test)
-        .filter_map(|a| Some((a.target_name, a.executable?)))
+        .filter(|a| a.profile.test)
+        .filter_map(|a| Some((a.target.name, a.executable?.into_std_path_buf())))
         .collect())
 }
 
@@ -123,9 +107,5 @@ pub fn bench_runner(tooling: &Tooling) -> Result<PathBuf> {
         "--target",
         TARGET,
     ]);
-    run_json(cmd)?
-        .into_iter()
-        .filter(|a| a.target_name == "cowtrace-bench")
-        .find_map(|a| a.executable)
-        .context("cargo built no `cowtrace-bench` executable")
+    executable(run_json(cmd)?, "cowtrace-bench", |_| true)
 }

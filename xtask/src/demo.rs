@@ -7,7 +7,7 @@
 //! turns them into a page of plots.
 
 use crate::build;
-use crate::guest::{self, Copy, GuestSpec};
+use crate::guest::{self, Copy, GuestKind, GuestSpec};
 use crate::kernel::Series;
 use crate::setup::Tooling;
 use anyhow::{bail, Context, Result};
@@ -16,23 +16,32 @@ use std::time::Duration;
 
 const SCRIPT: &str = include_str!("demo.sh");
 
+/// Where the demo script is in a Docker guest (the demo's and the Docker
+/// tests', which find it through `$COWTRACE_DEMO`).
+pub const GUEST_SCRIPT: &str = "/usr/local/bin/cowtrace-demo";
+
+/// The demo script, written to the cache, as a copy into the guest.
+pub fn script_copy(tooling: &Tooling) -> Result<Copy> {
+    let script = tooling.cache.join("demo.sh");
+    std::fs::write(&script, SCRIPT)?;
+    Ok(Copy {
+        host: script,
+        guest: GUEST_SCRIPT.into(),
+    })
+}
+
 pub fn run(tooling: &Tooling, kernel: Series, out: &Path, improved: bool) -> Result<i32> {
     let agent = build::agent(tooling)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let script = tooling.cache.join("demo.sh");
-    std::fs::write(&script, SCRIPT)?;
     let spec = GuestSpec {
         kernel,
-        docker: true,
-        copies: vec![Copy {
-            host: script,
-            guest: "/usr/local/bin/cowtrace-demo".into(),
-        }],
+        kind: GuestKind::Docker,
+        copies: vec![script_copy(tooling)?],
         out: Some(out.to_path_buf()),
         timeout: Duration::from_secs(900),
         command: vec![
             "sh".into(),
-            "/usr/local/bin/cowtrace-demo".into(),
+            GUEST_SCRIPT.into(),
             if improved { "improved" } else { "plain" }.into(),
         ],
         agent: Some(agent.clone()),

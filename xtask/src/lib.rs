@@ -3,25 +3,30 @@
 //! `cargo xtask` (see `main.rs`) is a thin command line over these modules;
 //! other tasks (tests, demos) can call them directly:
 //!
-//! * [`setup`]: install and locate the tools everything else needs.
+//! * [`setup`]: install and locate the tools everything else needs
+//!   ([`host_packages`]: the apt packages as one consistent transaction).
 //! * [`build`]: build the static agent and the guest test binaries.
 //! * [`kernel`]: download and unpack Debian kernel packages per series.
-//! * [`guest`]: boot a kernel in QEMU and run one command in it.
-//! * [`testrun`]: run the guest test executables in guests.
+//! * [`guest`]: the guest harness: boot a kernel in QEMU and run one
+//!   command in it (its own layers are listed there).
+//! * [`testrun`]: run the guest test executables in guests, or natively
+//!   ([`native`]) on a kernel that can trace, as [`testopts`] asks;
+//!   [`results`] counts them.
 //! * [`demo`]: the Docker demo with a container named nginx.
 //! * [`bench`]: cowtrace's cost to the workload, side by side with bpftrace.
-//! * [`docker`]: the Debian rootfs with a Docker engine for `--docker` guests.
-//! * [`apt`], [`cpio`], [`qemu`], [`util`]: the plumbing underneath.
+//! * [`apt`], [`cpio`], [`util`]: the plumbing underneath.
 
 pub mod apt;
 pub mod bench;
 pub mod build;
 pub mod cpio;
 pub mod demo;
-pub mod docker;
 pub mod guest;
+pub mod host_packages;
 pub mod kernel;
-pub mod qemu;
+pub mod native;
+pub mod results;
 pub mod setup;
+pub mod testopts;
 pub mod testrun;
 pub mod util;

@@ -4,9 +4,9 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
-use xtask::guest::{self, Copy, GuestFailure, GuestSpec};
+use xtask::guest::{self, Copy, GuestFailure, GuestKind, GuestSpec};
 use xtask::kernel::Series;
-use xtask::{build, setup, testrun};
+use xtask::{build, setup, testopts, testrun};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "cowtrace developer tasks")]
@@ -59,9 +59,10 @@ enum Cmd {
 
 #[derive(Args)]
 struct TestArgs {
-    /// Kernel series (repeatable; default: all four).
-    #[arg(long = "kernel")]
-    kernels: Vec<Series>,
+    /// Kernel series (repeatable; default: all four), or `host`: the
+    /// running kernel, no guests (when `cowtrace doctor` says it can trace).
+    #[arg(long = "kernel", value_name = "SERIES|host")]
+    kernels: Vec<testopts::KernelArg>,
     /// Only the Docker guest tests.
     #[arg(long)]
     docker: bool,
@@ -115,6 +116,9 @@ fn main() {
             if let Some(f) = e.downcast_ref::<GuestFailure>() {
                 eprintln!("xtask vm: {f}");
                 f.exit_code()
+            } else if let Some(r) = e.downcast_ref::<xtask::native::Refusal>() {
+                eprintln!("xtask: {r}");
+                1
             } else {
                 eprintln!("xtask: error: {e:#}");
                 125
@@ -150,7 +154,11 @@ fn run(cli: Cli) -> Result<i32> {
             };
             let spec = GuestSpec {
                 kernel: a.kernel,
-                docker: a.docker,
+                kind: if a.docker {
+                    GuestKind::Docker
+                } else {
+                    GuestKind::Small
+                },
                 copies: a.copies,
                 out: a.out,
                 timeout: Duration::from_secs(a.timeout),
@@ -177,14 +185,9 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Test(a) => {
             let t = setup::ensure()?;
-            let opts = testrun::TestOptions {
-                kernels: if a.kernels.is_empty() {
-                    Series::ALL.to_vec()
-                } else {
-                    a.kernels
-                },
-                docker: a.docker,
-                no_docker: a.no_docker,
+            let opts = testopts::TestOptions {
+                kernels: testopts::Kernels::from_args(&a.kernels)?,
+                docker: testopts::DockerTests::from_flags(a.docker, a.no_docker),
                 timeout: Duration::from_secs(a.timeout),
                 targets: a.targets,
                 args: a.args,

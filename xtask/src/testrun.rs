@@ -8,41 +8,47 @@
 //! /usr/local/bin/cowtrace and the tests under [`GUEST_DIR`].
 
 use crate::build;
-use crate::guest::{self, Copy, GuestSpec};
+use crate::demo;
+use crate::guest::{self, Copy, GuestKind, GuestSpec, Sinks};
 use crate::kernel::Series;
-use crate::qemu::Sinks;
+use crate::native;
+use crate::results::{Counts, Tee, Verdict};
 use crate::setup::Tooling;
+use crate::testopts::{
+    executable_args, DockerTests, Kernels, TestOptions, DOCKER_TARGETS, KERNEL_TARGETS,
+};
 use crate::util::note;
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// Where the test executables go in the guest.
 pub const GUEST_DIR: &str = "/usr/local/libexec/cowtrace-tests";
-
-#[derive(Debug, Clone)]
-pub struct TestOptions {
-    pub kernels: Vec<Series>,
-    /// Only the Docker guest tests.
-    pub docker: bool,
-    /// No Docker guest tests.
-    pub no_docker: bool,
-    /// Per guest.
-    pub timeout: Duration,
-    /// Only test targets with these names (all if empty).
-    pub targets: Vec<String>,
-    /// Passed to every test executable (e.g. a filter, `--nocapture`).
-    pub args: Vec<String>,
-    /// Run the host unit tests (`cargo test --workspace`) first.
-    pub host: bool,
-}
 
 /// Run the tests; true if every guest and every test passed.
 pub fn run(tooling: &Tooling, opts: &TestOptions) -> Result<bool> {
     let mut total = Counts::default();
     if opts.host {
+        host_tests(tooling, &mut total)?;
+    }
+    let results = match &opts.kernels {
+        Kernels::Guests(series) => guest_tests(tooling, opts, series, &mut total)?,
+        Kernels::Host => native::run(tooling, opts, &mut total)?,
+    };
+    println!("test summary:");
+    for (k, v) in &results {
+        println!("  {k}: {v}");
+    }
+    println!("total: {} passed, {} failed", total.passed, total.failed);
+    Ok(total.failed == 0)
+}
+
+/// `cargo test --workspace`, plain host build: no static-linking flags
+/// (proc macros need dynamic linking), but bpf-linker on PATH for the
+/// agent's build.rs.
+fn host_tests(tooling: &Tooling, total: &mut Counts) -> Result<()> {
+    {
         note("host unit tests");
         // Plain host build: no static-linking flags (proc macros need
         // dynamic linking), but bpf-linker on PATH for the agent's build.rs.
@@ -62,10 +68,21 @@ pub fn run(tooling: &Tooling, opts: &TestOptions) -> Result<bool> {
             total.failed += 1;
         }
     }
+    Ok(())
+}
+
+/// One guest per selected series (and the Docker guest), each running the
+/// test executables; returns a verdict per guest.
+fn guest_tests(
+    tooling: &Tooling,
+    opts: &TestOptions,
+    series: &[Series],
+    total: &mut Counts,
+) -> Result<Vec<(String, Verdict)>> {
     let agent = build::agent(tooling)?;
     let tests = build::guest_tests(tooling)?;
     let mut results = Vec::new();
-    for guest_run in plan(opts) {
+    for guest_run in plan(opts.docker, series) {
         let selected: Vec<_> = tests
             .iter()
             .filter(|(name, _)| guest_run.targets.contains(&name.as_str()))
@@ -74,13 +91,25 @@ pub fn run(tooling: &Tooling, opts: &TestOptions) -> Result<bool> {
         if selected.is_empty() {
             continue;
         }
+        let docker = guest_run.kind == GuestKind::Docker;
         let label = format!(
             "{}{}",
             guest_run.kernel,
-            if guest_run.docker { " (docker)" } else { "" }
+            if docker { " (docker)" } else { "" }
         );
         note(format!("tests on kernel series {label}"));
+        let mut copies: Vec<Copy> = selected
+            .iter()
+            .map(|(name, exe)| Copy {
+                host: (*exe).clone(),
+                guest: format!("{GUEST_DIR}/{name}"),
+            })
+            .collect();
         let mut script = String::from("rc=0\n");
+        if docker {
+            copies.push(demo::script_copy(tooling)?);
+            script.push_str(&format!("export COWTRACE_DEMO={}\n", demo::GUEST_SCRIPT));
+        }
         for (name, _) in &selected {
             script.push_str(&format!(
                 "echo \"== {name}\"; {GUEST_DIR}/{name} \"$@\" || {{ rc=1; echo \"== {name} FAILED\"; }}\n"
@@ -92,23 +121,12 @@ pub fn run(tooling: &Tooling, opts: &TestOptions) -> Result<bool> {
             "-c".to_string(),
             script,
             "tests".to_string(),
-            // The tests are `#[ignore]`d on the host; in a guest run them
-            // all, one at a time (two slow TCG CPUs, tracing is global).
-            "--include-ignored".to_string(),
-            "--test-threads=1".to_string(),
-            "--color=never".to_string(),
         ];
-        command.extend(opts.args.iter().cloned());
+        command.extend(executable_args(opts));
         let spec = GuestSpec {
             kernel: guest_run.kernel,
-            docker: guest_run.docker,
-            copies: selected
-                .iter()
-                .map(|(name, exe)| Copy {
-                    host: (*exe).clone(),
-                    guest: format!("{GUEST_DIR}/{name}"),
-                })
-                .collect(),
+            kind: guest_run.kind,
+            copies,
             out: None,
             timeout: opts.timeout,
             command,
@@ -122,126 +140,46 @@ pub fn run(tooling: &Tooling, opts: &TestOptions) -> Result<bool> {
         let result = guest::run_with(&spec, &mut sinks);
         let c = Counts::parse(&String::from_utf8_lossy(&captured.lock().unwrap()));
         total.add(c);
-        let verdict = match result {
-            Ok(0) => format!("ok ({} passed)", c.passed),
-            Ok(rc) => format!(
-                "FAILED (exit {rc}; {} passed, {} failed)",
-                c.passed, c.failed
-            ),
-            Err(e) => format!("FAILED ({e:#})"),
-        };
+        let verdict = Verdict::of(result, c);
         // A guest that died or a runner that failed without counting a
         // failed test still fails the run.
-        if !verdict.starts_with("ok") && c.failed == 0 {
+        if !verdict.passed() && c.failed == 0 {
             total.failed += 1;
         }
         results.push((label, verdict));
     }
-    println!("test summary:");
-    for (k, v) in &results {
-        println!("  {k}: {v}");
-    }
-    println!("total: {} passed, {} failed", total.passed, total.failed);
-    Ok(total.failed == 0)
+    Ok(results)
 }
 
 /// One guest boot: which kernel, which guest, which test executables.
 struct GuestRun {
     kernel: Series,
-    docker: bool,
+    kind: GuestKind,
     targets: &'static [&'static str],
 }
 
 /// The plain-overlay tests on every selected kernel, then the Docker tests
 /// once (Docker's runc does not start containers on 5.10, so they run on
 /// the first selected kernel that is not 5.10).
-fn plan(opts: &TestOptions) -> Vec<GuestRun> {
+fn plan(docker: DockerTests, series: &[Series]) -> Vec<GuestRun> {
     let mut runs = Vec::new();
-    if !opts.docker {
-        for &kernel in &opts.kernels {
+    if docker != DockerTests::Only {
+        for &kernel in series {
             runs.push(GuestRun {
                 kernel,
-                docker: false,
-                targets: &["cowtrace_tests", "kernel"],
+                kind: GuestKind::Small,
+                targets: KERNEL_TARGETS,
             });
         }
     }
-    if !opts.no_docker {
-        if let Some(&kernel) = opts.kernels.iter().find(|&&k| k != Series::V5_10) {
+    if docker != DockerTests::Skip {
+        if let Some(&kernel) = series.iter().find(|&&k| k != Series::V5_10) {
             runs.push(GuestRun {
                 kernel,
-                docker: true,
-                targets: &["docker"],
+                kind: GuestKind::Docker,
+                targets: DOCKER_TARGETS,
             });
         }
     }
     runs
-}
-
-/// Passed and failed counts from libtest's `test result:` lines.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Counts {
-    pub passed: u64,
-    pub failed: u64,
-}
-
-impl Counts {
-    pub fn parse(text: &str) -> Counts {
-        let mut c = Counts::default();
-        for line in text
-            .lines()
-            .filter(|l| l.trim_start().starts_with("test result:"))
-        {
-            let num = |word: &str| {
-                line.split(';')
-                    .find_map(|part| part.trim().strip_suffix(word).map(str::trim))
-                    .and_then(|n| n.rsplit(' ').next())
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            c.passed += num("passed");
-            c.failed += num("failed");
-        }
-        c
-    }
-
-    fn add(&mut self, o: Counts) {
-        self.passed += o.passed;
-        self.failed += o.failed;
-    }
-}
-
-/// Streams the guest's stdout to ours and keeps a copy to count results.
-struct Tee(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Tee {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        std::io::stdout().write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stdout().flush()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_libtest_summaries() {
-        let text = "test result: ok. 43 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.56s\n\
-                    noise\n\
-                    test result: FAILED. 2 passed; 9 failed; 0 ignored; 0 measured; 0 filtered out\n";
-        assert_eq!(
-            Counts::parse(text),
-            Counts {
-                passed: 45,
-                failed: 9
-            }
-        );
-        assert_eq!(Counts::parse("nothing"), Counts::default());
-    }
 }

@@ -28,6 +28,14 @@ pub fn cache_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/cowtrace"))
 }
 
+/// `$CARGO_HOME`, default `$HOME/.cargo`.
+pub fn cargo_home() -> Option<PathBuf> {
+    match std::env::var_os("CARGO_HOME") {
+        Some(h) if !h.is_empty() => Some(PathBuf::from(h)),
+        _ => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")),
+    }
+}
+
 /// Progress message on stderr (never stdout: that belongs to guest output).
 pub fn note(msg: impl AsRef<str>) {
     eprintln!("xtask: {}", msg.as_ref());
@@ -52,6 +60,34 @@ pub fn run(cmd: &mut Command) -> Result<()> {
         .with_context(|| format!("cannot start `{}`", describe(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+/// Run a command with its output appended to `log`; on failure print the
+/// whole log to stderr and fail with a line naming the command and the log.
+pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
+    let err = out.try_clone()?;
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .with_context(|| format!("cannot start `{}`", describe(cmd)))?;
+    if !status.success() {
+        if let Ok(text) = fs::read_to_string(log) {
+            eprintln!("{}", text.trim_end());
+        }
+        bail!(
+            "`{}` failed ({status}); its output is above and in {}",
+            describe(cmd),
+            log.display()
+        );
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BPFTRACE_SCRIPT: &str = include_str!("../../../xtask/src/bench.bt");
+const BPFTRACE_SCRIPT: &str = include_str!("bench.bt");
 
 #[derive(Clone, Copy, PartialEq)]
 enum Tracer {
@@ -46,7 +46,7 @@ fn start(t: Tracer, events: bool) -> Running {
             }
         }
         Tracer::Cowtrace => {
-            let mut c = Command::new(cowtrace_tests::COWTRACE);
+            let mut c = Command::new(cowtrace_tests::cowtrace_bin());
             c.args([
                 "--quiet",
                 "--interval",

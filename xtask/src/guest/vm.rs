@@ -1,13 +1,12 @@
 //! Running one QEMU guest to completion, streaming its serial ports.
 //!
-//! Serial ports: ttyS0 = kernel console (log file only), ttyS1 = the
-//! command's stdout, ttyS2 = its stderr, ttyS3 = control lines written by
-//! the guest's init (`COWTRACE-START`, `COWTRACE-READY`, `COWTRACE-FAIL
-//! <why>`, `COWTRACE-OUT-BEGIN`/`-END` around base64 tar of /out,
-//! `COWTRACE-EXIT <status>`). Each port goes to a file in the run directory
-//! that the host tails while QEMU runs. QEMU is killed on timeout and gets
-//! SIGKILL if this process dies, so it never outlives the command.
+//! Serial ports (see [`protocol`](super::protocol)): the kernel console,
+//! the command's stdout and stderr, and the init's control lines. Each
+//! port goes to a file in the run directory that the host tails while QEMU
+//! runs. QEMU is killed on timeout and gets SIGKILL if this process dies,
+//! so it never outlives the command.
 
+use super::protocol::Control;
 use crate::util::{self, note};
 use anyhow::{Context, Result};
 use std::fs::{self, File};
@@ -22,6 +21,18 @@ use std::time::{Duration, Instant};
 pub enum Accel {
     Tcg,
     Kvm,
+}
+
+impl Accel {
+    /// A guest timeout sized for TCG, scaled for this accelerator: KVM
+    /// runs guests several times faster, so a hang shows sooner (never
+    /// under two minutes, for the boot itself).
+    pub fn timeout(self, for_tcg: Duration) -> Duration {
+        match self {
+            Accel::Tcg => for_tcg,
+            Accel::Kvm => (for_tcg / 4).max(Duration::from_secs(120)).min(for_tcg),
+        }
+    }
 }
 
 /// One boot.
@@ -75,6 +86,26 @@ pub enum Outcome {
     NoStatus,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_scale_with_the_accelerator() {
+        let t = Duration::from_secs(900);
+        assert_eq!(Accel::Tcg.timeout(t), t);
+        assert_eq!(Accel::Kvm.timeout(t), Duration::from_secs(225));
+        assert_eq!(
+            Accel::Kvm.timeout(Duration::from_secs(300)),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            Accel::Kvm.timeout(Duration::from_secs(20)),
+            Duration::from_secs(20)
+        );
+    }
+}
+
 #[derive(Debug)]
 pub struct Report {
     pub outcome: Outcome,
@@ -114,47 +145,6 @@ impl Tail {
         let before = buf.len();
         let _ = self.file.read_to_end(buf);
         buf.len() - before
-    }
-}
-
-#[derive(Default)]
-struct Control {
-    partial: Vec<u8>,
-    in_out: bool,
-    out_b64: Vec<u8>,
-    out_done: bool,
-    exit: Option<i32>,
-    fail: Option<String>,
-    start: Option<Duration>,
-    ready: Option<Duration>,
-}
-
-impl Control {
-    fn feed(&mut self, data: &[u8], now: Duration) {
-        self.partial.extend_from_slice(data);
-        while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=pos).collect();
-            let line = String::from_utf8_lossy(&line);
-            let line = line.trim_matches(|c: char| c.is_whitespace() || c == '\0');
-            if self.in_out {
-                if line == "COWTRACE-OUT-END" {
-                    self.in_out = false;
-                    self.out_done = true;
-                } else {
-                    self.out_b64.extend_from_slice(line.as_bytes());
-                }
-            } else if line == "COWTRACE-OUT-BEGIN" {
-                self.in_out = true;
-            } else if line == "COWTRACE-START" {
-                self.start.get_or_insert(now);
-            } else if line == "COWTRACE-READY" {
-                self.ready.get_or_insert(now);
-            } else if let Some(rc) = line.strip_prefix("COWTRACE-EXIT ") {
-                self.exit = rc.trim().parse().ok().or(Some(125));
-            } else if let Some(why) = line.strip_prefix("COWTRACE-FAIL ") {
-                self.fail.get_or_insert(why.to_string());
-            }
-        }
     }
 }
 
