@@ -48,7 +48,15 @@ pub struct Clock {
 
 /// Documented fields that a v1 report written before they were added
 /// lacks (the reader takes them as optional).
-pub const ADDED_WITHIN_V1: &[&str] = &["clock", "clock.monotonic_to_unix_ns"];
+pub const ADDED_WITHIN_V1: &[&str] = &[
+    "clock",
+    "clock.monotonic_to_unix_ns",
+    "containers[].top_files[].error_ns",
+    "containers[].top_files_other",
+    "containers[].top_files_other.count",
+    "containers[].top_files_other.total_ns",
+    "containers[].top_files_other.bytes",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Probe {
@@ -81,6 +89,8 @@ pub struct Container {
     pub opaque_dirs: Count,
     pub copy_up_vs_write: Ratios,
     pub top_files: Vec<TopFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_files_other: Option<FileTotals>,
     /// Per image layer, once the agent writes it; absent until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<Map<String, Value>>>,
@@ -147,6 +157,18 @@ pub struct Ratios {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TopFile {
     pub path: String,
+    pub count: u64,
+    pub total_ns: u64,
+    pub bytes: u64,
+    /// Added within v1 with bounded top files: how much copy-up time the
+    /// path may have had before it was tracked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_ns: Option<u64>,
+}
+
+/// Every copy-up not in `top_files` (added within v1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileTotals {
     pub count: u64,
     pub total_ns: u64,
     pub bytes: u64,
@@ -294,12 +316,12 @@ pub fn decode_hdr(b64: &str) -> Result<Histogram<u64>, String> {
     let h: Histogram<u64> = Deserializer::new()
         .deserialize(&mut &bytes[..])
         .map_err(|e| format!("not an HdrHistogram V2 serialization ({e:?})"))?;
-    // Re-bound like the agent's own histograms so that merging and
-    // quantiles behave the same as live.
-    let mut out = crate::stats::new_hist();
-    out.add(&h)
-        .map_err(|e| format!("values out of range ({e:?})"))?;
-    Ok(out)
+    // Kept at the precision it declares: that is the resolution the
+    // comparison reports. The agent never records above 2^40 ns.
+    if h.max() > 1 << 40 {
+        return Err(format!("a value of {} ns is above 2^40 ns", h.max()));
+    }
+    Ok(h)
 }
 
 /// Who a saved event belongs to (`container` of an `--events` line).
@@ -405,10 +427,14 @@ mod tests {
     }
 
     #[test]
-    fn the_clock_of_newer_v1_reports_is_read() {
+    fn fields_added_within_v1_are_read() {
         let mut v: Value = serde_json::from_str(DEMO).unwrap();
         v["clock"] = serde_json::json!({"monotonic_to_unix_ns": 1_764_000_000_000_000_000i64});
+        v["containers"][0]["top_files"][0]["error_ns"] = 0.into();
+        v["containers"][0]["top_files_other"] =
+            serde_json::json!({"count": 3, "total_ns": 9, "bytes": 12});
         let run = parse("r.json", &v.to_string()).unwrap();
+        assert_eq!(run.report.containers[0].top_files[0].error_ns, Some(0));
         assert_eq!(
             run.report.clock,
             Some(Clock {
