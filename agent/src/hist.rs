@@ -236,6 +236,16 @@ impl LogHist {
     }
 
     /// The HdrHistogram ([`hdr`]) holding the same values.
+    /// The values of an HdrHistogram (a saved report's `hdr`), bucketed as
+    /// here: exact for one made by [`LogHist::to_hdr`].
+    pub fn from_hdr(h: &Histogram<u64>) -> LogHist {
+        let mut l = LogHist::new();
+        for v in h.iter_recorded() {
+            l.record_n(v.value_iterated_to().max(1), v.count_at_value());
+        }
+        l
+    }
+
     pub fn to_hdr(&self) -> Histogram<u64> {
         let mut h = hdr();
         for (v, n) in self.buckets() {

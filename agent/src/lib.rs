@@ -7,6 +7,10 @@
 //!   and the [`runtime`] clients, on a worker thread of its own)
 //!   -> [`stats`] (bounded: [`hist`], [`topfiles`]) -> [`live`] / [`report`] (outputs).
 //!
+//! Offline, [`offline`] (`cowtrace report`) reads saved reports back
+//! ([`report::read`]), pairs two of them ([`compare`]) and renders them
+//! ([`render`]: terminal text, HTML with plots).
+//!
 //! [`kallsyms`] turns a copy-up's kernel stack into its trigger;
 //! [`mountinfo`] maps overlay devices to mounts; [`doctor`] checks the
 //! kernel before anything is attached.
@@ -14,6 +18,7 @@
 pub mod attribution;
 pub mod btf;
 pub mod cgroup;
+pub mod compare;
 pub mod doctor;
 pub mod event;
 pub mod hist;
@@ -21,9 +26,11 @@ pub mod kallsyms;
 pub mod kretprobe;
 pub mod live;
 pub mod mountinfo;
+pub mod offline;
 pub mod output;
 pub mod privileges;
 pub mod probes;
+pub mod render;
 pub mod report;
 pub mod runtime;
 pub mod shutdown;

@@ -193,6 +193,29 @@ pub fn histogram_pair(copy_up: &Histogram<u64>, writes: &Histogram<u64>) -> Stri
     s
 }
 
+/// The exit summary: the table, then per container with activity its
+/// copy-up versus write histogram and its top files.
+pub fn exit_summary(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -> String {
+    let mut text = summary_table(rows, drops);
+    for (o, s, w) in rows {
+        if s.copy_up.is_empty() && w.latency.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            text,
+            "\n{} ({}): copy-up vs write latency",
+            escape_str(&o.name),
+            escape_str(crate::attribution::short_id(&o.id))
+        );
+        text.push_str(&histogram_pair(&s.copy_up.to_hdr(), &w.latency.to_hdr()));
+        if !s.files.is_empty() {
+            let _ = writeln!(text, "\n{}: top files by copy-up time", escape_str(&o.name));
+            text.push_str(&top_files_table(s, 10));
+        }
+    }
+    text
+}
+
 pub fn top_files_table(st: &OwnerStats, n: usize) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{:>10} {:>6} {:>10}  FILE", "TOTAL", "COUNT", "BYTES");

@@ -8,7 +8,7 @@ use agent_ebpf::{WriteKey, WriteStats};
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use clap::{Parser, Subcommand};
-use cowtrace::attribution::{short_id, Attribution, FilterUpdate};
+use cowtrace::attribution::{Attribution, FilterUpdate};
 use cowtrace::event::escape_str;
 use cowtrace::event::{decode, KernelEvent};
 use cowtrace::kallsyms::Symbols;
@@ -32,7 +32,8 @@ Examples:
   sudo cowtrace --duration 30s --json cow.json    everything on the host for 30 s
   sudo cowtrace --quiet --events - | jq .         NDJSON events on stdout
   sudo cowtrace --cgroup /sys/fs/cgroup/system.slice/foo.service
-  cowtrace doctor                                 can this kernel run cowtrace?";
+  cowtrace doctor                                 can this kernel run cowtrace?
+  cowtrace report cow.json --html cow.html        a saved report, with plots (no root)";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -80,6 +81,8 @@ struct Cli {
 enum Command {
     /// What this kernel offers, and how cowtrace would attach each probe
     Doctor,
+    /// A saved --json report on the terminal and as HTML plots, or two compared (no root needed)
+    Report(cowtrace::offline::ReportArgs),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Doctor) => run_doctor(&cli),
+        Some(Command::Report(ref args)) => return ExitCode::from(cowtrace::offline::run(args)),
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -577,28 +581,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     }
     if !sink.out.closed {
         let mut text = format!("\n--- cowtrace summary ({elapsed:.1} s) ---\n");
-        text.push_str(&live::summary_table(&rows, d.iter().sum()));
-        for (o, s, w) in &rows {
-            if s.copy_up.is_empty() && w.latency.is_empty() {
-                continue;
-            }
-            text.push_str(&format!(
-                "\n{} ({}): copy-up vs write latency\n",
-                escape_str(&o.name),
-                escape_str(short_id(&o.id))
-            ));
-            text.push_str(&live::histogram_pair(
-                &s.copy_up.to_hdr(),
-                &w.latency.to_hdr(),
-            ));
-            if !s.files.is_empty() {
-                text.push_str(&format!(
-                    "\n{}: top files by copy-up time\n",
-                    escape_str(&o.name)
-                ));
-                text.push_str(&live::top_files_table(s, 10));
-            }
-        }
+        text.push_str(&live::exit_summary(&rows, d.iter().sum()));
         err_text(&text);
     }
     // Only now, with everything written: detach (all probes at once).

@@ -8,6 +8,8 @@ use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
+pub mod read;
+
 pub const SCHEMA: &str = "cowtrace/v1";
 
 /// Facts about the run that are not per container.

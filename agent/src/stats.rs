@@ -8,7 +8,7 @@
 use crate::event::{KernelEvent, Kind};
 use crate::hist::LogHist;
 pub use crate::topfiles::{FileCost, FileEntry, TopFiles, DEFAULT_CAPACITY, SHOWN};
-use agent_ebpf::{hist_bucket_range, WriteStats, HIST_BUCKETS};
+use agent_ebpf::{hist_bucket, hist_bucket_range, WriteStats, HIST_BUCKETS};
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, HashMap};
 
@@ -124,6 +124,14 @@ impl WriteTotals {
             self.latency.record_n(mid, n);
         }
     }
+}
+
+/// The value range `[lo, hi]` a write latency from [`WriteTotals`] can
+/// stand for: the kernel bucket it was counted in (values are recorded at
+/// the bucket's midpoint, 8 buckets per power of two).
+pub fn write_value_range(v: u64) -> (u64, u64) {
+    let (lo, hi) = hist_bucket_range(hist_bucket(v));
+    (lo, hi.min(1 << 40))
 }
 
 /// One row of a snapshot: who, their copy-up numbers, their writes.
@@ -269,7 +277,6 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_ebpf::hist_bucket;
 
     #[test]
     fn kernel_buckets_merge_keeps_count_and_resolution() {

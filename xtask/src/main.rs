@@ -49,6 +49,11 @@ enum Cmd {
         /// Where the latency JSON goes.
         #[arg(long, default_value = "target/demo")]
         out: PathBuf,
+        /// The same container life with ownership set at build time and a
+        /// volume for the log directory (to compare with `cowtrace report
+        /// --compare`), e.g. --improved --out target/demo-improved
+        #[arg(long)]
+        improved: bool,
     },
 }
 
@@ -170,9 +175,13 @@ fn run(cli: Cli) -> Result<i32> {
             let t = setup::ensure()?;
             xtask::bench::run(&t, kernel, &out, rounds)
         }
-        Cmd::Demo { kernel, out } => {
+        Cmd::Demo {
+            kernel,
+            out,
+            improved,
+        } => {
             let t = setup::ensure()?;
-            xtask::demo::run(&t, kernel, &out)
+            xtask::demo::run(&t, kernel, &out, improved)
         }
         Cmd::Test(a) => {
             let t = setup::ensure()?;
