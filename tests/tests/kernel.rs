@@ -785,7 +785,11 @@ fn a_second_signal_ends_at_once_after_detaching() {
     let took = t0.elapsed();
     let stderr = t.rest_of_stderr();
     let status = status.unwrap_or_else(|| panic!("a second SIGINT did not end cowtrace: {stderr}"));
-    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    // Without the second signal it would never end. What it still waits
+    // for is the kernel detaching its probes as the process exits (1.5 to
+    // 2.3 s measured under TCG).
+    println!("second signal: ended after {took:?}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("second signal"), "{stderr}");
     assert_no_probes_left();
