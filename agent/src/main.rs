@@ -503,7 +503,12 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
                 let mut guard = guard.context("ring buffer")?;
                 // Left ready while records remain: the loop comes back
                 // after looking at the other branches.
-                if !sink.drain(guard.get_inner_mut()) {
+                if sink.drain(guard.get_inner_mut()) {
+                    drop(guard);
+                    // Let the runtime look at its timers and signals (a
+                    // branch that is always ready never yields by itself).
+                    tokio::task::yield_now().await;
+                } else {
                     guard.clear_ready();
                 }
             }
@@ -538,7 +543,12 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             _ = sighup.recv() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
         }
-        if sink.out.closed {
+        // Seen here too, whatever the runtime polled: the signal handler
+        // counts signals, and the deadline is a clock.
+        if sink.out.closed
+            || shutdown::requested()
+            || deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+        {
             break;
         }
     }
@@ -659,7 +669,7 @@ impl EventSink<'_> {
                 self.admit(ev, now);
             }
             n = n.wrapping_add(1);
-            if n.is_multiple_of(64) && Instant::now() > until {
+            if n.is_multiple_of(64) && (Instant::now() > until || shutdown::requested()) {
                 more = true;
                 break;
             }

@@ -785,7 +785,11 @@ fn a_second_signal_ends_at_once_after_detaching() {
     let took = t0.elapsed();
     let stderr = t.rest_of_stderr();
     let status = status.unwrap_or_else(|| panic!("a second SIGINT did not end cowtrace: {stderr}"));
-    assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    // Without the second signal it would never end. What it still waits
+    // for is the kernel detaching its probes as the process exits (1.5 to
+    // 2.3 s measured under TCG).
+    println!("second signal: ended after {took:?}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("second signal"), "{stderr}");
     assert_no_probes_left();
@@ -810,13 +814,23 @@ fn a_hung_runtime_api_does_not_delay_the_end() {
     let t0 = std::time::Instant::now();
     t.signal(libc::SIGINT);
     let mut t = t;
+    // The summary is printed after the final JSON is written.
+    let reported = t.wait_for_line("--- cowtrace summary", std::time::Duration::from_secs(30));
+    let report_took = t0.elapsed();
     let status = t.wait_for(std::time::Duration::from_secs(30));
-    let took = t0.elapsed();
+    let exit_took = t0.elapsed();
     let stderr = t.rest_of_stderr();
     let status = status.unwrap_or_else(|| panic!("still running: {stderr}"));
+    println!("hung API: final report after {report_took:?}, exit after {exit_took:?}");
+    assert!(reported, "no summary: {stderr}");
     assert!(
-        took < std::time::Duration::from_secs(2),
-        "ended in {took:?}\n{stderr}"
+        report_took < std::time::Duration::from_secs(2),
+        "final report after {report_took:?}\n{stderr}"
+    );
+    // Then the kernel detaches the probes (seconds on a loaded TCG guest).
+    assert!(
+        exit_took < std::time::Duration::from_secs(10),
+        "exit after {exit_took:?}\n{stderr}"
     );
     let tr = t.outputs(status, stderr);
     assert!(tr.status.success(), "{}", tr.stderr);
