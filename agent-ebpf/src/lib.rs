@@ -10,12 +10,28 @@
 
 /// Kernel `TASK_COMM_LEN`.
 pub const COMM_LEN: usize = 16;
-/// Path components walked up from a dentry before the path is marked cut.
+/// Path components walked up from a dentry before the path is marked cut
+/// ([`flags::PATH_CUT`]).
 pub const PATH_DEPTH: usize = 16;
-/// Bytes kept per path component, NUL included; a longer name is marked cut.
+/// Bytes kept per path component, NUL included; a longer name keeps its
+/// first `NAME_LEN - 1` bytes and its bit in [`Path::name_cut`].
 pub const NAME_LEN: usize = 64;
 /// Kernel stack frames kept with a copy-up, for classifying its trigger.
 pub const STACK_DEPTH: usize = 24;
+
+/// Bytes kept of a cgroup's directory name and of its parent's, NUL
+/// included (`cri-containerd-<64 hex>.scope` is 85).
+pub const CGROUP_NAME_LEN: usize = 96;
+
+/// The kernfs names of a cgroup and of its parent, as the kernel saw them
+/// when an event came from it: the container id survives the cgroup's
+/// removal (a short-lived container is gone before userspace looks).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CgroupName {
+    pub parent: [u8; CGROUP_NAME_LEN],
+    pub leaf: [u8; CGROUP_NAME_LEN],
+}
 
 /// What an [`Event`] is. Also the index into the drop counters.
 #[repr(u32)]
@@ -50,8 +66,8 @@ pub mod flags {
     pub const OP_TARGET: u32 = 1 << 2;
     /// Whiteout / opaque dir: the object is a directory.
     pub const DIR: u32 = 1 << 3;
-    /// The path was cut: deeper than [`crate::PATH_DEPTH`] or a component
-    /// longer than [`crate::NAME_LEN`].
+    /// The path was cut at the top: deeper than [`crate::PATH_DEPTH`]
+    /// components. (A name cut is [`crate::Path::name_cut`].)
     pub const PATH_CUT: u32 = 1 << 4;
 }
 
@@ -66,12 +82,14 @@ pub enum WhiteoutCause {
 
 /// A dentry's path relative to its overlay mount root, leaf first:
 /// `names[0]` is the object's own name, `names[depth-1]` the child of the
-/// root. Each name is NUL-terminated unless it filled its slot.
+/// root. Each name is NUL-terminated (a name of `NAME_LEN` bytes or more
+/// keeps its first `NAME_LEN - 1`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Path {
     pub depth: u32,
-    pub _pad: u32,
+    /// Bit `i` set: `names[i]` is the start of a longer name.
+    pub name_cut: u32,
     pub names: [[u8; NAME_LEN]; PATH_DEPTH],
 }
 
@@ -94,6 +112,9 @@ pub struct Event {
     /// Inode mode (file type bits) of the object.
     pub mode: u32,
     pub comm: [u8; COMM_LEN],
+    /// Inode number of the object (tells apart objects whose names were
+    /// cut to the same bytes).
+    pub ino: u64,
     /// Copy-up: time spent copying this one object.
     pub latency_ns: u64,
     /// Copy-up (target only): the whole operation, parents included.
@@ -221,6 +242,7 @@ pub struct Config {
     pub dentry_d_inode: u32,
     pub dentry_d_sb: u32,
     pub inode_i_mode: u32,
+    pub inode_i_ino: u32,
     pub inode_i_sb: u32,
     pub sb_s_dev: u32,
     pub sb_s_magic: u32,
@@ -246,6 +268,13 @@ pub struct Config {
     pub vfs_rename_flags_off: u32,
     /// `vfs_setxattr`: the xattr name.
     pub vfs_setxattr_name_arg: u32,
+    /// The current task's cgroup v2 directory: `task_struct.cgroups`,
+    /// `css_set.dfl_cgrp`, `cgroup.kn`, `kernfs_node.name` and `.parent`.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_name: u32,
+    pub kernfs_node_parent: u32,
 }
 
 /// `OVERLAYFS_SUPER_MAGIC`: a uapi constant, not a layout detail.
@@ -260,6 +289,7 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::WriteKey {}
     unsafe impl aya::Pod for super::WriteStats {}
+    unsafe impl aya::Pod for super::CgroupName {}
 }
 
 #[cfg(test)]

@@ -1,19 +1,21 @@
 //! The programs themselves (see `main.rs` for the design).
 
 use agent_ebpf::{
-    flags, hist_bucket, Config, Event, EventKind, WhiteoutCause, WriteKey, WriteStats, EVENT_KINDS,
-    HIST_BUCKETS, NAME_LEN, OVERLAYFS_SUPER_MAGIC, PATH_DEPTH, RENAME_WHITEOUT, STACK_DEPTH,
+    flags, hist_bucket, CgroupName, Config, Event, EventKind, WhiteoutCause, WriteKey, WriteStats,
+    CGROUP_NAME_LEN, EVENT_KINDS, HIST_BUCKETS, NAME_LEN, OVERLAYFS_SUPER_MAGIC, PATH_DEPTH,
+    RENAME_WHITEOUT, STACK_DEPTH,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_kernel_str,
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_stack, bpf_ktime_get_ns,
+            bpf_probe_read_kernel_str,
         },
     },
     macros::{fentry, fexit, kprobe, kretprobe, map},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
     EbpfContext,
 };
@@ -41,6 +43,13 @@ static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 static DEV_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
+/// Set to 1 by the agent when its run ends: from then on no program adds
+/// an event, a drop or a write, so the agent's final drain has an end and
+/// its final report a moment, however busy the machine (detaching the
+/// probes afterwards takes seconds on a busy small machine).
+#[map]
+static STOP: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map]
 static COPY_OPS: HashMap<u32, CopyOp> = HashMap::with_max_entries(16384, 0);
 #[map]
@@ -55,6 +64,13 @@ static WRITE_STARTS: HashMap<u32, WriteStart> = HashMap::with_max_entries(16384,
 static EVENT_SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static ZERO_STATS: Array<WriteStats> = Array::with_max_entries(1, 0);
+
+/// cgroup id -> its kernfs names, for the cgroups events come from (the
+/// least recently used go first when it is full).
+#[map]
+static CGROUP_NAMES: LruHashMap<u64, CgroupName> = LruHashMap::with_max_entries(4096, 0);
+#[map]
+static CGROUP_NAME_SCRATCH: PerCpuArray<CgroupName> = PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
 struct CopyOp {
@@ -152,6 +168,15 @@ fn dentry_dev(dentry: u64) -> u32 {
 }
 
 #[inline(always)]
+fn dentry_ino(dentry: u64) -> u64 {
+    let inode: u64 = read(dentry, conf!(dentry_d_inode));
+    if inode == 0 {
+        return 0;
+    }
+    read::<u64>(inode, conf!(inode_i_ino))
+}
+
+#[inline(always)]
 fn dentry_mode(dentry: u64) -> u32 {
     let inode: u64 = read(dentry, conf!(dentry_d_inode));
     if inode == 0 {
@@ -171,7 +196,15 @@ fn wanted(dev: u32) -> bool {
 }
 
 #[inline(always)]
+fn stopped() -> bool {
+    matches!(STOP.get(0), Some(v) if *v != 0)
+}
+
+#[inline(always)]
 fn count_drop(kind: EventKind) {
+    if stopped() {
+        return;
+    }
     if let Some(p) = DROPS.get_ptr_mut(kind as u32) {
         unsafe { *p += 1 };
     }
@@ -188,8 +221,10 @@ fn new_event(kind: EventKind, dentry: u64) -> Option<&'static mut Event> {
     ev.pid = (pid_tgid >> 32) as u32;
     ev.tid = pid_tgid as u32;
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    remember_cgroup(ev.cgroup_id);
     ev.dev = dentry_dev(dentry);
     ev.mode = dentry_mode(dentry);
+    ev.ino = dentry_ino(dentry);
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ev.latency_ns = 0;
     ev.op_latency_ns = 0;
@@ -201,6 +236,49 @@ fn new_event(kind: EventKind, dentry: u64) -> Option<&'static mut Event> {
     Some(ev)
 }
 
+/// Notes the current task's cgroup names under `id`, once per cgroup.
+#[inline(always)]
+fn remember_cgroup(id: u64) {
+    if CGROUP_NAMES.get_ptr(id).is_some() {
+        return;
+    }
+    let Some(slot) = CGROUP_NAME_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let slot = unsafe { &mut *slot };
+    let task = unsafe { bpf_get_current_task() };
+    let css_set: u64 = read(task, conf!(task_cgroups));
+    let cgrp: u64 = read(css_set, conf!(css_set_dfl_cgrp));
+    let kn: u64 = read(cgrp, conf!(cgroup_kn));
+    if kn == 0 {
+        return;
+    }
+    let parent: u64 = read(kn, conf!(kernfs_node_parent));
+    let name_off = conf!(kernfs_node_name);
+    slot.leaf[0] = 0;
+    slot.parent[0] = 0;
+    let leaf: u64 = read(kn, name_off);
+    unsafe {
+        bpf_probe_read_kernel_str(
+            slot.leaf.as_mut_ptr() as *mut c_void,
+            CGROUP_NAME_LEN as u32,
+            leaf as *const c_void,
+        )
+    };
+    if parent != 0 {
+        let pname: u64 = read(parent, name_off);
+        unsafe {
+            bpf_probe_read_kernel_str(
+                slot.parent.as_mut_ptr() as *mut c_void,
+                CGROUP_NAME_LEN as u32,
+                pname as *const c_void,
+            )
+        };
+    }
+    // Full of busier cgroups: the least recently used one makes room.
+    let _ = CGROUP_NAMES.insert(id, &*slot, 0);
+}
+
 /// Walks `d_parent` up to the overlay root (the dentry that is its own
 /// parent), at most [`PATH_DEPTH`] names.
 #[inline(always)]
@@ -209,6 +287,7 @@ fn read_path(mut dentry: u64, ev: &mut Event) {
     let name_off = conf!(dentry_d_name_name);
     let len_off = conf!(dentry_d_name_len);
     ev.path.depth = 0;
+    ev.path.name_cut = 0;
     for i in 0..PATH_DEPTH {
         let parent: u64 = read(dentry, parent_off);
         if parent == dentry || parent == 0 {
@@ -217,7 +296,7 @@ fn read_path(mut dentry: u64, ev: &mut Event) {
         let name: u64 = read(dentry, name_off);
         let len: u32 = read(dentry, len_off);
         if len as usize >= NAME_LEN {
-            ev.flags |= flags::PATH_CUT;
+            ev.path.name_cut |= 1 << i;
         }
         let slot = &mut ev.path.names[i];
         unsafe {
@@ -243,6 +322,9 @@ const WAKEUP_BYTES: u64 = 1 << 20;
 
 #[inline(always)]
 fn submit(ev: &Event) {
+    if stopped() {
+        return;
+    }
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
@@ -594,7 +676,7 @@ fn write_end(ret: i64) -> u32 {
     // Removed, not just marked: entries of threads that exit must not pile
     // up until the map is full.
     let _ = WRITE_STARTS.remove(&tid);
-    if ret < 0 {
+    if ret < 0 || stopped() {
         return 0;
     }
     let latency = now() - start.start_ns;

@@ -1,34 +1,41 @@
-//! Who caused an event: the thread's cgroup id mapped to a container (by
-//! the runtimes' cgroup naming), named through the Docker Engine API when
-//! its socket is there (podman serves the same API). Anything else is
-//! `host`.
+//! Who caused an event, and whose filesystem it happened in, answered from
+//! memory on the event path while a worker thread of its own keeps the
+//! answers current.
 //!
-//! Whose filesystem it happened in: the overlay device of the event matched
-//! against the root mount of each container's init process (its
-//! /proc/PID/mountinfo), which works with or without the Docker API's
-//! GraphDriver data (Docker 29's containerd image store has none).
+//! The event path ([`Attribution`]) only reads a shared [`Directory`]: a
+//! cgroup id maps to a container id (or the host), an overlay device to the
+//! container whose root filesystem it is. What it does not know yet it asks
+//! the worker for and reports as pending, so the caller can hold the event
+//! briefly instead of booking it to the host by a race.
+//!
+//! The worker owns everything slow: walking cgroupfs (the cgroup id is the
+//! inode of the cgroup's directory; the runtimes' cgroup names carry the
+//! container id), reading `/proc/PID/mountinfo` for a container's root
+//! device, and the runtime API ([`crate::runtime`]): the list at start, an
+//! inspect per new container, and the runtime's lifecycle events, so that
+//! starts, restarts, renames and exits are seen as they happen. A container
+//! is known by its id; its name and image are filled in when the runtime
+//! answers.
 
-use crate::cgroup::{container_id_from_cgroup_path, CgroupIndex};
+use crate::cgroup::{cgroup_id_of_pid, container_id_from_cgroup_path, CgroupIndex};
+use crate::runtime::{Change, ContainerInfo, DockerEngine, Runtime};
 use crate::stats::Owner;
-use serde_json::Value;
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use futures_util::StreamExt;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
-/// A running or exited container as the runtime describes it.
-#[derive(Clone, Debug)]
-pub struct ContainerInfo {
-    pub id: String,
-    pub name: String,
-    pub image: String,
-    pub pid: Option<u32>,
-    /// The container's root overlay device (kernel encoding).
-    pub root_dev: Option<u32>,
-}
+/// At most this many cgroup ids are remembered (a container can create
+/// cgroups of its own): past it, host answers are forgotten first.
+const MAX_CGROUPS: usize = 65_536;
+/// Exited containers stay this long (their events arrive late, and the
+/// final report names them); then only what the report needs remains.
+const EXITED_GRACE: Duration = Duration::from_secs(60);
+/// How often the worker lists containers when the event feed is down.
+const RELIST_EVERY: Duration = Duration::from_secs(5);
 
-/// The overlay device of the root mount `pid` sees.
+/// The root overlay device `pid` sees (kernel encoding).
 pub fn root_overlay_dev(pid: u32) -> Option<u32> {
     crate::mountinfo::read_mountinfo(&pid.to_string())
         .ok()?
@@ -38,233 +45,622 @@ pub fn root_overlay_dev(pid: u32) -> Option<u32> {
         .map(|m| m.kernel_dev())
 }
 
-/// Minimal Docker Engine API client over its unix socket (HTTP/1.0, so the
-/// answer is one plain body).
-pub struct DockerApi {
-    socket: PathBuf,
+/// One container the directory knows.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub info: ContainerInfo,
+    /// Its root overlay device and init's cgroup, while it runs.
+    pub root_dev: Option<u32>,
+    pub cgroup_id: Option<u64>,
+    /// Whether the runtime has described it (else: named by its id).
+    pub described: bool,
+    pub exited_at: Option<Instant>,
 }
 
-impl DockerApi {
-    /// The first socket that exists: `$DOCKER_HOST` (unix://), Docker's,
-    /// then podman's rootful socket.
-    pub fn discover() -> Option<Self> {
-        let from_env = std::env::var("DOCKER_HOST")
-            .ok()
-            .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from));
-        from_env
-            .into_iter()
-            .chain(["/var/run/docker.sock", "/run/podman/podman.sock"].map(PathBuf::from))
-            .find(|p| p.exists())
-            .map(|socket| Self { socket })
-    }
-
-    fn get(&self, path: &str) -> std::io::Result<Value> {
-        let mut s = UnixStream::connect(&self.socket)?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n")?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf)?;
-        let text = String::from_utf8_lossy(&buf);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        if !head.starts_with("HTTP/1.")
-            || !head.split(' ').nth(1).is_some_and(|c| c.starts_with('2'))
-        {
-            return Err(std::io::Error::other(format!(
-                "docker API {path}: {}",
-                head.lines().next().unwrap_or("")
-            )));
+impl Entry {
+    fn owner(&self) -> Owner {
+        Owner {
+            id: self.info.id.clone(),
+            name: if self.info.name.is_empty() {
+                short_id(&self.info.id).to_string()
+            } else {
+                self.info.name.clone()
+            },
+            image: self.info.image.clone(),
         }
-        serde_json::from_str(body).map_err(std::io::Error::other)
+    }
+}
+
+/// The first 12 characters of an id (by character, never mid-UTF-8).
+pub fn short_id(id: &str) -> &str {
+    match id.char_indices().nth(12) {
+        Some((i, _)) => &id[..i],
+        None => id,
+    }
+}
+
+/// What a cgroup id stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Attributed {
+    Container(String),
+    Host,
+}
+
+/// What the event path reads; the worker writes.
+#[derive(Default)]
+pub struct Directory {
+    containers: HashMap<String, Entry>,
+    by_cgroup: HashMap<u64, Attributed>,
+    by_dev: HashMap<u32, String>,
+    /// The runtime's first list is in (or there is no runtime).
+    ready: bool,
+    warning: Option<String>,
+}
+
+impl Directory {
+    fn upsert(&mut self, info: ContainerInfo, described: bool) -> &Entry {
+        let root_dev = info.pid.and_then(root_overlay_dev);
+        let cgroup_id = info.pid.and_then(|p| cgroup_id_of_pid(p).ok());
+        if let Some(dev) = root_dev {
+            // Devices are reused lowest-first: the newest owner wins.
+            self.by_dev.insert(dev, info.id.clone());
+        }
+        if let Some(cg) = cgroup_id {
+            self.by_cgroup
+                .insert(cg, Attributed::Container(info.id.clone()));
+        }
+        let id = info.id.clone();
+        let e = self.containers.entry(id).or_insert_with(|| Entry {
+            info: ContainerInfo::default(),
+            root_dev: None,
+            cgroup_id: None,
+            described: false,
+            exited_at: None,
+        });
+        if described || !e.described {
+            e.info = info;
+            e.described |= described;
+        }
+        e.root_dev = root_dev.or(e.root_dev);
+        e.cgroup_id = cgroup_id.or(e.cgroup_id);
+        if e.info.pid.is_some() {
+            e.exited_at = None;
+        }
+        e
     }
 
-    /// Running containers with name, image and init pid.
-    pub fn containers(&self) -> std::io::Result<Vec<ContainerInfo>> {
-        let list = self.get("/containers/json")?;
-        let mut out = Vec::new();
-        for c in list.as_array().into_iter().flatten() {
-            let id = c["Id"].as_str().unwrap_or_default().to_string();
-            let name = c["Names"][0]
-                .as_str()
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string();
-            let image = c["Image"].as_str().unwrap_or_default().to_string();
-            let pid = self
-                .get(&format!("/containers/{id}/json"))
-                .ok()
-                .and_then(|d| d["State"]["Pid"].as_u64())
-                .map(|p| p as u32);
-            let root_dev = pid.and_then(root_overlay_dev);
-            out.push(ContainerInfo {
-                id,
-                name,
-                image,
-                pid,
-                root_dev,
+    /// A container stopped; returns it, with the root device it gave up.
+    fn stopped(&mut self, id: &str, now: Instant) -> Option<(Entry, Option<u32>)> {
+        let e = self.containers.get_mut(id)?;
+        e.exited_at.get_or_insert(now);
+        e.info.pid = None;
+        // Its device may go to the next container: forget the mapping.
+        let dev = e.root_dev.take();
+        let e = e.clone();
+        if let Some(dev) = dev {
+            if self.by_dev.get(&dev).is_some_and(|o| o == id) {
+                self.by_dev.remove(&dev);
+            }
+        }
+        Some((e, dev))
+    }
+
+    /// Forget what has been gone long enough (keeping exited containers'
+    /// own entries: the report names them).
+    fn prune(&mut self, now: Instant) {
+        if self.by_cgroup.len() > MAX_CGROUPS {
+            self.by_cgroup.retain(|_, a| *a != Attributed::Host);
+        }
+        if self.by_cgroup.len() > MAX_CGROUPS {
+            self.by_cgroup.clear();
+        }
+        let gone: HashSet<String> = self
+            .containers
+            .values()
+            .filter(|e| {
+                e.exited_at
+                    .is_some_and(|t| now.duration_since(t) > EXITED_GRACE)
+            })
+            .map(|e| e.info.id.clone())
+            .collect();
+        if !gone.is_empty() {
+            self.by_cgroup.retain(|_, a| match a {
+                Attributed::Container(id) => !gone.contains(id),
+                Attributed::Host => true,
             });
         }
-        Ok(out)
+    }
+
+    fn owner_of(&self, a: &Attributed) -> Owner {
+        match a {
+            Attributed::Host => Owner::host(),
+            Attributed::Container(id) => match self.containers.get(id) {
+                Some(e) => e.owner(),
+                None => Owner {
+                    id: id.clone(),
+                    name: short_id(id).to_string(),
+                    image: String::new(),
+                },
+            },
+        }
     }
 }
 
-/// Maps cgroup ids to owners, caching answers; learns new containers.
-pub struct ContainerResolver {
-    /// `None` without a cgroup v2 hierarchy: everything is then `host`.
-    cgroups: Option<CgroupIndex>,
-    docker: Option<DockerApi>,
-    known: HashMap<String, ContainerInfo>,
-    by_cgroup: HashMap<u64, Owner>,
-    /// Devices no container had at the last look (host overlays).
-    unknown_devs: std::collections::HashSet<u32>,
-    last_refresh: Option<Instant>,
-    pub warned: Option<String>,
+/// A change to the kernel filter for a followed container: `--container`
+/// follows it across restarts (new cgroup, new root device), and a device
+/// it gave up stops passing (overlay devices are reused).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FilterUpdate {
+    Add {
+        cgroup_id: Option<u64>,
+        root_dev: Option<u32>,
+    },
+    RemoveDev(u32),
 }
 
-impl ContainerResolver {
-    pub fn new() -> Self {
-        let docker = DockerApi::discover();
-        let warned = docker.is_none().then(|| {
-            "no Docker/podman API socket found: containers are named by their id".to_string()
-        });
-        let mut r = Self {
-            cgroups: crate::cgroup::default_root().and_then(|r| CgroupIndex::scan(r).ok()),
-            docker,
-            known: HashMap::new(),
-            by_cgroup: HashMap::new(),
-            unknown_devs: Default::default(),
-            last_refresh: None,
-            warned,
+/// The kernel's cgroup id -> names map (see `agent_ebpf::CgroupName`).
+pub type KernelCgroupNames = aya::maps::HashMap<aya::maps::MapData, u64, agent_ebpf::CgroupName>;
+
+enum Request {
+    Cgroup(u64),
+    KernelNames(Box<KernelCgroupNames>),
+}
+
+/// `parent/leaf` of a kernel-recorded cgroup name, as a cgroup path tail.
+fn kernel_cgroup_path(names: &KernelCgroupNames, cg: u64) -> Option<String> {
+    let n = names.get(&cg, 0).ok()?;
+    let text = |b: &[u8]| {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    };
+    let (parent, leaf) = (text(&n.parent), text(&n.leaf));
+    (!leaf.is_empty()).then(|| format!("/{parent}/{leaf}"))
+}
+
+/// The event path's handle.
+pub struct Attribution {
+    dir: Arc<Mutex<Directory>>,
+    requests: mpsc::UnboundedSender<Request>,
+    asked: HashSet<u64>,
+    /// Filter updates for followed containers, for the main loop.
+    pub filter_updates: mpsc::UnboundedReceiver<FilterUpdate>,
+    follow: Arc<Mutex<HashSet<String>>>,
+    _worker: std::thread::JoinHandle<()>,
+}
+
+impl Attribution {
+    /// Starts the worker with the runtime found on this host (if any).
+    pub fn start() -> Self {
+        match DockerEngine::discover() {
+            Some(Ok(engine)) => Self::start_with(Some(engine)),
+            Some(Err(e)) => {
+                let a = Self::start_with(None::<DockerEngine>);
+                a.lock().warning = Some(format!("{e:#}: containers are named by their id"));
+                a
+            }
+            None => {
+                let a = Self::start_with(None::<DockerEngine>);
+                a.lock().warning = Some(
+                    "no Docker/podman API socket found: containers are named by their id".into(),
+                );
+                a
+            }
+        }
+    }
+
+    /// Starts the worker with `runtime` (None: ids only).
+    pub fn start_with<R: Runtime>(runtime: Option<R>) -> Self {
+        let dir = Arc::new(Mutex::new(Directory::default()));
+        let (req_tx, req_rx) = mpsc::unbounded_channel();
+        let (filter_tx, filter_rx) = mpsc::unbounded_channel();
+        let follow = Arc::new(Mutex::new(HashSet::new()));
+        let worker = {
+            let dir = dir.clone();
+            let follow = follow.clone();
+            std::thread::Builder::new()
+                .name("attribution".into())
+                .spawn(move || {
+                    // Capabilities are per thread: this one needs no more
+                    // than the run keeps after attaching, so it gives up
+                    // the rest at once.
+                    if let Err(e) = crate::privileges::drop_after_attach() {
+                        let mut d = dir.lock().unwrap_or_else(|p| p.into_inner());
+                        d.warning = Some(format!("attribution worker: {e:#}"));
+                    }
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let mut d = dir.lock().unwrap_or_else(|p| p.into_inner());
+                            d.warning = Some(format!("attribution worker: {e}"));
+                            d.ready = true;
+                            return;
+                        }
+                    };
+                    rt.block_on(work(runtime, dir, req_rx, filter_tx, follow));
+                })
+                .expect("spawn the attribution thread")
         };
-        r.refresh_containers();
-        r
+        Attribution {
+            dir,
+            requests: req_tx,
+            asked: HashSet::new(),
+            filter_updates: filter_rx,
+            follow,
+            _worker: worker,
+        }
     }
 
-    /// Asks the runtime again (at most every 500 ms).
-    fn refresh_containers(&mut self) {
-        if self
-            .last_refresh
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+    fn lock(&self) -> MutexGuard<'_, Directory> {
+        // A panic elsewhere while holding it leaves consistent data.
+        self.dir.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits (at most `timeout`) for the runtime's first list.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        loop {
+            if self.lock().ready {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn warning(&self) -> Option<String> {
+        self.lock().warning.clone()
+    }
+
+    /// Running containers, as last seen.
+    pub fn containers(&self) -> Vec<Entry> {
+        self.lock()
+            .containers
+            .values()
+            .filter(|e| e.exited_at.is_none())
+            .cloned()
+            .collect()
+    }
+
+    /// A running container by name or unambiguous id prefix (4+ chars).
+    pub fn find(&self, name_or_id: &str) -> Option<Entry> {
+        let wanted = name_or_id.trim_start_matches('/');
+        let running = self.containers();
+        if let Some(e) = running.iter().find(|e| e.info.name == wanted) {
+            return Some(e.clone());
+        }
+        let mut m = running
+            .into_iter()
+            .filter(|e| wanted.len() >= 4 && e.info.id.starts_with(wanted));
+        let first = m.next();
+        if m.next().is_some() {
+            None
+        } else {
+            first
+        }
+    }
+
+    /// Follow containers named so: each start or restart of one sends a
+    /// [`FilterUpdate`].
+    pub fn follow(&self, names: impl IntoIterator<Item = String>) {
+        self.follow
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(names);
+    }
+
+    /// The owner of cgroup `id`, or None while the worker resolves it (the
+    /// caller holds the event and asks again).
+    pub fn owner_of_cgroup(&mut self, cgroup_id: u64) -> Option<Owner> {
         {
+            let d = self.lock();
+            if let Some(a) = d.by_cgroup.get(&cgroup_id) {
+                return Some(d.owner_of(a));
+            }
+        }
+        if self.asked.len() >= MAX_CGROUPS {
+            self.asked.clear();
+        }
+        if self.asked.insert(cgroup_id) {
+            // The worker is gone only when the process is ending.
+            let _ = self.requests.send(Request::Cgroup(cgroup_id));
+        }
+        None
+    }
+
+    /// Hands the kernel's cgroup names to the worker: cgroups already gone
+    /// from cgroupfs (a container that lived for a moment) are still named.
+    pub fn use_kernel_names(&self, names: KernelCgroupNames) {
+        let _ = self.requests.send(Request::KernelNames(Box::new(names)));
+    }
+
+    /// The container whose root filesystem is overlay device `dev`.
+    pub fn owner_of_dev(&self, dev: u32) -> Option<Owner> {
+        let d = self.lock();
+        let id = d.by_dev.get(&dev)?;
+        d.containers.get(id).map(Entry::owner)
+    }
+
+    /// The owner with its current name and image (for rendering: a name
+    /// learned after the first event replaces the id-derived one).
+    pub fn describe(&self, owner: &Owner) -> Owner {
+        if owner.id == Owner::host().id {
+            return owner.clone();
+        }
+        self.lock()
+            .containers
+            .get(&owner.id)
+            .map(Entry::owner)
+            .unwrap_or_else(|| owner.clone())
+    }
+}
+
+/// What the worker's runtime tasks send back.
+enum Answer {
+    /// The answer to a list: every running container.
+    Listed(anyhow::Result<Vec<ContainerInfo>>),
+    /// One container described.
+    Described(ContainerInfo),
+}
+
+/// The worker: resolves cgroup ids, follows the runtime. Runtime requests
+/// run as tasks of their own, so a runtime that never answers delays
+/// names, never cgroup resolution.
+async fn work<R: Runtime>(
+    runtime: Option<R>,
+    dir: Arc<Mutex<Directory>>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    filters: mpsc::UnboundedSender<FilterUpdate>,
+    follow: Arc<Mutex<HashSet<String>>>,
+) {
+    let with = |f: &mut dyn FnMut(&mut Directory)| {
+        let mut d = dir.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut d)
+    };
+    let mut cgroups = crate::cgroup::default_root().and_then(|r| CgroupIndex::scan(r).ok());
+    if cgroups.is_none() {
+        with(&mut |d| {
+            d.warning.get_or_insert(
+                "no cgroup v2 hierarchy: events are attributed by overlay filesystem only".into(),
+            );
+        });
+    }
+    let runtime = runtime.map(Arc::new);
+    let (answers_tx, mut answers) = mpsc::unbounded_channel::<Answer>();
+    let spawn_list = |rt: &Arc<R>| {
+        let (rt, tx) = (rt.clone(), answers_tx.clone());
+        tokio::spawn(async move {
+            let _ = tx.send(Answer::Listed(rt.list().await));
+        });
+    };
+    let spawn_describe = |rt: &Arc<R>, id: String| {
+        let (rt, tx) = (rt.clone(), answers_tx.clone());
+        tokio::spawn(async move {
+            if let Ok(Some(info)) = rt.inspect(&id).await {
+                let _ = tx.send(Answer::Described(info));
+            }
+        });
+    };
+    let mut feed = match &runtime {
+        Some(rt) => {
+            spawn_list(rt);
+            Some(rt.changes())
+        }
+        None => {
+            with(&mut |d| d.ready = true);
+            None
+        }
+    };
+    let mut relist =
+        tokio::time::interval_at(tokio::time::Instant::now() + RELIST_EVERY, RELIST_EVERY);
+    relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut new_ids = Vec::new();
+    let mut names = None;
+    loop {
+        tokio::select! {
+            req = requests.recv() => {
+                let Some(req) = req else { return };
+                handle_request(&dir, req, &mut cgroups, &mut names, &mut new_ids);
+                while let Ok(req) = requests.try_recv() {
+                    handle_request(&dir, req, &mut cgroups, &mut names, &mut new_ids);
+                }
+            }
+            Some(answer) = answers.recv() => match answer {
+                Answer::Listed(Ok(list)) => with(&mut |d| {
+                    let now = Instant::now();
+                    let running: HashSet<&str> = list.iter().map(|c| c.id.as_str()).collect();
+                    let stale: Vec<String> = d
+                        .containers
+                        .values()
+                        .filter(|e| e.exited_at.is_none() && e.described && !running.contains(e.info.id.as_str()))
+                        .map(|e| e.info.id.clone())
+                        .collect();
+                    for id in stale {
+                        d.stopped(&id, now);
+                    }
+                    for c in &list {
+                        d.upsert(c.clone(), true);
+                    }
+                    d.ready = true;
+                }),
+                Answer::Listed(Err(e)) => with(&mut |d| {
+                    if !d.ready {
+                        d.warning = Some(format!(
+                            "{} unavailable ({e:#}): containers are named by their id until it answers",
+                            runtime.as_ref().map(|r| r.describe()).unwrap_or_default()
+                        ));
+                    }
+                    d.ready = true;
+                }),
+                Answer::Described(info) => {
+                    let running = info.pid.is_some();
+                    let mut update = None;
+                    with(&mut |d| {
+                        let e = d.upsert(info.clone(), true);
+                        update = Some(FilterUpdate::Add { cgroup_id: e.cgroup_id, root_dev: e.root_dev });
+                    });
+                    let followed = follow
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains(&info.name);
+                    if let (true, true, Some(u)) = (followed, running, update) {
+                        let _ = filters.send(u);
+                    }
+                }
+            },
+            change = async { feed.as_mut().unwrap().next().await }, if feed.is_some() => match change {
+                Some(Ok(Change::Started(id))) | Some(Ok(Change::Updated(id))) => new_ids.push(id),
+                Some(Ok(Change::Stopped(id))) => {
+                    let mut gone = None;
+                    with(&mut |d| gone = d.stopped(&id, Instant::now()));
+                    if let Some((e, Some(dev))) = gone {
+                        if follow.lock().unwrap_or_else(|p| p.into_inner()).contains(&e.info.name) {
+                            let _ = filters.send(FilterUpdate::RemoveDev(dev));
+                        }
+                    }
+                }
+                // The feed broke: relist and resubscribe on the next tick.
+                Some(Err(_)) | None => feed = None,
+            },
+            _ = relist.tick() => {
+                with(&mut |d| d.prune(Instant::now()));
+                if let (Some(rt), None) = (&runtime, &feed) {
+                    feed = Some(rt.changes());
+                    spawn_list(rt);
+                }
+            }
+        }
+        if let Some(rt) = &runtime {
+            for id in new_ids.drain(..) {
+                spawn_describe(rt, id);
+            }
+        } else {
+            new_ids.clear();
+        }
+    }
+}
+
+/// Resolve one cgroup id from cgroupfs, or from the names the kernel
+/// recorded when the cgroup is gone; a container the directory does not
+/// know yet is added by id and queued to be described.
+fn handle_request(
+    dir: &Arc<Mutex<Directory>>,
+    req: Request,
+    cgroups: &mut Option<CgroupIndex>,
+    names: &mut Option<Box<KernelCgroupNames>>,
+    to_describe: &mut Vec<String>,
+) {
+    let cg = match req {
+        Request::Cgroup(cg) => cg,
+        Request::KernelNames(map) => {
+            *names = Some(map);
             return;
         }
-        self.last_refresh = Some(Instant::now());
-        let Some(api) = &self.docker else { return };
-        match api.containers() {
-            Ok(list) => {
-                for c in list {
-                    if let Some(dev) = c.root_dev {
-                        self.unknown_devs.remove(&dev);
-                    }
-                    self.known.insert(c.id.clone(), c);
-                }
-            }
-            Err(e) if self.warned.is_none() => {
-                self.warned = Some(format!(
-                    "Docker API unavailable ({e}): containers are named by their id"
-                ));
-            }
-            Err(_) => {}
+    };
+    let path = cgroups
+        .as_mut()
+        .and_then(|c| c.lookup(cg).map(str::to_string))
+        .or_else(|| kernel_cgroup_path(names.as_ref()?, cg));
+    let attributed = match path.as_deref().and_then(container_id_from_cgroup_path) {
+        Some((_runtime, id)) => Attributed::Container(id),
+        None => Attributed::Host,
+    };
+    let mut d = dir.lock().unwrap_or_else(|p| p.into_inner());
+    if let Attributed::Container(id) = &attributed {
+        if !d.containers.contains_key(id) {
+            d.upsert(
+                ContainerInfo {
+                    id: id.clone(),
+                    ..Default::default()
+                },
+                false,
+            );
+            to_describe.push(id.clone());
         }
     }
+    d.by_cgroup.insert(cg, attributed);
+}
 
-    pub fn containers(&mut self) -> Vec<ContainerInfo> {
-        self.refresh_containers();
-        self.known.values().cloned().collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_ids_never_split_a_character() {
+        assert_eq!(short_id("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_id("ééééééééééééé"), "éééééééééééé");
+        assert_eq!(short_id("ab"), "ab");
     }
 
-    /// Finds containers by name or id prefix.
-    pub fn find(&mut self, name_or_id: &str) -> Option<ContainerInfo> {
-        self.last_refresh = None;
-        self.refresh_containers();
-        let wanted = name_or_id.trim_start_matches('/');
-        self.known
-            .values()
-            .find(|c| c.name == wanted)
-            .or_else(|| {
-                let mut m = self
-                    .known
-                    .values()
-                    .filter(|c| wanted.len() >= 4 && c.id.starts_with(wanted));
-                let first = m.next();
-                if m.next().is_some() {
-                    None
-                } else {
-                    first
-                }
-            })
-            .cloned()
-    }
-
-    pub fn owner_of_cgroup(&mut self, cgroup_id: u64) -> Owner {
-        if let Some(o) = self.by_cgroup.get(&cgroup_id) {
-            return o.clone();
-        }
-        let Some(path) = self
-            .cgroups
-            .as_mut()
-            .and_then(|c| c.lookup(cgroup_id).map(str::to_string))
-        else {
-            return Owner::host();
-        };
-        let Some((_runtime, id)) = container_id_from_cgroup_path(&path) else {
-            let owner = Owner::host();
-            self.by_cgroup.insert(cgroup_id, owner.clone());
-            return owner;
-        };
-        if !self.known.contains_key(&id) {
-            self.refresh_containers();
-        }
-        let owner = match self.known.get(&id) {
-            Some(c) => Owner {
-                id: c.id.clone(),
-                name: c.name.clone(),
-                image: c.image.clone(),
-            },
-            None => Owner {
+    #[test]
+    fn a_name_learned_later_keeps_the_identity() {
+        let mut d = Directory::default();
+        let id = "a".repeat(64);
+        d.upsert(
+            ContainerInfo {
                 id: id.clone(),
-                name: id.chars().take(12).collect(),
-                image: String::new(),
+                ..Default::default()
             },
-        };
-        // Cache only named answers, so a container the runtime reports a
-        // moment later still gets its name.
-        if self.known.contains_key(&id) || self.docker.is_none() {
-            self.by_cgroup.insert(cgroup_id, owner.clone());
-        }
-        owner
+            false,
+        );
+        let before = d.owner_of(&Attributed::Container(id.clone()));
+        assert_eq!(before.name, "aaaaaaaaaaaa");
+        d.upsert(
+            ContainerInfo {
+                id: id.clone(),
+                name: "nginx".into(),
+                image: "nginx:1".into(),
+                ..Default::default()
+            },
+            true,
+        );
+        let after = d.owner_of(&Attributed::Container(id.clone()));
+        assert_eq!(after.name, "nginx");
+        assert_eq!(before, after, "one container, one identity");
+        // An id-only sighting never overwrites what the runtime said.
+        d.upsert(
+            ContainerInfo {
+                id: id.clone(),
+                ..Default::default()
+            },
+            false,
+        );
+        assert_eq!(d.owner_of(&Attributed::Container(id)).name, "nginx");
     }
-}
 
-impl ContainerResolver {
-    /// The container whose root filesystem is overlay device `dev`.
-    pub fn owner_of_dev(&mut self, dev: u32) -> Option<Owner> {
-        let find = |known: &HashMap<String, ContainerInfo>| {
-            known
-                .values()
-                .find(|c| c.root_dev == Some(dev))
-                .map(|c| Owner {
-                    id: c.id.clone(),
-                    name: c.name.clone(),
-                    image: c.image.clone(),
-                })
-        };
-        if let Some(o) = find(&self.known) {
-            return Some(o);
-        }
-        if self.unknown_devs.contains(&dev) {
-            return None;
-        }
-        self.refresh_containers();
-        let found = find(&self.known);
-        if found.is_none() {
-            self.unknown_devs.insert(dev);
-        }
-        found
+    #[test]
+    fn a_stopped_container_gives_up_its_device() {
+        let mut d = Directory::default();
+        d.by_dev.insert(7, "x".into());
+        d.containers.insert(
+            "x".into(),
+            Entry {
+                info: ContainerInfo {
+                    id: "x".into(),
+                    ..Default::default()
+                },
+                root_dev: Some(7),
+                cgroup_id: None,
+                described: true,
+                exited_at: None,
+            },
+        );
+        d.stopped("x", Instant::now());
+        assert!(!d.by_dev.contains_key(&7));
+        assert!(d.containers["x"].exited_at.is_some());
     }
-}
 
-impl Default for ContainerResolver {
-    fn default() -> Self {
-        Self::new()
+    #[test]
+    fn cgroup_memory_is_bounded() {
+        let mut d = Directory::default();
+        for i in 0..(MAX_CGROUPS as u64 + 10) {
+            d.by_cgroup.insert(i, Attributed::Host);
+        }
+        d.prune(Instant::now());
+        assert!(d.by_cgroup.len() <= MAX_CGROUPS);
     }
 }

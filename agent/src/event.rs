@@ -38,9 +38,16 @@ pub struct KernelEvent {
     /// Overlay device, kernel encoding (major << 20 | minor).
     pub dev: u32,
     pub file_type: &'static str,
-    /// Raw path bytes relative to the overlay root (may be invalid UTF-8).
+    /// Raw path bytes relative to the overlay root (may be invalid UTF-8);
+    /// a cut name holds its first bytes only (see `names_cut`).
     pub path: Vec<u8>,
+    /// Cut at the top: deeper than the kernel walks.
     pub path_cut: bool,
+    /// Root first, one per component of `path`: that name was longer than
+    /// the kernel keeps.
+    pub names_cut: Vec<bool>,
+    /// Inode number of the object.
+    pub ino: u64,
 }
 
 impl KernelEvent {
@@ -52,24 +59,84 @@ impl KernelEvent {
         }
     }
 
-    /// The path for display and JSON: control characters and invalid UTF-8
-    /// escaped (`\xNN`), a cut path prefixed with `…/`.
+    /// The path for display and JSON: control characters, format
+    /// characters, backslashes and invalid UTF-8 escaped (`\xNN`), so a
+    /// raw backslash can only be one of these markers:
+    ///
+    /// - `\…/` first: the path was deeper than the kernel walks (its top
+    ///   is missing);
+    /// - `\…` after a name: the name was longer than the kernel keeps
+    ///   (this is its start), and the path then ends in `\#INODE`, so two
+    ///   objects whose names start alike are never one path.
     pub fn path_display(&self) -> String {
         let mut s = String::new();
         if self.path_cut {
-            s.push_str("…/");
+            s.push_str("\\…/");
         }
-        s.push_str(&escape_bytes(&self.path));
+        let mut any_cut = false;
+        for (i, part) in self.path.split(|&b| b == b'/').enumerate() {
+            if i > 0 {
+                s.push('/');
+            }
+            s.push_str(&escape_bytes(part));
+            if self.names_cut.get(i).copied().unwrap_or(false) {
+                s.push_str("\\…");
+                any_cut = true;
+            }
+        }
+        if any_cut {
+            s.push_str(&format!("\\#{}", self.ino));
+        }
         s
     }
 }
 
-/// Escapes control characters, backslashes and invalid UTF-8 as `\xNN`.
+/// Characters that change how text around them looks without being seen
+/// themselves: Unicode format characters (general category Cf: bidi
+/// overrides and isolates such as U+202E, zero-width characters, the BOM,
+/// tag characters, ...) and the line and paragraph separators (Zl, Zp).
+/// A name holding one could pass for another name on a terminal.
+pub fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x00AD
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x2028..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
+}
+
+/// [`escape_bytes`] for text that is already a string (container names,
+/// ids, runtime messages).
+pub fn escape_str(s: &str) -> String {
+    escape_bytes(s.as_bytes())
+}
+
+/// Escapes control characters (C0, DEL, C1), invisible format characters
+/// ([`is_invisible_format`]), backslashes and invalid UTF-8 as `\xNN` per
+/// byte, so what is shown is exactly what the bytes were.
 pub fn escape_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
-            if c.is_control() || c == '\\' {
+            if c.is_control() || c == '\\' || is_invisible_format(c) {
                 for b in c.to_string().bytes() {
                     let _ = write!(out, "\\x{b:02x}");
                 }
@@ -102,6 +169,13 @@ fn file_type(mode: u32) -> &'static str {
     }
 }
 
+/// The kind of a ring-buffer record without decoding the rest (to count
+/// records that are dropped unread).
+pub fn record_kind(bytes: &[u8]) -> Option<EventKind> {
+    let head: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
+    EventKind::from_u32(u32::from_ne_bytes(head))
+}
+
 /// Decodes one ring-buffer record; `None` if it is not a whole [`Event`].
 pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
     if bytes.len() < std::mem::size_of::<Event>() {
@@ -111,11 +185,13 @@ pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
     let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const Event) };
     let depth = (ev.path.depth as usize).min(agent_ebpf::PATH_DEPTH);
     let mut path = Vec::new();
+    let mut names_cut = Vec::with_capacity(depth);
     for i in (0..depth).rev() {
-        if !path.is_empty() {
+        if i + 1 != depth {
             path.push(b'/');
         }
         path.extend_from_slice(cstr(&ev.path.names[i]));
+        names_cut.push(ev.path.name_cut & (1 << i) != 0);
     }
     let kind = match EventKind::from_u32(ev.kind)? {
         EventKind::CopyUp => Kind::CopyUp(CopyUp {
@@ -151,6 +227,8 @@ pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
         },
         path,
         path_cut: ev.flags & flags::PATH_CUT != 0,
+        names_cut,
+        ino: ev.ino,
     })
 }
 
@@ -210,6 +288,27 @@ mod tests {
     }
 
     #[test]
+    fn escaping_invisible_format_characters() {
+        // Right-to-left override: "evil\u{202e}txt.sh" shows as "evilhs.txt".
+        assert_eq!(
+            escape_str("evil\u{202e}txt.sh"),
+            "evil\\xe2\\x80\\xaetxt.sh"
+        );
+        assert_eq!(escape_str("a\u{200b}b"), "a\\xe2\\x80\\x8bb");
+        assert_eq!(escape_str("a\u{2028}b"), "a\\xe2\\x80\\xa8b");
+        assert_eq!(escape_str("\u{feff}x"), "\\xef\\xbb\\xbfx");
+        assert_eq!(
+            escape_str("\u{2066}x\u{2069}"),
+            "\\xe2\\x81\\xa6x\\xe2\\x81\\xa9"
+        );
+        assert_eq!(escape_str("tag\u{e0041}"), "tag\\xf3\\xa0\\x81\\x81");
+        // C1 controls, e.g. U+009B (CSI).
+        assert_eq!(escape_str("a\u{9b}31m"), "a\\xc2\\x9b31m");
+        // Ordinary non-ASCII text stays readable.
+        assert_eq!(escape_str("données/日本語/ü"), "données/日本語/ü");
+    }
+
+    #[test]
     fn cut_path_is_marked() {
         let mut ev = blank();
         ev.kind = EventKind::Whiteout as u32;
@@ -218,8 +317,42 @@ mod tests {
         ev.path.depth = 1;
         ev.path.names[0][0] = b'z';
         let e = decode(&bytes(&ev)).unwrap();
-        assert_eq!(e.path_display(), "…/z");
+        assert_eq!(e.path_display(), "\\…/z");
         assert_eq!(e.file_type, "dir");
         assert_eq!(e.kind, Kind::Whiteout { cause: "rmdir" });
+    }
+
+    #[test]
+    fn long_names_that_start_alike_stay_apart_and_cuts_are_unambiguous() {
+        let long = |ino: u64| {
+            let mut ev = blank();
+            ev.kind = EventKind::CopyUp as u32;
+            ev.path.depth = 2;
+            ev.path.names[0][..63].copy_from_slice(&[b'L'; 63]);
+            ev.path.names[1][..4].copy_from_slice(b"data");
+            ev.path.name_cut = 1;
+            ev.ino = ino;
+            decode(&bytes(&ev)).unwrap()
+        };
+        let a = long(1001).path_display();
+        let b = long(1002).path_display();
+        assert_ne!(a, b);
+        assert_eq!(a, format!("data/{}\\…\\#1001", "L".repeat(63)));
+        // A directory really named `…`, or with a backslash, is no marker.
+        let mut ev = blank();
+        ev.kind = EventKind::OpaqueDir as u32;
+        ev.path.depth = 2;
+        ev.path.names[0][..1].copy_from_slice(b"x");
+        ev.path.names[1][..3].copy_from_slice("…".as_bytes());
+        let real = decode(&bytes(&ev)).unwrap().path_display();
+        assert_eq!(real, "…/x");
+        ev.path.names[1][..4].copy_from_slice(b"\\#12");
+        let real = decode(&bytes(&ev)).unwrap().path_display();
+        assert_eq!(real, "\\x5c#12/x");
+        // A depth cut and a name cut are told apart.
+        ev.flags = flags::PATH_CUT;
+        let deep = decode(&bytes(&ev)).unwrap().path_display();
+        assert!(deep.starts_with("\\…/"), "{deep}");
+        assert!(!deep.contains("\\#"), "{deep}");
     }
 }

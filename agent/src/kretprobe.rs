@@ -34,6 +34,8 @@ pub fn tracefs() -> Option<PathBuf> {
 
 /// A return probe created in tracefs; removed again on drop.
 pub struct TracefsKretprobe {
+    /// Lets a second Ctrl-C remove the probe from its signal handler.
+    registered: Option<crate::shutdown::Registered>,
     perf: Option<OwnedFd>,
     tracefs: PathBuf,
     event: String,
@@ -46,14 +48,47 @@ fn write_events(tracefs: &Path, line: &str) -> std::io::Result<()> {
     f.write_all(line.as_bytes())
 }
 
-/// Removes return probes left by cowtrace processes that no longer exist
-/// (killed with SIGKILL, so their Drop never ran).
+/// This process's probe names: `cowtrace_<16 random hex>_<function>`. A
+/// random instance id rather than the pid: two agents in different pid
+/// namespaces (both pid 1, say) must not share names.
+pub fn instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let mut r = [0u8; 8];
+        let mut filled = 0;
+        while filled < r.len() {
+            match rustix::rand::getrandom(&mut r[filled..], rustix::rand::GetRandomFlags::empty()) {
+                Ok(n) => filled += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => {
+                    // No getrandom (pre-3.17 kernels): time and pid differ
+                    // between instances started apart.
+                    let t = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or(0);
+                    r = (t ^ ((std::process::id() as u64) << 40)).to_ne_bytes();
+                    break;
+                }
+            }
+        }
+        r.iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
+
+/// Removes cowtrace return probes that no process uses any more (their
+/// agent was killed with SIGKILL, so its Drop never ran).
+///
+/// Which ones are stale is left to the kernel, not guessed from a pid:
+/// tracefs refuses (EBUSY) to remove a probe while a perf event of a live
+/// agent is attached to it, whatever pid namespace that agent is in, so
+/// trying to remove every `cowtrace_` probe removes exactly the stale ones.
 pub fn remove_stale(tracefs: &Path) {
     let Ok(text) = std::fs::read_to_string(tracefs.join("kprobe_events")) else {
         return;
     };
     for line in text.lines() {
-        // r4096:kprobes/cowtrace_1234_ovl_copy_up_one ovl_copy_up_one
+        // r4096:kprobes/cowtrace_0123456789abcdef_ovl_copy_up_one ovl_copy_up_one
         let Some(event) = line
             .split_whitespace()
             .next()
@@ -61,34 +96,44 @@ pub fn remove_stale(tracefs: &Path) {
         else {
             continue;
         };
-        let Some(rest) = event.strip_prefix("kprobes/cowtrace_") else {
-            continue;
-        };
-        let pid = rest.split('_').next().and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = write_events(tracefs, &format!("-:{event}\n"));
-            }
+        if event.starts_with("kprobes/cowtrace_") {
+            let _ = write_events(tracefs, &format!("-:{event}\n"));
         }
     }
 }
 
 impl TracefsKretprobe {
-    /// Creates `r<MAXACTIVE>:kprobes/cowtrace_<pid>_<function>` and runs
-    /// the loaded kprobe program `prog_fd` on every return of `function`.
+    /// Creates `r<MAXACTIVE>:kprobes/cowtrace_<instance>_<function>` and
+    /// runs the loaded kprobe program `prog_fd` on every return of
+    /// `function`.
     pub fn attach(tracefs: &Path, function: &str, prog_fd: RawFd) -> Result<Self> {
-        let event = format!("cowtrace_{}_{}", std::process::id(), function);
+        let event = format!("cowtrace_{}_{}", instance_id(), function);
+        // Another agent's stale-probe cleanup may remove the probe between
+        // its creation and our perf event (the moment it becomes busy):
+        // then it is simply made again.
+        let mut last = None;
+        for _ in 0..5 {
+            match Self::try_attach(tracefs, function, &event, prog_fd) {
+                Ok(p) => return Ok(p),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("creating {event}")))
+    }
+
+    fn try_attach(tracefs: &Path, function: &str, event: &str, prog_fd: RawFd) -> Result<Self> {
         write_events(
             tracefs,
             &format!("r{MAXACTIVE}:kprobes/{event} {function}\n"),
         )
         .with_context(|| format!("creating a return probe on {function} in tracefs"))?;
         let mut probe = TracefsKretprobe {
+            registered: None,
             perf: None,
             tracefs: tracefs.to_path_buf(),
-            event: event.clone(),
+            event: event.to_string(),
         };
-        let id_path = tracefs.join("events/kprobes").join(&event).join("id");
+        let id_path = tracefs.join("events/kprobes").join(event).join("id");
         let id: u64 = std::fs::read_to_string(&id_path)
             .with_context(|| format!("reading {}", id_path.display()))?
             .trim()
@@ -135,6 +180,8 @@ impl TracefsKretprobe {
                 ));
             }
         }
+        probe.registered =
+            crate::shutdown::register_probe(&tracefs.join("kprobe_events"), fd.as_raw_fd(), event);
         probe.perf = Some(fd);
         Ok(probe)
     }
@@ -142,7 +189,9 @@ impl TracefsKretprobe {
 
 impl Drop for TracefsKretprobe {
     fn drop(&mut self) {
-        // The perf event must be closed before tracefs lets the probe go.
+        // No longer the signal handler's to remove; then the perf event
+        // must be closed before tracefs lets the probe go.
+        self.registered.take();
         self.perf.take();
         let _ = write_events(&self.tracefs, &format!("-:kprobes/{}\n", self.event));
     }

@@ -3,8 +3,13 @@
 //!
 //! kernel records (`agent_ebpf` wire types)
 //!   -> [`probes`] (load and attach, layout from [`btf`])
-//!   -> [`event`] (decoded) -> [`attribution`] (container, via [`cgroup`])
-//!   -> [`stats`] (HDR histograms) -> [`live`] / [`report`] (outputs).
+//!   -> [`event`] (decoded) -> [`attribution`] (container, via [`cgroup`]
+//!   and the [`runtime`] clients, on a worker thread of its own)
+//!   -> [`stats`] (bounded: [`hist`], [`topfiles`]) -> [`live`] / [`report`] (outputs).
+//!
+//! Offline, [`offline`] (`cowtrace report`) reads saved reports back
+//! ([`report::read`]), pairs two of them ([`compare`]) and renders them
+//! ([`render`]: terminal text, HTML with plots).
 //!
 //! [`kallsyms`] turns a copy-up's kernel stack into its trigger;
 //! [`mountinfo`] maps overlay devices to mounts; [`doctor`] checks the
@@ -13,12 +18,21 @@
 pub mod attribution;
 pub mod btf;
 pub mod cgroup;
+pub mod compare;
 pub mod doctor;
 pub mod event;
+pub mod hist;
 pub mod kallsyms;
 pub mod kretprobe;
 pub mod live;
 pub mod mountinfo;
+pub mod offline;
+pub mod output;
+pub mod privileges;
 pub mod probes;
+pub mod render;
 pub mod report;
+pub mod runtime;
+pub mod shutdown;
 pub mod stats;
+pub mod topfiles;

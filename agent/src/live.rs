@@ -1,8 +1,9 @@
 //! The terminal view: one line per event, a per-container summary every
 //! interval, and at exit copy-up versus write histograms and top files.
 
-use crate::event::{KernelEvent, Kind};
-use crate::stats::{top_files, Owner, OwnerStats, WriteTotals};
+use crate::event::{escape_str, KernelEvent, Kind};
+use crate::hist::LogHist;
+use crate::stats::{Owner, OwnerStats, WriteTotals};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 
@@ -62,9 +63,12 @@ pub fn event_line(
         Kind::Whiteout { cause } => ("whiteout", *cause, "-".into(), "-".into()),
         Kind::OpaqueDir => ("opaque", "mkdir", "-".into(), "-".into()),
     };
+    // Names come from the runtime, i.e. from whoever named the container.
     let who = match fs {
-        Some(f) if f.id != owner.id => format!("{}>{}", owner.name, f.name),
-        _ => owner.name.clone(),
+        Some(f) if f.id != owner.id => {
+            format!("{}>{}", escape_str(&owner.name), escape_str(&f.name))
+        }
+        _ => escape_str(&owner.name),
     };
     format!(
         "{:<12} {:<16} {:>7} {:<15} {:<10} {:<8} {:>10} {:>9}  {}",
@@ -80,7 +84,7 @@ pub fn event_line(
     )
 }
 
-fn pct(h: &Histogram<u64>, q: f64) -> String {
+fn pct(h: &LogHist, q: f64) -> String {
     if h.is_empty() {
         "-".into()
     } else {
@@ -119,7 +123,7 @@ pub fn summary_table(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -
         let _ = writeln!(
             s,
             "{:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}",
-            clip(&o.name, 16),
+            clip(&escape_str(&o.name), 16),
             st.copy_up_count,
             fmt_bytes(st.copy_up_bytes),
             pct(&st.copy_up, 0.5),
@@ -189,17 +193,51 @@ pub fn histogram_pair(copy_up: &Histogram<u64>, writes: &Histogram<u64>) -> Stri
     s
 }
 
+/// The exit summary: the table, then per container with activity its
+/// copy-up versus write histogram and its top files.
+pub fn exit_summary(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -> String {
+    let mut text = summary_table(rows, drops);
+    for (o, s, w) in rows {
+        if s.copy_up.is_empty() && w.latency.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            text,
+            "\n{} ({}): copy-up vs write latency",
+            escape_str(&o.name),
+            escape_str(crate::attribution::short_id(&o.id))
+        );
+        text.push_str(&histogram_pair(&s.copy_up.to_hdr(), &w.latency.to_hdr()));
+        if !s.files.is_empty() {
+            let _ = writeln!(text, "\n{}: top files by copy-up time", escape_str(&o.name));
+            text.push_str(&top_files_table(s, 10));
+        }
+    }
+    text
+}
+
 pub fn top_files_table(st: &OwnerStats, n: usize) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{:>10} {:>6} {:>10}  FILE", "TOTAL", "COUNT", "BYTES");
-    for (path, c) in top_files(&st.files, n) {
+    for f in st.files.top(n) {
+        let c = &f.cost;
         let _ = writeln!(
             s,
             "{:>10} {:>6} {:>10}  {}",
             fmt_ns(c.total_ns),
             c.count,
             fmt_bytes(c.bytes),
-            path
+            f.path
+        );
+    }
+    let c = st.files.other(n);
+    if c.count > 0 {
+        let _ = writeln!(
+            s,
+            "{:>10} {:>6} {:>10}  (other files)",
+            fmt_ns(c.total_ns),
+            c.count,
+            fmt_bytes(c.bytes)
         );
     }
     s
@@ -216,6 +254,42 @@ mod tests {
         assert_eq!(fmt_ns(12_345_678), "12.3ms");
         assert_eq!(fmt_bytes(4096), "4.0KiB");
         assert_eq!(fmt_bytes(64 << 20), "64.0MiB");
+    }
+
+    #[test]
+    fn container_names_are_escaped_in_the_live_view() {
+        let evil = Owner {
+            id: "x\u{202e}y".into(),
+            name: "ng\u{202e}xni\x1b[2J".into(),
+            image: String::new(),
+        };
+        let ev = crate::event::KernelEvent {
+            kind: Kind::OpaqueDir,
+            ts_ns: 0,
+            pid: 1,
+            tid: 1,
+            comm: "sh".into(),
+            cgroup_id: 0,
+            dev: 0,
+            file_type: "dir",
+            path: b"d".to_vec(),
+            path_cut: false,
+            names_cut: vec![false],
+            ino: 0,
+        };
+        let line = event_line("00:00:00.000", &evil, Some(&evil), None, &ev);
+        assert!(
+            !line.contains('\u{202e}') && !line.contains('\x1b'),
+            "{line:?}"
+        );
+        assert!(line.contains("ng\\xe2\\x80"), "{line:?}");
+        let st = OwnerStats::default();
+        let w = WriteTotals::default();
+        let table = summary_table(&[(&evil, &st, &w)], 0);
+        assert!(
+            !table.contains('\u{202e}') && !table.contains('\x1b'),
+            "{table:?}"
+        );
     }
 
     #[test]

@@ -8,13 +8,15 @@ use agent_ebpf::{WriteKey, WriteStats};
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use clap::{Parser, Subcommand};
-use cowtrace::attribution::ContainerResolver;
+use cowtrace::attribution::{Attribution, FilterUpdate};
+use cowtrace::event::escape_str;
 use cowtrace::event::{decode, KernelEvent};
 use cowtrace::kallsyms::Symbols;
+use cowtrace::output::{err_line, err_text, EventsTarget, JsonTarget};
 use cowtrace::probes::{ProbeOptions, Probes};
 use cowtrace::report::{self, RunInfo};
-use cowtrace::stats::{Owner, Stats, WriteTotals};
-use cowtrace::{doctor, live};
+use cowtrace::stats::{Owner, Row, Stats, WriteTotals};
+use cowtrace::{doctor, live, privileges, shutdown};
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -30,7 +32,8 @@ Examples:
   sudo cowtrace --duration 30s --json cow.json    everything on the host for 30 s
   sudo cowtrace --quiet --events - | jq .         NDJSON events on stdout
   sudo cowtrace --cgroup /sys/fs/cgroup/system.slice/foo.service
-  cowtrace doctor                                 can this kernel run cowtrace?";
+  cowtrace doctor                                 can this kernel run cowtrace?
+  cowtrace report cow.json --html cow.html        a saved report, with plots (no root)";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -78,6 +81,8 @@ struct Cli {
 enum Command {
     /// What this kernel offers, and how cowtrace would attach each probe
     Doctor,
+    /// A saved --json report on the terminal and as HTML plots, or two compared (no root needed)
+    Report(cowtrace::offline::ReportArgs),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -99,8 +104,21 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     if !(secs > 0.0 && secs.is_finite()) {
         return Err(format!("duration must be positive: {s:?}"));
     }
+    if secs < MIN_DURATION_S {
+        return Err(format!("duration too short: {s:?} (at least 1ms)"));
+    }
+    if secs > MAX_DURATION_S {
+        return Err(format!("duration too long: {s:?} (at most 3650 days)"));
+    }
     Ok(Duration::from_secs_f64(secs))
 }
+
+/// Below a millisecond an interval timer is a busy loop (and under 1 ns it
+/// is zero, which tokio's interval refuses with a panic).
+const MIN_DURATION_S: f64 = 0.001;
+/// Ten years: far beyond any run, far below what `Duration` and the
+/// monotonic clock can add without overflowing.
+const MAX_DURATION_S: f64 = 10.0 * 365.0 * 86400.0;
 
 /// Usage errors exit 2, runtime failures 1.
 enum Failure {
@@ -125,6 +143,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Doctor) => run_doctor(&cli),
+        Some(Command::Report(ref args)) => return ExitCode::from(cowtrace::offline::run(args)),
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -132,16 +151,26 @@ fn main() -> ExitCode {
             .and_then(|rt| rt.block_on(trace(cli))),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Ended::Clean) => ExitCode::SUCCESS,
+        // Each failed output was reported once when it failed.
+        Ok(Ended::OutputFailed) => ExitCode::from(1),
         Err(Failure::Usage(msg)) => {
-            eprintln!("cowtrace: {msg}");
+            err_line(&format!("cowtrace: {msg}"));
             ExitCode::from(2)
         }
         Err(Failure::Runtime(e)) => {
-            eprintln!("cowtrace: {e:#}");
+            err_line(&format!("cowtrace: {e:#}"));
             ExitCode::from(1)
         }
     }
+}
+
+/// How a run that got going ended.
+enum Ended {
+    Clean,
+    /// Some output could not be written (each said so once on stderr);
+    /// the others, and the final JSON if it could be, were still written.
+    OutputFailed,
 }
 
 fn probe_options(cli: &Cli, filter: bool) -> ProbeOptions {
@@ -151,84 +180,151 @@ fn probe_options(cli: &Cli, filter: bool) -> ProbeOptions {
     }
 }
 
-fn run_doctor(cli: &Cli) -> Result<(), Failure> {
+fn run_doctor(cli: &Cli) -> Result<Ended, Failure> {
     let (findings, _, _) = doctor::check(&probe_options(cli, false));
-    print!("{}", doctor::render(&findings));
-    match doctor::first_fatal(&findings) {
+    let mut text = doctor::render(&findings);
+    let fatal = doctor::first_fatal(&findings);
+    if fatal.is_none() {
+        text.push_str("cowtrace can run on this kernel\n");
+    }
+    let mut out = std::io::stdout().lock();
+    let written = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+    match fatal {
         Some(msg) => Err(Failure::Runtime(anyhow!("cannot run here: {msg}"))),
-        None => {
-            println!("cowtrace can run on this kernel");
-            Ok(())
-        }
+        None => match written {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(Failure::Runtime(anyhow!("writing to standard output: {e}")))
+            }
+            _ => Ok(Ended::Clean),
+        },
     }
 }
 
-/// Where output goes; a closed stdout ends the run quietly.
+/// Where output goes. A closed stdout (EPIPE) ends the run quietly; any
+/// other write error is reported once, stops that output only, and makes
+/// the exit status 1.
 struct Out {
-    stdout: std::io::Stdout,
-    events: Option<Box<dyn Write>>,
+    /// stdout's reader went away: the run ends quietly.
     closed: bool,
+    stdout_failed: bool,
+    events: Option<EventsOut>,
+    json_failed: bool,
+    /// Some output failed.
+    failed: bool,
+}
+
+struct EventsOut {
+    name: String,
+    w: Box<dyn Write>,
+    is_stdout: bool,
+    failed: bool,
 }
 
 impl Out {
     fn line(&mut self, s: &str) {
-        if self.closed {
+        if self.closed || self.stdout_failed {
             return;
         }
-        let mut lock = self.stdout.lock();
-        if writeln!(lock, "{s}").and_then(|_| lock.flush()).is_err() {
-            self.closed = true;
+        let mut lock = std::io::stdout().lock();
+        let res = writeln!(lock, "{s}").and_then(|_| lock.flush());
+        drop(lock);
+        if let Err(e) = res {
+            self.stdout_error(e);
         }
     }
 
-    fn event(&mut self, v: &serde_json::Value) -> Result<()> {
-        if let Some(w) = &mut self.events {
-            if let Err(e) = writeln!(w, "{v}") {
-                if e.kind() == std::io::ErrorKind::BrokenPipe {
-                    self.closed = true;
-                    return Ok(());
+    fn stdout_error(&mut self, e: std::io::Error) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            self.closed = true;
+        } else if !self.stdout_failed {
+            self.stdout_failed = true;
+            self.failed = true;
+            err_line(&format!(
+                "cowtrace: writing to standard output: {e}; nothing more is written there"
+            ));
+        }
+    }
+
+    fn event(&mut self, v: &serde_json::Value) {
+        let res = match &mut self.events {
+            Some(ev) if !ev.failed => writeln!(ev.w, "{v}"),
+            _ => return,
+        };
+        if let Err(e) = res {
+            self.events_error(e);
+        }
+    }
+
+    fn flush_events(&mut self) {
+        let res = match &mut self.events {
+            Some(ev) if !ev.failed => ev.w.flush(),
+            _ => return,
+        };
+        if let Err(e) = res {
+            self.events_error(e);
+        }
+    }
+
+    fn events_error(&mut self, e: std::io::Error) {
+        let Some(ev) = &mut self.events else { return };
+        ev.failed = true;
+        if ev.is_stdout {
+            self.stdout_error(e);
+            return;
+        }
+        self.failed = true;
+        err_line(&format!(
+            "cowtrace: writing events to {}: {e}; no more events are written there",
+            ev.name
+        ));
+    }
+
+    fn json(&mut self, target: &JsonTarget, v: &serde_json::Value) {
+        match target.write(&report::to_bytes(v)) {
+            Ok(()) => {}
+            Err(e) => {
+                self.failed = true;
+                if !self.json_failed {
+                    self.json_failed = true;
+                    err_line(&format!(
+                        "cowtrace: cannot write {}: {e} (tried again every interval and at the end)",
+                        target.path().display()
+                    ));
                 }
-                return Err(anyhow!("writing events: {e}"));
             }
         }
-        Ok(())
     }
 }
 
-fn check_writable(path: &std::path::Path) -> Result<(), Failure> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let probe = dir.join(format!(".cowtrace-probe-{}", std::process::id()));
-    match std::fs::File::create(&probe) {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(e) => Err(Failure::Usage(format!(
-            "cannot write {}: {e}",
-            path.display()
-        ))),
-    }
-}
-
-async fn trace(cli: Cli) -> Result<(), Failure> {
+async fn trace(cli: Cli) -> Result<Ended, Failure> {
     let started_wall = SystemTime::now();
     let filter = !cli.containers.is_empty() || !cli.pids.is_empty() || !cli.cgroups.is_empty();
     let opts = probe_options(&cli, filter);
 
-    // Usage first: these need no privileges.
-    if let Some(p) = &cli.json {
-        check_writable(p)?;
-    }
-    let events_out: Option<Box<dyn Write>> = match cli.events.as_deref() {
+    // Usage first: these need no privileges. Outputs are checked (and the
+    // events file opened) before anything is attached.
+    let json = match &cli.json {
+        Some(p) => Some(JsonTarget::open(p).map_err(|r| Failure::Usage(r.0))?),
         None => None,
-        Some("-") => Some(Box::new(std::io::stdout())),
-        Some(p) => Some(Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p)
-                .map_err(|e| Failure::Usage(format!("cannot write {p}: {e}")))?,
-        ))),
+    };
+    let events_out = match cli.events.as_deref() {
+        None => None,
+        Some(arg) => Some(
+            match EventsTarget::open(arg).map_err(|r| Failure::Usage(r.0))? {
+                EventsTarget::Stdout => EventsOut {
+                    name: "standard output".into(),
+                    w: Box::new(std::io::stdout()),
+                    is_stdout: true,
+                    failed: false,
+                },
+                EventsTarget::File { path, file } => EventsOut {
+                    name: path.display().to_string(),
+                    w: Box::new(std::io::BufWriter::new(file)),
+                    is_stdout: false,
+                    failed: false,
+                },
+            },
+        ),
     };
     let mut cgroup_ids = Vec::new();
     for p in &cli.cgroups {
@@ -260,14 +356,26 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
         }
     };
 
-    let mut resolver = ContainerResolver::new();
+    // Attribution runs on its own thread from here on; only `--container`
+    // waits for the runtime's first answer (bounded).
+    let attribution = Attribution::start();
     let mut container_filter = Vec::new();
+    if !cli.containers.is_empty() && !attribution.wait_ready(RUNTIME_WAIT) {
+        return Err(Failure::Runtime(anyhow!(
+            "the container runtime did not answer within {} s: cannot find --container {}",
+            RUNTIME_WAIT.as_secs(),
+            cli.containers.join(", ")
+        )));
+    }
     for name in &cli.containers {
-        match resolver.find(name) {
+        match attribution.find(name) {
             Some(c) => container_filter.push(c),
             None => {
-                let mut names: Vec<String> =
-                    resolver.containers().into_iter().map(|c| c.name).collect();
+                let mut names: Vec<String> = attribution
+                    .containers()
+                    .into_iter()
+                    .map(|c| c.info.name)
+                    .collect();
                 names.sort();
                 let list = if names.is_empty() {
                     "none".to_string()
@@ -275,19 +383,25 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
                     names.join(", ")
                 };
                 return Err(Failure::Usage(format!(
-                    "no running container {name:?}; running containers: {list}"
+                    "no running container {name:?}; running containers: {}",
+                    escape_str(&list)
                 )));
             }
         }
     }
-    if let Some(w) = &resolver.warned {
-        eprintln!("cowtrace: warning: {w}");
+    attribution.follow(container_filter.iter().map(|c| c.info.name.clone()));
+    if let Some(w) = attribution.warning() {
+        err_line(&format!("cowtrace: warning: {}", escape_str(&w)));
     }
 
     // Signals are ours before `tracing` is printed: a script that sends
     // SIGINT right after that line must get a complete report.
+    // SIGHUP too: a dropped ssh session must end the run the same way.
     let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    // A second signal ends the process at once, after detaching.
+    shutdown::install().context("signal handlers")?;
     let t_attach = Instant::now();
     let mut probes = Probes::attach(&syms, &btf, &opts).map_err(Failure::Runtime)?;
     // BTF is only needed to attach; give its memory back.
@@ -296,20 +410,16 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     // and empty maps, nothing passes until now. A container is both its
     // processes (cgroup) and its root filesystem (overlay device), so a
     // `docker cp` into it counts too.
-    for c in &container_filter {
-        if let Some(id) = c
-            .pid
-            .and_then(|p| cowtrace::cgroup::cgroup_id_of_pid(p).ok())
-        {
-            cgroup_ids.push(id);
-        }
-    }
+    cgroup_ids.extend(container_filter.iter().filter_map(|c| c.cgroup_id));
     fill_filter::<u64>(&mut probes, "CGROUP_FILTER", &cgroup_ids)?;
     let devs: Vec<u32> = container_filter.iter().filter_map(|c| c.root_dev).collect();
     fill_filter::<u32>(&mut probes, "DEV_FILTER", &devs)?;
+    // Attached: give up every capability but the few the run still needs
+    // (README, "Privileges").
+    privileges::drop_after_attach().map_err(Failure::Runtime)?;
     let symbols = syms.table;
     let kernel = doctor::kernel_release();
-    eprintln!(
+    err_line(&format!(
         "tracing overlayfs copy-up on {kernel}: {} probes attached in {} ms{}. Ctrl-C to stop.",
         probes.report.points.len(),
         t_attach.elapsed().as_millis(),
@@ -318,7 +428,7 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
         } else {
             ""
         }
-    );
+    ));
 
     let ring = RingBuf::try_from(probes.ebpf.take_map("EVENTS").context("EVENTS map")?)
         .context("EVENTS map")?;
@@ -333,10 +443,21 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
         PerCpuArray::try_from(probes.ebpf.take_map("DROPS").context("DROPS map")?)
             .context("DROPS map")?;
 
+    let cgroup_names: cowtrace::attribution::KernelCgroupNames = aya::maps::HashMap::try_from(
+        probes
+            .ebpf
+            .take_map("CGROUP_NAMES")
+            .context("CGROUP_NAMES map")?,
+    )
+    .context("CGROUP_NAMES map")?;
+    attribution.use_kernel_names(cgroup_names);
+
     let mut out = Out {
-        stdout: std::io::stdout(),
-        events: events_out,
         closed: false,
+        stdout_failed: false,
+        events: events_out,
+        json_failed: false,
+        failed: false,
     };
     let print_events = !cli.quiet && cli.events.as_deref() != Some("-");
     if print_events {
@@ -345,15 +466,16 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     let mut stats = Stats::default();
     for c in &container_filter {
         stats.touch(&Owner {
-            id: c.id.clone(),
-            name: c.name.clone(),
-            image: c.image.clone(),
+            id: c.info.id.clone(),
+            name: c.info.name.clone(),
+            image: c.info.image.clone(),
         });
     }
     let mut write_snapshot: HashMap<WriteKey, WriteStats> = HashMap::new();
     let mut sink = EventSink {
         pid_filter: &cli.pids,
-        resolver,
+        attribution,
+        held: std::collections::VecDeque::new(),
         symbols,
         stats,
         out,
@@ -368,77 +490,128 @@ async fn trace(cli: Cli) -> Result<(), Failure> {
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = Instant::now();
 
-    let probes_json = serde_json::to_value(&probes.report.points).unwrap_or_default();
+    let base = RunBase {
+        kernel: kernel.clone(),
+        started: started_wall,
+        probes: serde_json::to_value(&probes.report.points).unwrap_or_default(),
+        mono_to_wall: sink.mono_to_wall,
+    };
 
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("ring buffer")?;
-                sink.drain(guard.get_inner_mut())?;
-                guard.clear_ready();
+                // Left ready while records remain: the loop comes back
+                // after looking at the other branches.
+                if sink.drain(guard.get_inner_mut()) {
+                    drop(guard);
+                    // Let the runtime look at its timers and signals (a
+                    // branch that is always ready never yields by itself).
+                    tokio::task::yield_now().await;
+                } else {
+                    guard.clear_ready();
+                }
             }
             // Records below the kernel's wake-up threshold arrive without a
-            // wake-up: collect them at least this often.
-            _ = drain.tick() => sink.drain(ring.get_mut())?,
+            // wake-up: collect them at least this often (and release held
+            // events whose owner is now known).
+            _ = drain.tick() => {
+                let _ = sink.drain(ring.get_mut());
+                sink.out.flush_events();
+            }
+            Some(update) = sink.attribution.filter_updates.recv() => {
+                // A followed container (re)started: trace its new cgroup
+                // and root filesystem too.
+                follow_in_kernel(&mut probes, &update)?;
+            }
             _ = tick.tick() => {
                 read_writes(&writes, &mut write_snapshot);
                 let d = read_drops(&drops);
-                let rows = owner_rows(&sink.stats, &write_snapshot, &mut sink.resolver);
+                sink.stats.refresh_names(|o| sink.attribution.describe(o));
+                let totals = write_totals(&write_snapshot, &mut sink.attribution, false);
+                let rows = sink.stats.rows(&totals);
                 if !sink.out.closed {
-                    let refs: Vec<_> = rows.iter().map(|(o, s, w)| (o, s, w)).collect();
-                    eprint!("{}", live::summary_table(&refs, d.iter().sum()));
+                    err_text(&live::summary_table(&rows, d.iter().sum()));
                 }
-                if let Some(p) = &cli.json {
-                    let v = build_report(&kernel, started_wall, started.elapsed().as_secs_f64(), &probes_json, d, &rows);
-                    report::write_atomic(p, &v)?;
+                if let Some(t) = &json {
+                    let v = build_report(&base, started.elapsed().as_secs_f64(), d, &rows);
+                    sink.out.json(t, &v);
                 }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
         }
-        if sink.out.closed {
+        // Seen here too, whatever the runtime polled: the signal handler
+        // counts signals, and the deadline is a clock.
+        if sink.out.closed
+            || shutdown::requested()
+            || deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+        {
             break;
         }
     }
 
-    // Drain what the kernel delivered before we stop, then detach.
-    sink.drain(ring.get_mut())?;
-    read_writes(&writes, &mut write_snapshot);
-    let d = read_drops(&drops);
-    drop(probes);
-    let elapsed = started.elapsed().as_secs_f64();
-    let rows = owner_rows(&sink.stats, &write_snapshot, &mut sink.resolver);
-    if let Some(p) = &cli.json {
-        let v = build_report(&kernel, started_wall, elapsed, &probes_json, d, &rows);
-        report::write_atomic(p, &v)?;
+    // The end. The kernel side stops first: from then on no event, drop or
+    // write is added, so the drain below ends even under a storm of
+    // events; what it cannot handle within its budget is counted as
+    // dropped, never silently lost. Nothing here waits for the runtime:
+    // held events get a last short chance to be attributed from what the
+    // attribution worker knows. The final report and summary are written
+    // before the probes are detached (which can take seconds on a busy
+    // machine).
+    let ending = Instant::now();
+    let mut attached = Some(probes);
+    if let Some(Err(e)) = attached.as_mut().map(|p| p.stop_events()) {
+        // Not expected; then detach first, which stops events too.
+        err_line(&format!(
+            "cowtrace: warning: {e:#}; detaching before the final drain"
+        ));
+        if let Some(p) = attached.take() {
+            p.detach();
+        }
     }
-    if let Some(w) = &mut sink.out.events {
-        let _ = w.flush();
+    let lost = sink.drain_until(ring.get_mut(), ending + DRAIN_BUDGET);
+    read_writes(&writes, &mut write_snapshot);
+    let mut d = read_drops(&drops);
+    for (a, b) in d.iter_mut().zip(lost) {
+        *a += b;
+    }
+    let writers: Vec<u64> = write_snapshot.keys().map(|k| k.cgroup_id).collect();
+    sink.finish(&writers);
+    let elapsed = started.elapsed().as_secs_f64();
+    sink.stats.refresh_names(|o| sink.attribution.describe(o));
+    let totals = write_totals(&write_snapshot, &mut sink.attribution, true);
+    let rows = sink.stats.rows(&totals);
+    sink.out.flush_events();
+    if let Some(t) = &json {
+        let v = build_report(&base, elapsed, d, &rows);
+        sink.out.json(t, &v);
     }
     if !sink.out.closed {
-        let refs: Vec<_> = rows.iter().map(|(o, s, w)| (o, s, w)).collect();
         let mut text = format!("\n--- cowtrace summary ({elapsed:.1} s) ---\n");
-        text.push_str(&live::summary_table(&refs, d.iter().sum()));
-        for (o, s, w) in &rows {
-            if s.copy_up.is_empty() && w.latency.is_empty() {
-                continue;
-            }
-            text.push_str(&format!(
-                "\n{} ({}): copy-up vs write latency\n",
-                o.name,
-                short(&o.id)
-            ));
-            text.push_str(&live::histogram_pair(&s.copy_up, &w.latency));
-            if !s.files.is_empty() {
-                text.push_str(&format!("\n{}: top files by copy-up time\n", o.name));
-                text.push_str(&live::top_files_table(s, 10));
-            }
-        }
-        eprint!("{text}");
+        text.push_str(&live::exit_summary(&rows, d.iter().sum()));
+        err_text(&text);
     }
-    Ok(())
+    // Only now, with everything written: detach (all probes at once).
+    if let Some(p) = attached.take() {
+        p.detach();
+    }
+    Ok(if sink.out.failed {
+        Ended::OutputFailed
+    } else {
+        Ended::Clean
+    })
 }
+
+/// The longest one pass over the ring buffer runs before the loop looks
+/// at signals and timers again.
+const DRAIN_SLICE: Duration = Duration::from_millis(20);
+
+/// How long the final drain may take once the kernel side has stopped:
+/// the final report and summary are out within 2 s of the signal.
+const DRAIN_BUDGET: Duration = Duration::from_millis(800);
 
 fn fill_filter<K: aya::Pod>(probes: &mut Probes, map: &str, keys: &[K]) -> Result<()> {
     let mut m: BpfHashMap<_, K, u8> = BpfHashMap::try_from(
@@ -455,99 +628,224 @@ fn fill_filter<K: aya::Pod>(probes: &mut Probes, map: &str, keys: &[K]) -> Resul
     Ok(())
 }
 
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
-}
+/// How long an event may wait for attribution to learn its cgroup before
+/// it is booked to whatever is known then.
+const HOLD: Duration = Duration::from_millis(1500);
+/// At most this many events wait; past it the oldest go out as they are.
+const MAX_HELD: usize = 65_536;
+/// How long `--container` waits for the runtime's first answer.
+const RUNTIME_WAIT: Duration = Duration::from_secs(5);
+/// At the end, how long held events and writers may still wait for
+/// attribution (inside the 2 s from signal to report).
+const FINAL_ATTRIBUTION_WAIT: Duration = Duration::from_millis(300);
 
 /// Everything an event passes through between the ring buffer and the
 /// outputs: attribution, trigger classification, aggregation, printing.
+/// Events whose cgroup attribution does not know yet are held (in order)
+/// until it does, for at most [`HOLD`].
 struct EventSink<'a> {
     pid_filter: &'a [u32],
-    resolver: ContainerResolver,
+    attribution: Attribution,
+    held: std::collections::VecDeque<(Instant, KernelEvent)>,
     symbols: Symbols,
     stats: Stats,
     out: Out,
     print_events: bool,
-    mono_to_wall: i128,
+    mono_to_wall: i64,
 }
 
 impl EventSink<'_> {
-    /// Takes every record the ring buffer holds now.
-    fn drain(&mut self, rb: &mut RingBuf<MapData>) -> Result<()> {
+    /// Takes the records the ring buffer holds, for at most [`DRAIN_SLICE`]
+    /// (a storm of events must not keep the loop from seeing a signal),
+    /// and hands on those whose owner is known. True if it stopped with
+    /// records left.
+    fn drain(&mut self, rb: &mut RingBuf<MapData>) -> bool {
+        let now = Instant::now();
+        let until = now + DRAIN_SLICE;
+        let mut n = 0u32;
+        let mut more = false;
         while let Some(item) = rb.next() {
             if let Some(ev) = decode(&item) {
-                self.handle(&ev)?;
+                self.admit(ev, now);
+            }
+            n = n.wrapping_add(1);
+            if n.is_multiple_of(64) && (Instant::now() > until || shutdown::requested()) {
+                more = true;
+                break;
             }
         }
-        Ok(())
+        self.release(Instant::now(), false);
+        more
     }
 
-    fn handle(&mut self, ev: &KernelEvent) -> Result<()> {
-        if !self.pid_filter.is_empty() && !self.pid_filter.contains(&ev.pid) {
-            return Ok(());
+    /// Like [`Self::drain`], but only until `deadline`; the records left
+    /// are taken without being handled and counted per kind (returned, to
+    /// be reported as drops).
+    fn drain_until(&mut self, rb: &mut RingBuf<MapData>, deadline: Instant) -> [u64; 3] {
+        let mut lost = [0u64; 3];
+        let mut n = 0u32;
+        let mut late = false;
+        while let Some(item) = rb.next() {
+            if !late {
+                n = n.wrapping_add(1);
+                late = n.is_multiple_of(64) && Instant::now() > deadline;
+            }
+            if late {
+                if let Some(k) = cowtrace::event::record_kind(&item) {
+                    lost[k as usize] += 1;
+                }
+                continue;
+            }
+            if let Some(ev) = decode(&item) {
+                self.admit(ev, Instant::now());
+            }
         }
-        let owner = self.resolver.owner_of_cgroup(ev.cgroup_id);
-        let fs = self.resolver.owner_of_dev(ev.dev);
+        self.release(Instant::now(), false);
+        lost
+    }
+
+    /// Queues an event for attribution (in arrival order).
+    fn admit(&mut self, ev: KernelEvent, now: Instant) {
+        if !self.pid_filter.is_empty() && !self.pid_filter.contains(&ev.pid) {
+            return;
+        }
+        self.held.push_back((now, ev));
+    }
+
+    /// Hands on held events, oldest first, while their owner is known (or
+    /// they waited long enough, or `all`).
+    fn release(&mut self, now: Instant, all: bool) {
+        while let Some((since, ev)) = self.held.front() {
+            let owner = match self.attribution.owner_of_cgroup(ev.cgroup_id) {
+                Some(o) => o,
+                None if all || now.duration_since(*since) >= HOLD || self.held.len() > MAX_HELD => {
+                    Owner::host()
+                }
+                None => break,
+            };
+            let (_, ev) = self.held.pop_front().expect("front exists");
+            self.handle(&owner, &ev);
+        }
+    }
+
+    /// At the end: a short last wait for attribution (of held events and
+    /// of `cgroups`, the writers), then everything out.
+    fn finish(&mut self, cgroups: &[u64]) {
+        let until = Instant::now() + FINAL_ATTRIBUTION_WAIT;
+        let unknown = |a: &mut Attribution| {
+            cgroups
+                .iter()
+                .filter(|&&c| a.owner_of_cgroup(c).is_none())
+                .count()
+        };
+        while (!self.held.is_empty() || unknown(&mut self.attribution) > 0)
+            && Instant::now() < until
+        {
+            self.release(Instant::now(), false);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.release(Instant::now(), true)
+    }
+
+    fn handle(&mut self, owner: &Owner, ev: &KernelEvent) {
+        let fs = self.attribution.owner_of_dev(ev.dev);
         let trigger = match &ev.kind {
             cowtrace::event::Kind::CopyUp(c) => {
                 Some(self.symbols.classify_copy_up(&c.stack).as_str())
             }
             _ => None,
         };
-        self.stats.record(&owner, ev);
+        self.stats.record(owner, ev);
         if self.out.events.is_some() {
-            self.out
-                .event(&report::event_json(&owner, fs.as_ref(), trigger, ev))?;
+            self.out.event(&report::event_json(
+                owner,
+                fs.as_ref(),
+                trigger,
+                ev,
+                self.mono_to_wall,
+            ));
         }
         if self.print_events {
-            let wall = wall_clock((ev.ts_ns as i128 + self.mono_to_wall) as u64);
+            let wall = wall_clock((ev.ts_ns as i64).saturating_add(self.mono_to_wall) as u64);
             self.out
-                .line(&live::event_line(&wall, &owner, fs.as_ref(), trigger, ev));
+                .line(&live::event_line(&wall, owner, fs.as_ref(), trigger, ev));
         }
-        Ok(())
     }
 }
 
-type Row = (Owner, cowtrace::stats::OwnerStats, WriteTotals);
+/// Keeps the kernel filters on a followed container: its new cgroup and
+/// root device after a (re)start, minus a device it gave up.
+fn follow_in_kernel(probes: &mut Probes, update: &FilterUpdate) -> Result<()> {
+    match *update {
+        FilterUpdate::Add {
+            cgroup_id,
+            root_dev,
+        } => {
+            if let Some(cg) = cgroup_id {
+                fill_filter::<u64>(probes, "CGROUP_FILTER", &[cg])?;
+            }
+            if let Some(dev) = root_dev {
+                fill_filter::<u32>(probes, "DEV_FILTER", &[dev])?;
+            }
+        }
+        FilterUpdate::RemoveDev(dev) => {
+            let mut m: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
+                probes
+                    .ebpf
+                    .map_mut("DEV_FILTER")
+                    .context("DEV_FILTER map")?,
+            )
+            .context("DEV_FILTER map")?;
+            // Already gone is fine.
+            let _ = m.remove(&dev);
+        }
+    }
+    Ok(())
+}
 
-fn owner_rows(
-    stats: &Stats,
+/// Each owner's writes, from the kernel's per-(cgroup, device) totals.
+/// Writes of a cgroup attribution does not know yet wait for the next
+/// interval, unless this is the `last`.
+fn write_totals(
     writes: &HashMap<WriteKey, WriteStats>,
-    resolver: &mut ContainerResolver,
-) -> Vec<Row> {
+    attribution: &mut Attribution,
+    last: bool,
+) -> HashMap<Owner, WriteTotals> {
     let mut totals: HashMap<Owner, WriteTotals> = HashMap::new();
     for (k, s) in writes {
-        let owner = resolver.owner_of_cgroup(k.cgroup_id);
+        let owner = match attribution.owner_of_cgroup(k.cgroup_id) {
+            Some(o) => o,
+            None if last => Owner::host(),
+            None => continue,
+        };
         totals.entry(owner).or_default().add_kernel(s);
     }
-    let mut rows: Vec<Row> = stats
-        .owners
-        .iter()
-        .map(|(o, s)| (o.clone(), s.clone(), totals.remove(o).unwrap_or_default()))
-        .collect();
-    for (o, w) in totals {
-        rows.push((o, Default::default(), w));
-    }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    rows
+    totals
+}
+
+/// What every report of a run shares.
+struct RunBase {
+    kernel: String,
+    started: SystemTime,
+    probes: serde_json::Value,
+    mono_to_wall: i64,
 }
 
 fn build_report(
-    kernel: &str,
-    started: SystemTime,
+    base: &RunBase,
     elapsed: f64,
-    probes: &serde_json::Value,
     drops: [u64; 3],
-    rows: &[Row],
+    rows: &[Row<'_>],
 ) -> serde_json::Value {
-    let started = fmt_rfc3339(started);
+    let started = fmt_rfc3339(base.started);
     let info = RunInfo {
-        kernel,
+        kernel: &base.kernel,
         started: &started,
         duration_s: elapsed,
-        probes: probes.clone(),
+        probes: base.probes.clone(),
         drops,
         write_sample_every: 1,
+        monotonic_to_unix_ns: base.mono_to_wall,
     };
     let containers = rows
         .iter()
@@ -586,7 +884,7 @@ fn read_drops(map: &PerCpuArray<MapData, u64>) -> [u64; 3] {
 }
 
 /// Wall-clock ns minus CLOCK_MONOTONIC ns, to place kernel timestamps.
-fn mono_offset() -> i128 {
+fn mono_offset() -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -597,7 +895,7 @@ fn mono_offset() -> i128 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)
         .unwrap_or(0);
-    wall - mono
+    (wall - mono) as i64
 }
 
 fn wall_clock(ns: u64) -> String {

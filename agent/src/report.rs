@@ -3,13 +3,12 @@
 //! from [`crate::stats`] only: nothing here knows about the kernel.
 
 use crate::event::{KernelEvent, Kind};
-use crate::stats::{top_files, Owner, OwnerStats, WriteTotals};
-use anyhow::{Context, Result};
+use crate::stats::{Owner, OwnerStats, WriteTotals, SHOWN};
 use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
-use std::io::Write;
-use std::path::Path;
+
+pub mod read;
 
 pub const SCHEMA: &str = "cowtrace/v1";
 
@@ -21,6 +20,8 @@ pub struct RunInfo<'a> {
     pub probes: Value,
     pub drops: [u64; 3],
     pub write_sample_every: u64,
+    /// Unix-epoch ns minus CLOCK_MONOTONIC ns, taken once at start.
+    pub monotonic_to_unix_ns: i64,
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -95,14 +96,19 @@ fn ratio(a: &Histogram<u64>, b: &Histogram<u64>, q: f64) -> Value {
 }
 
 pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
-    let top: Vec<Value> = top_files(&s.files, 10)
+    let top: Vec<Value> = s
+        .files
+        .top(SHOWN)
         .into_iter()
-        .map(|(path, c)| json!({"path": path, "count": c.count, "total_ns": c.total_ns, "bytes": c.bytes}))
+        .map(|f| json!({"path": f.path, "count": f.cost.count, "total_ns": f.cost.total_ns, "bytes": f.cost.bytes, "error_ns": f.error_ns}))
         .collect();
-    let mut copy_up = latency_block(s.copy_up_count, s.copy_up_bytes, &s.copy_up);
+    let other = s.files.other(SHOWN);
+    // Dense histograms only while this container is rendered.
+    let (cu, w_lat) = (s.copy_up.to_hdr(), w.latency.to_hdr());
+    let mut copy_up = latency_block(s.copy_up_count, s.copy_up_bytes, &cu);
     copy_up["operation_latency_ns"] =
-        latency_block(s.copy_up_op.len(), 0, &s.copy_up_op)["latency_ns"].clone();
-    let mut writes = latency_block(w.count, w.bytes, &w.latency);
+        latency_block(s.copy_up_op.len(), 0, &s.copy_up_op.to_hdr())["latency_ns"].clone();
+    let mut writes = latency_block(w.count, w.bytes, &w_lat);
     writes["timed"] = json!(w.timed);
     json!({
         "id": owner.id,
@@ -113,10 +119,11 @@ pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
         "whiteouts": {"count": s.whiteouts},
         "opaque_dirs": {"count": s.opaque_dirs},
         "copy_up_vs_write": {
-            "p50_ratio": ratio(&s.copy_up, &w.latency, 0.5),
-            "p99_ratio": ratio(&s.copy_up, &w.latency, 0.99),
+            "p50_ratio": ratio(&cu, &w_lat, 0.5),
+            "p99_ratio": ratio(&cu, &w_lat, 0.99),
         },
         "top_files": top,
+        "top_files_other": {"count": other.count, "total_ns": other.total_ns, "bytes": other.bytes},
     })
 }
 
@@ -134,6 +141,7 @@ pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
         "duration_s": (run.duration_s * 1000.0).round() / 1000.0,
         "probes": run.probes,
         "write_sample_every": run.write_sample_every,
+        "clock": {"monotonic_to_unix_ns": run.monotonic_to_unix_ns},
         "drops": drops,
         "containers": containers,
     })
@@ -143,15 +151,20 @@ pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
 ///
 /// `container` is who caused it; `filesystem` is the container whose root
 /// filesystem it happened in (`null` for an overlay that is no container's).
+///
+/// `monotonic_to_unix_ns` places the kernel's CLOCK_MONOTONIC `ts_ns` in
+/// wall-clock time (`time_unix_ns`).
 pub fn event_json(
     owner: &Owner,
     fs: Option<&Owner>,
     trigger: Option<&str>,
     ev: &KernelEvent,
+    monotonic_to_unix_ns: i64,
 ) -> Value {
     let mut v = json!({
         "type": ev.kind_name(),
         "ts_ns": ev.ts_ns,
+        "time_unix_ns": (ev.ts_ns as i64).saturating_add(monotonic_to_unix_ns),
         "container": {"id": owner.id, "name": owner.name},
         "filesystem": fs.map(|f| json!({"id": f.id, "name": f.name})),
         "pid": ev.pid,
@@ -180,39 +193,12 @@ pub fn event_json(
     v
 }
 
-/// Writes `value` to `path` atomically: a new temporary file beside it
-/// (created exclusively, never through a symlink), fsync, rename.
-pub fn write_atomic(path: &Path, value: &Value) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().context("--json needs a file name")?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o644)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    let res = (|| -> Result<()> {
-        serde_json::to_writer_pretty(&mut f, value)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.with_context(|| format!("cannot write {}", path.display()))
+/// The report as written to `--json` (see [`crate::output::JsonTarget`]
+/// for how it is written).
+pub fn to_bytes(value: &Value) -> Vec<u8> {
+    let mut v = serde_json::to_vec_pretty(value).unwrap_or_default();
+    v.push(b'\n');
+    v
 }
 
 /// Every field path of a JSON value, arrays written `[]`: the shape that
@@ -277,14 +263,14 @@ mod tests {
             copy_up_bytes: 10,
             ..Default::default()
         };
-        s.copy_up.record(100_000).unwrap();
-        s.copy_up.record(300_000).unwrap();
-        s.copy_up_op.record(300_000).unwrap();
+        s.copy_up.record(100_000);
+        s.copy_up.record(300_000);
+        s.copy_up_op.record(300_000);
         let mut w = WriteTotals {
             count: 3,
             ..Default::default()
         };
-        w.latency.record(1_000).unwrap();
+        w.latency.record(1_000);
         let v = container_json(&Owner::host(), &s, &w);
         assert_eq!(v["id"], "host");
         assert_eq!(v["copy_up"]["count"], 2);
@@ -305,21 +291,14 @@ mod tests {
             copy_up_count: 1,
             ..Default::default()
         };
-        s.copy_up.record(5_000).unwrap();
-        s.copy_up_op.record(6_000).unwrap();
-        s.files.insert(
-            "etc/x".into(),
-            crate::stats::FileCost {
-                count: 1,
-                total_ns: 5_000,
-                bytes: 3,
-            },
-        );
+        s.copy_up.record(5_000);
+        s.copy_up_op.record(6_000);
+        s.files.record("etc/x", 5_000, 3);
         let mut w = WriteTotals {
             count: 1,
             ..Default::default()
         };
-        w.latency.record(100).unwrap();
+        w.latency.record(100);
         let run = RunInfo {
             kernel: "6.1.0",
             started: "2026-11-27T00:00:00Z",
@@ -327,6 +306,7 @@ mod tests {
             probes: json!([{"role": "write", "function": "vfs_write", "method": "fentry+fexit"}]),
             drops: [0, 0, 0],
             write_sample_every: 1,
+            monotonic_to_unix_ns: 1_700_000_000_000_000_000,
         };
         let v = report_json(&run, vec![container_json(&Owner::host(), &s, &w)]);
         let have = json_paths(&v);
@@ -341,19 +321,5 @@ mod tests {
             missing.is_empty(),
             "documented but not written: {missing:?}"
         );
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_refuses_symlinked_temp() {
-        let dir = std::env::temp_dir().join(format!("cowtrace-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("r.json");
-        write_atomic(&p, &json!({"a": 1})).unwrap();
-        write_atomic(&p, &json!({"a": 2})).unwrap();
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        assert_eq!(v["a"], 2);
-        let unwritable = Path::new("/proc/cowtrace-no/r.json");
-        assert!(write_atomic(unwritable, &json!({})).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

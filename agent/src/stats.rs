@@ -1,18 +1,50 @@
 //! Attributed events and write snapshots turned into per-owner numbers:
-//! HDR histograms (ns) for copy-ups per object, per operation and for
-//! normal writes, counts, bytes and the files that cost the most.
+//! exact counts and bytes, sparse log-linear histograms (ns, see
+//! [`crate::hist`]) for copy-ups per object, per operation and for normal
+//! writes, and a bounded table of the files that cost the most (see
+//! [`crate::topfiles`]). Memory grows with owners and histogram buckets
+//! used, never with distinct paths.
 
 use crate::event::{KernelEvent, Kind};
-use agent_ebpf::{hist_bucket_range, WriteStats, HIST_BUCKETS};
+use crate::hist::LogHist;
+pub use crate::topfiles::{FileCost, FileEntry, TopFiles, DEFAULT_CAPACITY, SHOWN};
+use agent_ebpf::{hist_bucket, hist_bucket_range, WriteStats, HIST_BUCKETS};
 use hdrhistogram::Histogram;
 use std::collections::{BTreeMap, HashMap};
 
-/// Who an event belongs to: a container, or `host`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Who an event belongs to: a container, or `host`. Its identity is its
+/// id: the name and image are descriptions, filled in when known.
+#[derive(Clone, Debug)]
 pub struct Owner {
     pub id: String,
     pub name: String,
     pub image: String,
+}
+
+impl PartialEq for Owner {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Owner {}
+
+impl std::hash::Hash for Owner {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id.hash(state)
+    }
+}
+
+impl PartialOrd for Owner {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Owner {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.id.cmp(&other.id)
+    }
 }
 
 impl Owner {
@@ -25,64 +57,55 @@ impl Owner {
     }
 }
 
+/// An empty dense histogram with the buckets of [`LogHist`], for callers
+/// that want an HdrHistogram (the JSON `hdr` field, tests).
 pub fn new_hist() -> Histogram<u64> {
-    // 1 ns .. ~18 min at 3 significant digits: finer than the kernel's
-    // 8 buckets per power of two, so merging loses nothing.
-    Histogram::new_with_bounds(1, 1 << 40, 3).expect("valid histogram bounds")
+    crate::hist::hdr()
 }
 
+/// One container's numbers. Counts and bytes are exact; histograms are at
+/// [`crate::hist`]'s resolution (1/128); files are a bounded
+/// [`TopFiles`] table whose rows and `other` add up to the exact totals.
 #[derive(Clone, Debug, Default)]
-pub struct FileCost {
-    pub count: u64,
-    pub total_ns: u64,
-    pub bytes: u64,
-}
-
-#[derive(Clone)]
 pub struct OwnerStats {
     pub copy_up_count: u64,
     pub copy_up_bytes: u64,
     /// Each object copied up (files and parent directories).
-    pub copy_up: Histogram<u64>,
+    pub copy_up: LogHist,
     /// Each operation as the caller waited for it, parents included.
-    pub copy_up_op: Histogram<u64>,
+    pub copy_up_op: LogHist,
     pub whiteouts: u64,
     pub opaque_dirs: u64,
-    pub files: HashMap<String, FileCost>,
+    pub files: TopFiles,
 }
 
-impl Default for OwnerStats {
-    fn default() -> Self {
-        Self {
+impl OwnerStats {
+    /// Nothing recorded; `file_capacity` files tracked at most.
+    pub const fn new(file_capacity: usize) -> Self {
+        OwnerStats {
             copy_up_count: 0,
             copy_up_bytes: 0,
-            copy_up: new_hist(),
-            copy_up_op: new_hist(),
+            copy_up: LogHist::new(),
+            copy_up_op: LogHist::new(),
             whiteouts: 0,
             opaque_dirs: 0,
-            files: HashMap::new(),
+            files: TopFiles::new(file_capacity),
         }
+    }
+
+    /// Heap bytes held (allocator overhead not counted).
+    pub fn heap_bytes(&self) -> usize {
+        self.copy_up.heap_bytes() + self.copy_up_op.heap_bytes() + self.files.heap_bytes()
     }
 }
 
 /// Normal writes of one owner, rebuilt from the kernel's cumulative maps.
-#[derive(Clone)]
+#[derive(Clone, Debug, Default)]
 pub struct WriteTotals {
     pub count: u64,
     pub bytes: u64,
     pub timed: u64,
-    pub latency: Histogram<u64>,
-}
-
-impl Default for WriteTotals {
-    fn default() -> Self {
-        Self {
-            count: 0,
-            bytes: 0,
-            timed: 0,
-            latency: new_hist(),
-        }
-    }
+    pub latency: LogHist,
 }
 
 impl WriteTotals {
@@ -98,31 +121,74 @@ impl WriteTotals {
             let (lo, hi) = hist_bucket_range(i);
             let hi = hi.min(1 << 40);
             let mid = (lo + (hi - lo) / 2).max(1);
-            self.latency.saturating_record_n(mid, n);
+            self.latency.record_n(mid, n);
         }
     }
 }
 
-#[derive(Default)]
+/// The value range `[lo, hi]` a write latency from [`WriteTotals`] can
+/// stand for: the kernel bucket it was counted in (values are recorded at
+/// the bucket's midpoint, 8 buckets per power of two).
+pub fn write_value_range(v: u64) -> (u64, u64) {
+    let (lo, hi) = hist_bucket_range(hist_bucket(v));
+    (lo, hi.min(1 << 40))
+}
+
+/// One row of a snapshot: who, their copy-up numbers, their writes.
+pub type Row<'a> = (&'a Owner, &'a OwnerStats, &'a WriteTotals);
+
+static NO_STATS: OwnerStats = OwnerStats::new(1);
+static NO_WRITES: WriteTotals = WriteTotals {
+    count: 0,
+    bytes: 0,
+    timed: 0,
+    latency: LogHist::new(),
+};
+
+/// Every owner's numbers. Memory per owner: a few hundred bytes, 6 per
+/// non-empty histogram bucket, and at most `file_capacity` tracked files
+/// (see [`Stats::compact`] for exited containers).
 pub struct Stats {
     pub owners: BTreeMap<Owner, OwnerStats>,
+    file_capacity: usize,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::with_file_capacity(DEFAULT_CAPACITY)
+    }
 }
 
 impl Stats {
+    /// Tracks at most `file_capacity` files per owner (error bound of
+    /// the top files: total copy-up time / `file_capacity`).
+    pub fn with_file_capacity(file_capacity: usize) -> Self {
+        Stats {
+            owners: BTreeMap::new(),
+            file_capacity: file_capacity.max(1),
+        }
+    }
+
+    fn entry(&mut self, owner: &Owner) -> &mut OwnerStats {
+        // Look up before cloning: the owner is cloned once, not per event.
+        if !self.owners.contains_key(owner) {
+            self.owners
+                .insert(owner.clone(), OwnerStats::new(self.file_capacity));
+        }
+        self.owners.get_mut(owner).expect("inserted above")
+    }
+
     pub fn record(&mut self, owner: &Owner, ev: &KernelEvent) {
-        let s = self.owners.entry(owner.clone()).or_default();
+        let s = self.entry(owner);
         match &ev.kind {
             Kind::CopyUp(c) => {
                 s.copy_up_count += 1;
                 s.copy_up_bytes += c.bytes;
-                s.copy_up.saturating_record(c.latency_ns.max(1));
+                s.copy_up.record(c.latency_ns.max(1));
                 if let Some(op) = c.op_latency_ns {
-                    s.copy_up_op.saturating_record(op.max(1));
+                    s.copy_up_op.record(op.max(1));
                 }
-                let f = s.files.entry(ev.path_display()).or_default();
-                f.count += 1;
-                f.total_ns += c.latency_ns;
-                f.bytes += c.bytes;
+                s.files.record(&ev.path_display(), c.latency_ns, c.bytes);
             }
             Kind::Whiteout { .. } => s.whiteouts += 1,
             Kind::OpaqueDir => s.opaque_dirs += 1,
@@ -131,22 +197,86 @@ impl Stats {
 
     /// Makes sure an owner appears even before it has events.
     pub fn touch(&mut self, owner: &Owner) {
-        self.owners.entry(owner.clone()).or_default();
+        self.entry(owner);
     }
-}
 
-/// Top files by total copy-up time.
-pub fn top_files(files: &HashMap<String, FileCost>, n: usize) -> Vec<(&String, &FileCost)> {
-    let mut v: Vec<_> = files.iter().collect();
-    v.sort_by(|a, b| b.1.total_ns.cmp(&a.1.total_ns).then(a.0.cmp(b.0)));
-    v.truncate(n);
-    v
+    /// Shrinks an owner that will have no more events (an exited
+    /// container) to what the final report shows: its counts and
+    /// histograms (spare capacity given back) and its [`SHOWN`] top files,
+    /// the other files' copy-ups moving to `other`. Events recorded later
+    /// are still counted, with at most [`SHOWN`] files tracked. Returns
+    /// false if the owner is unknown.
+    ///
+    /// Call it when the runtime reports the container gone (after any
+    /// grace period in which late events may still arrive), e.g.
+    /// `stats.compact(&owner)` from the attribution task's exit handling.
+    pub fn compact(&mut self, owner: &Owner) -> bool {
+        match self.owners.get_mut(owner) {
+            Some(s) => {
+                s.copy_up.shrink_to_fit();
+                s.copy_up_op.shrink_to_fit();
+                s.files.compact(SHOWN);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Replaces owners' descriptions (name, image) with what `describe`
+    /// says now; the identity (the id) stays, so a container named after
+    /// its first events keeps one row.
+    pub fn refresh_names(&mut self, describe: impl Fn(&Owner) -> Owner) {
+        let renamed: Vec<Owner> = self
+            .owners
+            .keys()
+            .map(&describe)
+            .zip(self.owners.keys())
+            .filter(|(now, was)| now.name != was.name || now.image != was.image)
+            .map(|(now, _)| now)
+            .collect();
+        for owner in renamed {
+            if let Some(s) = self.owners.remove(&owner) {
+                self.owners.insert(owner, s);
+            }
+        }
+    }
+
+    /// A snapshot for rendering, by reference: every owner with copy-up
+    /// numbers or writes, ordered by owner. Nothing is cloned.
+    pub fn rows<'a>(&'a self, writes: &'a HashMap<Owner, WriteTotals>) -> Vec<Row<'a>> {
+        let mut rows: Vec<Row<'a>> = self
+            .owners
+            .iter()
+            .map(|(o, s)| (o, s, writes.get(o).unwrap_or(&NO_WRITES)))
+            .collect();
+        rows.extend(
+            writes
+                .iter()
+                .filter(|(o, _)| !self.owners.contains_key(*o))
+                .map(|(o, w)| (o, &NO_STATS, w)),
+        );
+        rows.sort_by(|a, b| a.0.cmp(b.0));
+        rows
+    }
+
+    /// Heap bytes held by the aggregation (allocator overhead not counted).
+    pub fn heap_bytes(&self) -> usize {
+        self.owners
+            .iter()
+            .map(|(o, s)| {
+                std::mem::size_of::<(Owner, OwnerStats)>()
+                    + o.id.capacity()
+                    + o.name.capacity()
+                    + o.image.capacity()
+                    + s.heap_bytes()
+            })
+            .sum()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_ebpf::hist_bucket;
 
     #[test]
     fn kernel_buckets_merge_keeps_count_and_resolution() {
@@ -170,26 +300,107 @@ mod tests {
         assert!((2_000_000..2_300_000).contains(&max), "max {max}");
     }
 
+    fn copy_up(path: &str, ns: u64, bytes: u64) -> KernelEvent {
+        KernelEvent {
+            kind: Kind::CopyUp(crate::event::CopyUp {
+                latency_ns: ns,
+                op_latency_ns: Some(ns + 1),
+                parents: 0,
+                bytes,
+                data: bytes > 0,
+                ancestor: false,
+                stack: Vec::new(),
+            }),
+            ts_ns: 0,
+            pid: 1,
+            tid: 1,
+            comm: "t".into(),
+            cgroup_id: 1,
+            dev: 0,
+            file_type: "file",
+            path: path.as_bytes().to_vec(),
+            path_cut: false,
+            names_cut: Vec::new(),
+            ino: 0,
+        }
+    }
+
+    fn owner(id: &str) -> Owner {
+        Owner {
+            id: id.into(),
+            name: id.into(),
+            image: String::new(),
+        }
+    }
+
     #[test]
-    fn top_files_orders_by_total_time() {
-        let mut files = HashMap::new();
-        files.insert(
-            "a".to_string(),
-            FileCost {
-                count: 1,
-                total_ns: 5,
-                bytes: 0,
+    fn records_exactly_and_ranks_files_by_time() {
+        let mut st = Stats::default();
+        let a = owner("a");
+        st.record(&a, &copy_up("x", 5, 1));
+        st.record(&a, &copy_up("y", 50, 2));
+        st.record(&a, &copy_up("y", 50, 2));
+        let mut w = copy_up("gone", 0, 0);
+        w.kind = Kind::Whiteout { cause: "unlink" };
+        st.record(&a, &w);
+        let s = &st.owners[&a];
+        assert_eq!((s.copy_up_count, s.copy_up_bytes, s.whiteouts), (3, 5, 1));
+        assert_eq!((s.copy_up.len(), s.copy_up_op.len()), (3, 3));
+        let top = s.files.top(SHOWN);
+        assert_eq!(&*top[0].path, "y");
+        assert_eq!(top[0].cost.total_ns, 100);
+        assert_eq!(s.files.total().count, s.copy_up_count);
+    }
+
+    #[test]
+    fn rows_borrow_and_join_writes() {
+        let mut st = Stats::default();
+        let (a, b) = (owner("a"), owner("b"));
+        st.record(&b, &copy_up("x", 5, 1));
+        let mut writes = HashMap::new();
+        writes.insert(
+            a.clone(),
+            WriteTotals {
+                count: 7,
+                ..Default::default()
             },
         );
-        files.insert(
-            "b".to_string(),
-            FileCost {
-                count: 2,
-                total_ns: 50,
-                bytes: 0,
-            },
-        );
-        let top = top_files(&files, 1);
-        assert_eq!(top[0].0, "b");
+        let rows = st.rows(&writes);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].0, &a);
+        assert_eq!(rows[0].1.copy_up_count, 0);
+        assert_eq!(rows[0].2.count, 7);
+        assert_eq!(rows[1].0, &b);
+        // The row is the aggregation's own entry, not a copy.
+        assert!(std::ptr::eq(rows[1].1, &st.owners[&b]));
+        assert_eq!(rows[1].2.count, 0);
+    }
+
+    #[test]
+    fn compact_keeps_totals_and_the_shown_files() {
+        let mut st = Stats::default();
+        let a = owner("a");
+        for i in 0..DEFAULT_CAPACITY as u64 {
+            st.record(&a, &copy_up(&format!("f{i}"), 100 + i, 10));
+        }
+        let shown: Vec<_> = st.owners[&a]
+            .files
+            .top(SHOWN)
+            .into_iter()
+            .cloned()
+            .collect();
+        let before = st.owners[&a].heap_bytes();
+        assert!(st.compact(&a));
+        assert!(!st.compact(&owner("nobody")));
+        let s = &st.owners[&a];
+        assert!(s.heap_bytes() < before, "{} !< {before}", s.heap_bytes());
+        assert_eq!(s.files.tracked(), SHOWN);
+        let after: Vec<_> = s.files.top(SHOWN).into_iter().cloned().collect();
+        assert_eq!(shown, after);
+        assert_eq!(s.copy_up_count, DEFAULT_CAPACITY as u64);
+        assert_eq!(s.copy_up.len(), DEFAULT_CAPACITY as u64);
+        let other = s.files.other(SHOWN);
+        assert_eq!(other.count, (DEFAULT_CAPACITY - SHOWN) as u64);
+        assert_eq!(other.bytes, 10 * other.count);
     }
 }

@@ -118,3 +118,133 @@ fn a_kernel_without_kprobes_is_refused_before_attaching() {
     assert!(out.contains("FAIL kprobes"), "{out}");
     assert!(out.contains("FAIL BPF tracing programs"), "{out}");
 }
+
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("cowtrace-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn json_to_a_device_is_refused_and_the_device_stays() {
+    use std::os::unix::fs::FileTypeExt;
+    for dev in ["/dev/null", "/dev/full"] {
+        let o = cowtrace(&["--json", dev, "--duration", "1s"]);
+        assert_clean_failure(&o, 2, "is a character device");
+        assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+        let ft = std::fs::symlink_metadata(dev).unwrap().file_type();
+        assert!(ft.is_char_device(), "{dev} is no longer a device");
+    }
+    // /dev/stdout is a symlink: not followed, refused.
+    let o = cowtrace(&["--json", "/dev/stdout", "--duration", "1s"]);
+    assert_clean_failure(&o, 2, "is a symbolic link");
+}
+
+#[test]
+fn json_to_a_directory_is_refused_up_front() {
+    let d = scratch("jsondir");
+    for arg in [d.to_str().unwrap(), ".", "..", &format!("{}/", d.display())] {
+        let o = cowtrace(&["--json", arg, "--duration", "1s"]);
+        assert_clean_failure(&o, 2, "is a directory");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn planted_symlinks_are_refused_and_their_targets_untouched() {
+    let d = scratch("symlinks");
+    let victim = d.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, d.join("r.json")).unwrap();
+    std::os::unix::fs::symlink(&victim, d.join("e.ndjson")).unwrap();
+    let o = cowtrace(&[
+        "--json",
+        d.join("r.json").to_str().unwrap(),
+        "--duration",
+        "1s",
+    ]);
+    assert_clean_failure(&o, 2, "is a symbolic link");
+    let o = cowtrace(&[
+        "--events",
+        d.join("e.ndjson").to_str().unwrap(),
+        "--duration",
+        "1s",
+    ]);
+    assert_clean_failure(&o, 2, "symbolic link (not followed)");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    // The writability check leaves nothing behind.
+    let names: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_fifo_without_reader_is_refused_for_events() {
+    let d = scratch("fifo");
+    let p = d.join("p");
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let o = cowtrace(&["--events", p.to_str().unwrap(), "--duration", "1s"]);
+    assert_clean_failure(&o, 2, "FIFO without a reader");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn extreme_numbers_are_usage_errors_not_panics() {
+    assert_clean_failure(&cowtrace(&["--interval", "0.0000000001s"]), 2, "too short");
+    assert_clean_failure(&cowtrace(&["--duration", "0.0000000001s"]), 2, "too short");
+    assert_clean_failure(
+        &cowtrace(&["--duration", "99999999999999999999"]),
+        2,
+        "too long",
+    );
+    assert_clean_failure(&cowtrace(&["--interval", "1e400"]), 2, "unknown unit");
+    assert_clean_failure(&cowtrace(&["--duration", "99999999999h"]), 2, "too long");
+}
+
+/// A pipe whose reader is gone, like `cowtrace 2>&1 | head` after head
+/// exits.
+fn closed_pipe() -> std::process::Stdio {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe { libc::close(fds[0]) };
+    unsafe { std::process::Stdio::from(std::os::fd::OwnedFd::from_raw_fd(fds[1])) }
+}
+
+#[test]
+fn a_closed_stderr_is_no_panic() {
+    for (args, code) in [
+        (vec!["--json", "/proc/cowtrace-nope/r.json"], 2),
+        (vec!["--duration", "soon"], 2),
+    ] {
+        let st = Command::new(env!("CARGO_BIN_EXE_cowtrace"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(closed_pipe())
+            .status()
+            .unwrap();
+        assert_eq!(st.code(), Some(code), "{args:?}: {st}");
+    }
+}
+
+#[test]
+fn doctor_to_a_full_disk_is_an_error() {
+    let o = Command::new(env!("CARGO_BIN_EXE_cowtrace"))
+        .arg("doctor")
+        .stdout(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap(),
+        )
+        .output()
+        .unwrap();
+    // On this kernel doctor fails anyway (exit 1); never 0, never a panic.
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+}

@@ -182,16 +182,43 @@ impl Trace {
 impl Tracer {
     /// Starts cowtrace and waits for its `tracing` line.
     pub fn start(name: &str, extra: &[&str]) -> Tracer {
+        Self::start_with(name, &[], extra)
+    }
+
+    /// As [`Tracer::start`], run through `prefix` (e.g. `unshare -p -f`).
+    pub fn start_with(name: &str, prefix: &[&str], extra: &[&str]) -> Tracer {
+        let dir = PathBuf::from(format!("/tmp/trace-{name}"));
+        let events = dir.join("events.ndjson");
+        let report = dir.join("report.json");
+        let mut args = vec![
+            "--quiet",
+            "--interval",
+            "1h",
+            "--events",
+            events.to_str().unwrap(),
+            "--json",
+            report.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Self::start_args(name, prefix, &args)
+    }
+
+    /// Starts `prefix... cowtrace args...` with exactly these arguments
+    /// (outputs wherever they say; [`Tracer::dir`] is still made).
+    pub fn start_args(name: &str, prefix: &[&str], args: &[&str]) -> Tracer {
         let dir = PathBuf::from(format!("/tmp/trace-{name}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut child = Command::new(cowtrace_bin())
-            .args(["--quiet", "--interval", "1h"])
-            .arg("--events")
-            .arg(dir.join("events.ndjson"))
-            .arg("--json")
-            .arg(dir.join("report.json"))
-            .args(extra)
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(cowtrace_bin());
+                c
+            }
+            None => Command::new(cowtrace_bin()),
+        };
+        let mut child = cmd
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -233,35 +260,90 @@ impl Tracer {
 
     /// SIGINT, wait, and read the outputs.
     pub fn stop(self) -> Trace {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.signal(libc::SIGINT);
         self.finish()
+    }
+
+    /// The process started (cowtrace itself, or the prefix program).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Where `events.ndjson` and `report.json` go.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Waits at most `limit` for the end; `None` if still running.
+    pub fn wait_for(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait for cowtrace") {
+                return Some(st);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits at most `limit` for a stderr line containing `needle`.
+    pub fn wait_for_line(&mut self, needle: &str, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.stderr_seen.push(line);
+                    if found {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Everything cowtrace wrote to stderr until it closed it.
+    pub fn rest_of_stderr(&mut self) -> String {
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            self.stderr_seen.push(line);
+        }
+        self.stderr_seen.join("\n")
+    }
+
+    /// Waits for the end (killing it after 180 s), whatever the status.
+    pub fn wait_end(&mut self) -> (std::process::ExitStatus, String) {
+        // A hang is a failure with diagnostics, not a guest timeout.
+        let status = match self.wait_for(Duration::from_secs(180)) {
+            Some(st) => st,
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "cowtrace did not exit within 180 s; stderr:\n{}",
+                    self.rest_of_stderr()
+                );
+            }
+        };
+        (status, self.rest_of_stderr())
     }
 
     /// Waits for cowtrace to end by itself (e.g. `--duration`).
     pub fn finish(mut self) -> Trace {
-        // A hang is a failure with diagnostics, not a guest timeout.
-        let deadline = std::time::Instant::now() + Duration::from_secs(180);
-        let status = loop {
-            if let Some(st) = self.child.try_wait().expect("wait for cowtrace") {
-                break st;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(2)) {
-                    self.stderr_seen.push(line);
-                }
-                panic!(
-                    "cowtrace did not exit within 180 s; stderr:\n{}",
-                    self.stderr_seen.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
-            self.stderr_seen.push(line);
-        }
-        let stderr = self.stderr_seen.join("\n");
+        let (status, stderr) = self.wait_end();
         assert!(status.success(), "cowtrace failed: {status}\n{stderr}");
+        self.outputs(status, stderr)
+    }
+
+    /// Reads the outputs of a run that ended, checking their form only.
+    pub fn outputs(self, status: std::process::ExitStatus, stderr: String) -> Trace {
         let text = std::fs::read_to_string(self.dir.join("events.ndjson")).unwrap_or_default();
         let events = text
             .lines()

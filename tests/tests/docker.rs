@@ -342,40 +342,6 @@ fn containers_live_in_the_cgroups_their_engines_driver_makes() {
     assert_eq!(e[0]["filesystem"]["name"], "where");
 }
 
-/// A container that lives for one command: under systemd its scope goes
-/// away as soon as the last process exits.
-#[test]
-#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
-fn a_short_lived_container_is_attributed() {
-    image();
-    let _ = Command::new("docker").args(["rm", "-f", "brief"]).output();
-    let t = Tracer::start("brief", &[]);
-    docker(&[
-        "run",
-        "--name",
-        "brief",
-        "--network",
-        "none",
-        IMAGE,
-        "sh",
-        "-c",
-        "echo b >> /data/f6",
-    ]);
-    let id = docker(&["inspect", "-f", "{{.Id}}", "brief"]);
-    docker(&["rm", "brief"]);
-    let tr = t.stop();
-    let e: Vec<_> = tr
-        .events
-        .iter()
-        .filter(|e| e["type"] == "copy_up" && e["path"] == "data/f6")
-        .collect();
-    assert_eq!(e.len(), 1, "{:#?}", tr.events);
-    assert_eq!(e[0]["container"]["id"], id.as_str(), "{}", e[0]);
-    assert_eq!(e[0]["container"]["name"], "brief", "{}", e[0]);
-    let b = named(&tr.report, "brief").expect("brief in report");
-    assert_eq!(b["image"], IMAGE);
-}
-
 /// `docker restart` gives the container a new cgroup (a new scope under
 /// systemd) and a new overlay mount; it stays one container.
 #[test]
@@ -529,4 +495,291 @@ fn a_kubernetes_style_containerd_container_is_attributed_by_id() {
     assert_eq!(e[0]["container"]["id"], id.as_str(), "{}", e[0]);
     let row = tr.container(&id);
     assert_eq!(row["copy_up"]["count"], 2, "{row:#}");
+}
+
+/// A runtime socket that accepts and never answers stalls nothing: tracing
+/// starts, the container's copy-up is attributed by its id (no name: the
+/// runtime never said one), and Ctrl-C ends the run with a complete JSON.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn a_runtime_that_never_answers_stalls_nothing() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixListener;
+    use std::time::{Duration, Instant};
+    let c = Container::run("hang-victim");
+    let id = docker(&["inspect", "-f", "{{.Id}}", "hang-victim"]);
+    let sock = "/tmp/hang.sock";
+    let _ = std::fs::remove_file(sock);
+    let listener = UnixListener::bind(sock).unwrap();
+    std::thread::spawn(move || {
+        // Accept, read nothing, answer nothing, keep every connection open.
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let dir = std::path::Path::new("/tmp/trace-hang");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let mut child = Command::new(cowtrace_tests::cowtrace_bin())
+        .args(["--quiet", "--interval", "1h", "--json"])
+        .arg(dir.join("report.json"))
+        .env("DOCKER_HOST", format!("unix://{sock}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "cowtrace ended before tracing:\n{seen}"
+        );
+        seen.push_str(&line);
+        if line.starts_with("tracing") {
+            break;
+        }
+    }
+    c.exec("echo b >> /data/f1");
+    std::thread::sleep(Duration::from_secs(3));
+    let t0 = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    // The report and the summary come before the probes are detached
+    // (which the kernel may take seconds over): the summary line is when
+    // the run has ended for its user.
+    let mut summary_after = None;
+    let mut rest = String::new();
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if summary_after.is_none() && line.contains("cowtrace summary") {
+            summary_after = Some(t0.elapsed());
+        }
+        rest.push_str(&line);
+    }
+    let status = child.wait().unwrap();
+    let exited_after = t0.elapsed();
+    eprintln!("SIGINT to summary: {summary_after:?}, to exit: {exited_after:?}");
+    assert!(status.success(), "{status}\n{seen}{rest}");
+    let took = summary_after.unwrap_or_else(|| panic!("no summary:\n{seen}{rest}"));
+    assert!(
+        took < Duration::from_secs(2),
+        "the end took {took:?} with a runtime that never answers\n{seen}{rest}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let mine = report["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not in the report: {report:#}"));
+    // `data/f1` and its parent directory `data`.
+    assert_eq!(mine["copy_up"]["count"], 2, "{mine:#}");
+    assert_eq!(mine["name"], &id[..12], "{mine:#}");
+}
+
+/// `--container` follows its container across `docker restart`: the
+/// restarted container's cgroup and root filesystem are new, and its
+/// copy-ups after the restart are reported.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn container_filter_follows_a_restart() {
+    let c = Container::run("restart-me");
+    let t = Tracer::start("restart", &["--container", "restart-me"]);
+    c.exec("echo b >> /data/f1");
+    docker(&["restart", "-t", "1", "restart-me"]);
+    // The engine's start event reaches attribution, which updates the
+    // kernel filter; until then copy-ups of the restarted container pass
+    // no filter. Copy up one more file a second until one is reported
+    // (the events file is flushed as it goes).
+    let events = t.dir().join("events.ndjson");
+    let mut seen_after = None;
+    for i in 2..=20 {
+        let path = format!("data/f{i}");
+        c.exec(&format!("echo b >> /{path}"));
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let text = std::fs::read_to_string(&events).unwrap_or_default();
+        if text.contains(&format!("\"path\":\"{path}\"")) {
+            seen_after = Some(path);
+            break;
+        }
+    }
+    let r = t.stop();
+    let after = seen_after.unwrap_or_else(|| {
+        panic!(
+            "no copy-up of the restarted container reported: {:#?}",
+            r.events
+        )
+    });
+    let n = named(&r.report, "restart-me").expect("restart-me in the report");
+    let paths: Vec<&str> = r
+        .events
+        .iter()
+        .filter(|e| e["type"] == "copy_up")
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    assert!(paths.contains(&"data/f1"), "{paths:?}");
+    assert!(paths.contains(&after.as_str()), "{paths:?}");
+    assert_eq!(
+        n["copy_up"]["count"].as_u64().unwrap() as usize,
+        paths.len(),
+        "{n:#}"
+    );
+}
+
+/// Containers that live for a moment are attributed to themselves, each
+/// with its own copy-up, none to the host.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn short_lived_containers_are_each_attributed() {
+    image();
+    let t = Tracer::start("short-lived", &[]);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let name = format!("brief{i}");
+        let o = Command::new("docker")
+            .args(["run", "--name", &name, "--network", "none", IMAGE])
+            .args(["sh", "-c", "echo z >> /data/f5"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ids.push(docker(&["inspect", "-f", "{{.Id}}", &name]));
+        docker(&["rm", &name]);
+    }
+    let r = t.stop();
+    let f5: Vec<&Value> = r
+        .events
+        .iter()
+        .filter(|e| e["type"] == "copy_up" && e["path"] == "data/f5")
+        .collect();
+    for id in &ids {
+        let mine: Vec<_> = f5
+            .iter()
+            .filter(|e| e["container"]["id"] == id.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "container {id}: {f5:#?}");
+    }
+    let on_host: Vec<_> = f5
+        .iter()
+        .filter(|e| e["container"]["id"] == "host")
+        .collect();
+    assert!(on_host.is_empty(), "booked to the host: {on_host:#?}");
+}
+
+/// Hostile file names built into a real image and copied up in a real
+/// container, with the live view captured: no format character (U+202E
+/// right-to-left override, zero-width space, U+2028) and no escape
+/// sequence reaches the terminal raw.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn hostile_file_names_are_escaped_in_the_live_view() {
+    use std::io::{BufRead, Read};
+    let ctx = std::path::Path::new("/tmp/cowtrace-hostile");
+    std::fs::create_dir_all(ctx).unwrap();
+    let long = |c: char| format!("{}{}", "L".repeat(120), c.to_string().repeat(101));
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM cowtrace/busybox:latest\n\
+             RUN mkdir /data && cd /data && \
+             echo 1 > \"$(printf 'evil\\342\\200\\256txt.sh')\" && \
+             echo 2 > \"$(printf 'zero\\342\\200\\213width')\" && \
+             echo 3 > \"$(printf 'line\\342\\200\\250sep')\" && \
+             echo 4 > \"$(printf 'esc\\033[2Jname')\" && \
+             echo 5 > {} && echo 6 > {}\n",
+            long('a'),
+            long('b')
+        ),
+    )
+    .unwrap();
+    docker(&[
+        "build",
+        "-q",
+        "--network",
+        "none",
+        "-t",
+        "cowtrace/hostile",
+        "/tmp/cowtrace-hostile",
+    ]);
+    let _ = Command::new("docker")
+        .args(["rm", "-f", "hostile"])
+        .output();
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "hostile",
+        "--network",
+        "none",
+        "cowtrace/hostile",
+        "sleep",
+        "3600",
+    ]);
+    let c = Container("hostile".into());
+    let mut child = Command::new(cowtrace_tests::cowtrace_bin())
+        .args(["--container", "hostile", "--interval", "1h"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("tracing") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "cowtrace ended before tracing"
+        );
+    }
+    c.exec("for f in /data/*; do echo x >> \"$f\"; done");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    let _ = err.read_to_string(&mut rest);
+    let status = child.wait().unwrap();
+    let stdout = reader.join().unwrap();
+    let text = String::from_utf8_lossy(&stdout);
+    println!("{text}");
+    assert!(status.success(), "{status}: {rest}");
+    for (bad, what) in [
+        ('\u{202e}', "U+202E"),
+        ('\u{200b}', "U+200B"),
+        ('\u{2028}', "U+2028"),
+        ('\x1b', "ESC"),
+    ] {
+        assert!(!text.contains(bad), "raw {what} in the live view:\n{text}");
+        assert!(!rest.contains(bad), "raw {what} on stderr:\n{rest}");
+    }
+    // The two long names share their first 120 bytes: two files.
+    let cut = format!("data/{}\\…\\#", "L".repeat(63));
+    let long: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.contains("copy_up"))
+        .filter_map(|l| l.split("  ").last())
+        .filter(|p| p.starts_with(&cut))
+        .collect();
+    assert_eq!(long.len(), 2, "{long:?}\n{text}");
+    for shown in [
+        "data/evil\\xe2\\x80\\xaetxt.sh",
+        "data/zero\\xe2\\x80\\x8bwidth",
+        "data/line\\xe2\\x80\\xa8sep",
+        "data/esc\\x1b[2Jname",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains("copy_up") && l.ends_with(shown)),
+            "no copy-up line for {shown}:\n{text}"
+        );
+    }
 }

@@ -2,7 +2,9 @@
 //! tracing kernel. Boots the `--docker` guest, builds a multi-layer image
 //! offline, runs a container named `nginx` beside a bystander, and shows
 //! `cowtrace --container nginx` live (the guest script is `demo.sh`). The
-//! latency JSON lands in the host's `--out` directory.
+//! latency JSON and the NDJSON events land in the host's `--out`
+//! directory, and the last lines name the `cowtrace report` command that
+//! turns them into a page of plots.
 
 use crate::build;
 use crate::guest::{self, Copy, GuestKind, GuestSpec, Init};
@@ -28,7 +30,13 @@ pub fn script_copy(tooling: &Tooling) -> Result<Copy> {
     })
 }
 
-pub fn run(tooling: &Tooling, kernel: Series, init: Init, out: &Path) -> Result<i32> {
+pub fn run(
+    tooling: &Tooling,
+    kernel: Series,
+    init: Init,
+    out: &Path,
+    improved: bool,
+) -> Result<i32> {
     let agent = build::agent(tooling)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let spec = GuestSpec {
@@ -37,8 +45,12 @@ pub fn run(tooling: &Tooling, kernel: Series, init: Init, out: &Path) -> Result<
         copies: vec![script_copy(tooling)?],
         out: Some(out.to_path_buf()),
         timeout: Duration::from_secs(900),
-        command: vec!["sh".into(), GUEST_SCRIPT.into()],
-        agent: Some(agent),
+        command: vec![
+            "sh".into(),
+            GUEST_SCRIPT.into(),
+            if improved { "improved" } else { "plain" }.into(),
+        ],
+        agent: Some(agent.clone()),
     };
     let rc = guest::run(&spec)?;
     if rc != 0 {
@@ -70,5 +82,29 @@ pub fn run(tooling: &Tooling, kernel: Series, init: Init, out: &Path) -> Result<
         nginx["writes"]["latency_ns"]["p50"],
         nginx["copy_up_vs_write"]["p50_ratio"]
     );
+    // Relative to the workspace when it is inside (it is, unless
+    // CARGO_TARGET_DIR points elsewhere).
+    let agent = agent
+        .strip_prefix(crate::util::workspace_root())
+        .map(|p| p.to_path_buf())
+        .unwrap_or(agent);
+    let events = out.join("events.ndjson");
+    println!("plots of this run (no root needed):");
+    println!(
+        "  {} report {} --events {} --html {}",
+        agent.display(),
+        json.display(),
+        events.display(),
+        out.join("report.html").display()
+    );
+    if !improved {
+        println!("compare with the improved image (cargo xtask demo --improved --out target/demo-improved):");
+        println!(
+            "  {} report {} --compare target/demo-improved/cowtrace.json --html {}",
+            agent.display(),
+            json.display(),
+            out.join("compare.html").display()
+        );
+    }
     Ok(0)
 }

@@ -53,6 +53,11 @@ enum Cmd {
         /// driver, as on most hosts) or shell (Docker on cgroupfs).
         #[arg(long, default_value = "systemd", value_name = "systemd|shell")]
         init: Init,
+        /// The same container life with ownership set at build time and a
+        /// volume for the log directory (to compare with `cowtrace report
+        /// --compare`), e.g. --improved --out target/demo-improved
+        #[arg(long)]
+        improved: bool,
     },
 }
 
@@ -68,8 +73,8 @@ struct TestArgs {
     /// Only this test target (repeatable).
     #[arg(long = "target")]
     targets: Vec<String>,
-    /// Seconds per guest.
-    #[arg(long, default_value_t = 900)]
+    /// Seconds per guest (TCG on a busy 2-core machine; scaled down under KVM).
+    #[arg(long, default_value_t = 1800)]
     timeout: u64,
     /// Skip the host unit tests.
     #[arg(long)]
@@ -186,9 +191,14 @@ fn run(cli: Cli) -> Result<i32> {
             let t = setup::ensure()?;
             xtask::bench::run(&t, kernel, &out, rounds)
         }
-        Cmd::Demo { kernel, out, init } => {
+        Cmd::Demo {
+            kernel,
+            out,
+            init,
+            improved,
+        } => {
             let t = setup::ensure()?;
-            xtask::demo::run(&t, kernel, init, &out)
+            xtask::demo::run(&t, kernel, init, &out, improved)
         }
         Cmd::Test(a) => {
             let t = setup::ensure()?;

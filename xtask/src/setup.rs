@@ -25,6 +25,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "kmod",
     "zstd",
     "xz-utils",
+    "chromium",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
