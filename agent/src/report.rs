@@ -19,6 +19,10 @@ pub struct RunInfo<'a> {
     pub duration_s: f64,
     pub probes: Value,
     pub drops: [u64; 3],
+    /// Inserts the kernel's maps refused, per [`agent_ebpf::MapFull`] kind.
+    pub map_full: crate::kernel_maps::MapFullCounts,
+    /// How full those maps are now.
+    pub kernel_maps: Vec<crate::kernel_maps::Occupancy>,
     pub write_sample_every: u64,
     /// Unix-epoch ns minus CLOCK_MONOTONIC ns, taken once at start.
     pub monotonic_to_unix_ns: i64,
@@ -129,10 +133,23 @@ pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
 
 pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
     let kinds = ["copy_up", "whiteout", "opaque_dir"];
-    let drops: Map<String, Value> = kinds
+    let mut drops: Map<String, Value> = kinds
         .iter()
         .zip(run.drops)
         .map(|(k, n)| (k.to_string(), json!(n)))
+        .collect();
+    let map_full: Map<String, Value> = agent_ebpf::MapFull::ALL
+        .iter()
+        .map(|k| (k.key().to_string(), json!(run.map_full[*k as usize])))
+        .collect();
+    drops.insert("map_full".into(), Value::Object(map_full));
+    let kernel_maps: Map<String, Value> = run
+        .kernel_maps
+        .iter()
+        .map(|o| {
+            let v = json!({"entries": o.entries, "max_entries": o.max_entries});
+            (o.kind.key().to_string(), v)
+        })
         .collect();
     json!({
         "schema": SCHEMA,
@@ -143,6 +160,7 @@ pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
         "write_sample_every": run.write_sample_every,
         "clock": {"monotonic_to_unix_ns": run.monotonic_to_unix_ns},
         "drops": drops,
+        "kernel_maps": kernel_maps,
         "containers": containers,
     })
 }
@@ -305,6 +323,15 @@ mod tests {
             duration_s: 1.0,
             probes: json!([{"role": "write", "function": "vfs_write", "method": "fentry+fexit"}]),
             drops: [0, 0, 0],
+            map_full: [0; agent_ebpf::MAP_FULL_KINDS as usize],
+            kernel_maps: agent_ebpf::MapFull::ALL
+                .iter()
+                .map(|&kind| crate::kernel_maps::Occupancy {
+                    kind,
+                    entries: 0,
+                    max_entries: 1,
+                })
+                .collect(),
             write_sample_every: 1,
             monotonic_to_unix_ns: 1_700_000_000_000_000_000,
         };
