@@ -4,6 +4,7 @@
 
 use crate::event::{KernelEvent, Kind};
 use crate::stats::{Owner, OwnerStats, WriteTotals, SHOWN};
+use base64::Engine as _;
 use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
@@ -28,24 +29,6 @@ pub struct RunInfo<'a> {
     pub monotonic_to_unix_ns: i64,
 }
 
-fn base64(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for c in bytes.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// `{count, bytes, latency_ns{...}, buckets, hdr}` for one histogram.
 pub fn latency_block(count: u64, bytes: u64, h: &Histogram<u64>) -> Value {
     let empty = h.is_empty();
@@ -58,7 +41,7 @@ pub fn latency_block(count: u64, bytes: u64, h: &Histogram<u64>) -> Value {
     };
     let mut hdr = Vec::new();
     let hdr = match V2Serializer::new().serialize(h, &mut hdr) {
-        Ok(_) => base64(&hdr),
+        Ok(_) => base64::engine::general_purpose::STANDARD.encode(&hdr),
         Err(_) => String::new(),
     };
     // Log2 buckets like bpftrace's hist(): [lo, hi) ns with counts.
@@ -264,15 +247,6 @@ pub const SCHEMA_DOC: &str = include_str!("../../docs/json-schema.md");
 mod tests {
     use super::*;
     use crate::stats::new_hist;
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-    }
 
     #[test]
     fn container_json_has_the_documented_shape() {
