@@ -55,6 +55,74 @@ impl EventKind {
     }
 }
 
+/// Something the kernel side saw but could not keep track of because one
+/// of its maps was full. Also the index into the `MAP_FULL` counters: one
+/// table for the kernel (which counts), the agent (which reads every kind
+/// into the JSON `drops.map_full` and the live view) and the docs.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapFull {
+    /// `WRITES`: a write from a (cgroup, overlay) pair beyond the map's
+    /// size, not counted.
+    Writes = 0,
+    /// `WRITE_STARTS`: a write whose start could not be noted, not counted.
+    WriteStarts = 1,
+    /// `COPY_OPS`: a copy-up operation without its trigger, operation
+    /// latency and parent count.
+    CopyOps = 2,
+    /// `COPY_OBJS`: an object copy-up not recorded.
+    CopyObjs = 3,
+    /// `OVL_OPS`: a remove, rename or mkdir whose whiteout or opaque
+    /// directory was not looked for.
+    OvlOps = 4,
+}
+
+/// Number of [`MapFull`] kinds (size of the `MAP_FULL` map).
+pub const MAP_FULL_KINDS: u32 = 5;
+
+impl MapFull {
+    pub const ALL: [MapFull; MAP_FULL_KINDS as usize] = [
+        MapFull::Writes,
+        MapFull::WriteStarts,
+        MapFull::CopyOps,
+        MapFull::CopyObjs,
+        MapFull::OvlOps,
+    ];
+
+    /// The kernel map that was full (its name in the eBPF object).
+    pub const fn map_name(self) -> &'static str {
+        match self {
+            MapFull::Writes => "WRITES",
+            MapFull::WriteStarts => "WRITE_STARTS",
+            MapFull::CopyOps => "COPY_OPS",
+            MapFull::CopyObjs => "COPY_OBJS",
+            MapFull::OvlOps => "OVL_OPS",
+        }
+    }
+
+    /// Its key in the JSON (`drops.map_full.<key>`, `kernel_maps.<key>`).
+    pub const fn key(self) -> &'static str {
+        match self {
+            MapFull::Writes => "writes",
+            MapFull::WriteStarts => "write_starts",
+            MapFull::CopyOps => "copy_ops",
+            MapFull::CopyObjs => "copy_objs",
+            MapFull::OvlOps => "ovl_ops",
+        }
+    }
+
+    /// What is lost per count (for the docs and the live view).
+    pub const fn lost(self) -> &'static str {
+        match self {
+            MapFull::Writes => "writes not counted: more (cgroup, overlay) pairs wrote than the kernel keeps histograms for (--write-keys)",
+            MapFull::WriteStarts => "writes not counted: more threads were writing at once than the kernel tracks",
+            MapFull::CopyOps => "copy-up operations without trigger, operation latency and parent count: more threads were copying up at once than the kernel tracks",
+            MapFull::CopyObjs => "object copy-ups not recorded: more threads were copying up at once than the kernel tracks",
+            MapFull::OvlOps => "removes, renames or mkdirs whose whiteout or opaque directory was not looked for: more threads at once than the kernel tracks",
+        }
+    }
+}
+
 /// Bits of [`Event::flags`].
 pub mod flags {
     /// Copy-up: file data was copied (the data function ran with len > 0).

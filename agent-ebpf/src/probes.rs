@@ -1,9 +1,9 @@
 //! The programs themselves (see `main.rs` for the design).
 
 use agent_ebpf::{
-    flags, hist_bucket, CgroupName, Config, Event, EventKind, WhiteoutCause, WriteKey, WriteStats,
-    CGROUP_NAME_LEN, EVENT_KINDS, HIST_BUCKETS, NAME_LEN, OVERLAYFS_SUPER_MAGIC, PATH_DEPTH,
-    RENAME_WHITEOUT, STACK_DEPTH,
+    flags, hist_bucket, CgroupName, Config, Event, EventKind, MapFull, WhiteoutCause, WriteKey,
+    WriteStats, CGROUP_NAME_LEN, EVENT_KINDS, HIST_BUCKETS, MAP_FULL_KINDS, NAME_LEN,
+    OVERLAYFS_SUPER_MAGIC, PATH_DEPTH, RENAME_WHITEOUT, STACK_DEPTH,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -14,9 +14,9 @@ use aya_ebpf::{
             bpf_probe_read_kernel_str,
         },
     },
-    macros::{fentry, fexit, kprobe, kretprobe, map},
+    macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
 use core::ffi::c_void;
@@ -36,6 +36,9 @@ macro_rules! conf {
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KINDS, 0);
+/// Inserts refused because a map was full, per [`MapFull`] kind.
+#[map]
+static MAP_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAP_FULL_KINDS, 0);
 #[map]
 static WRITES: PerCpuHashMap<WriteKey, WriteStats> = PerCpuHashMap::with_max_entries(4096, 0);
 #[map]
@@ -210,6 +213,16 @@ fn count_drop(kind: EventKind) {
     }
 }
 
+#[inline(always)]
+fn count_map_full(kind: MapFull) {
+    if stopped() {
+        return;
+    }
+    if let Some(p) = MAP_FULL.get_ptr_mut(kind as u32) {
+        unsafe { *p += 1 };
+    }
+}
+
 /// Starts an event in the per-CPU scratch with the fields every kind has.
 #[inline(always)]
 fn new_event(kind: EventKind, dentry: u64) -> Option<&'static mut Event> {
@@ -353,6 +366,7 @@ pub fn ovl_copy_up_flags(ctx: ProbeContext) -> u32 {
         stack: [0; STACK_DEPTH],
     };
     if COPY_OPS.insert(&tid, &op, 0).is_err() {
+        count_map_full(MapFull::CopyOps);
         return 0;
     }
     if let Some(p) = COPY_OPS.get_ptr_mut(&tid) {
@@ -395,7 +409,9 @@ pub fn ovl_copy_up_one(ctx: ProbeContext) -> u32 {
         did_work: 0,
         data: 0,
     };
-    let _ = COPY_OBJS.insert(&tid, &obj, 0);
+    if COPY_OBJS.insert(&tid, &obj, 0).is_err() {
+        count_map_full(MapFull::CopyObjs);
+    }
     0
 }
 
@@ -495,7 +511,9 @@ fn begin_ovl_op(kind: u32, dentry: u64, dentry2: u64, is_dir: u32) -> u32 {
         dentry,
         dentry2,
     };
-    let _ = OVL_OPS.insert(&tid(), &op, 0);
+    if OVL_OPS.insert(&tid(), &op, 0).is_err() {
+        count_map_full(MapFull::OvlOps);
+    }
     0
 }
 
@@ -662,7 +680,9 @@ fn write_begin(file: u64) -> u32 {
         dev,
         _pad: 0,
     };
-    let _ = WRITE_STARTS.insert(&tid, &start, 0);
+    if WRITE_STARTS.insert(&tid, &start, 0).is_err() {
+        count_map_full(MapFull::WriteStarts);
+    }
     0
 }
 
@@ -693,6 +713,7 @@ fn write_end(ret: i64) -> u32 {
                 None => return 0,
             };
             if WRITES.insert(&key, zero, 0).is_err() {
+                count_map_full(MapFull::Writes);
                 return 0;
             }
             match WRITES.get_ptr_mut(&key) {
@@ -737,6 +758,23 @@ pub fn ovl_write_iter(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn ovl_write_iter_ret(ctx: RetProbeContext) -> u32 {
     write_end(ctx.ret::<i64>())
+}
+
+// ------------------------------------------------------------ thread exit
+
+/// A thread that ends inside an operation (killed, or a return probe that
+/// never ran) would leave its per-thread entries behind for good, and
+/// overlay enters `ovl_copy_up_flags` for every create or unlink without
+/// reaching a copy-up return: every per-thread map forgets an exiting
+/// thread here (the tracepoint runs once per exiting task).
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let tid = tid();
+    let _ = COPY_OPS.remove(&tid);
+    let _ = COPY_OBJS.remove(&tid);
+    let _ = OVL_OPS.remove(&tid);
+    let _ = WRITE_STARTS.remove(&tid);
+    0
 }
 
 #[cfg(not(test))]

@@ -94,6 +94,11 @@ pub struct Directory {
     by_dev: HashMap<u32, String>,
     /// The runtime's first list is in (or there is no runtime).
     ready: bool,
+    /// Containers gone for longer than [`EXITED_GRACE`], not yet handed
+    /// to the main loop (which compacts their statistics), and every id
+    /// ever handed over (so each goes once).
+    exited: Vec<String>,
+    handed_over: HashSet<String>,
     warning: Option<String>,
 }
 
@@ -108,6 +113,10 @@ impl Directory {
         if let Some(cg) = cgroup_id {
             self.by_cgroup
                 .insert(cg, Attributed::Container(info.id.clone()));
+        }
+        if info.pid.is_some() {
+            // Running again: compacted again when it next exits.
+            self.handed_over.remove(&info.id);
         }
         let id = info.id.clone();
         let e = self.containers.entry(id).or_insert_with(|| Entry {
@@ -168,6 +177,11 @@ impl Directory {
                 Attributed::Container(id) => !gone.contains(id),
                 Attributed::Host => true,
             });
+        }
+        for id in gone {
+            if self.handed_over.insert(id.clone()) {
+                self.exited.push(id);
+            }
         }
     }
 
@@ -383,6 +397,17 @@ impl Attribution {
         let d = self.lock();
         let id = d.by_dev.get(&dev)?;
         d.containers.get(id).map(Entry::owner)
+    }
+
+    /// Containers that exited more than [`EXITED_GRACE`] ago and were not
+    /// returned before: no event of theirs is still on the way, so their
+    /// per-file state can go (their totals stay for the final report).
+    pub fn take_exited(&self) -> Vec<Owner> {
+        let mut d = self.lock();
+        let ids = std::mem::take(&mut d.exited);
+        ids.into_iter()
+            .map(|id| d.owner_of(&Attributed::Container(id)))
+            .collect()
     }
 
     /// The owner with its current name and image (for rendering: a name
@@ -652,6 +677,31 @@ mod tests {
         d.stopped("x", Instant::now());
         assert!(!d.by_dev.contains_key(&7));
         assert!(d.containers["x"].exited_at.is_some());
+    }
+
+    #[test]
+    fn an_exited_container_is_handed_over_once_after_its_grace() {
+        let mut d = Directory::default();
+        for id in ["old", "new"] {
+            d.upsert(
+                ContainerInfo {
+                    id: id.into(),
+                    ..Default::default()
+                },
+                true,
+            );
+        }
+        let now = Instant::now();
+        let Some(long_ago) = now.checked_sub(EXITED_GRACE + Duration::from_secs(1)) else {
+            return; // a machine up for less than the grace period
+        };
+        d.stopped("old", long_ago);
+        d.stopped("new", now);
+        d.prune(now);
+        assert_eq!(d.exited, ["old"]);
+        d.exited.clear();
+        d.prune(now);
+        assert!(d.exited.is_empty(), "handed over twice");
     }
 
     #[test]

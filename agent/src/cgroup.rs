@@ -108,51 +108,9 @@ pub fn container_id_from_cgroup_path(path: &str) -> Option<(Runtime, String)> {
     None
 }
 
-/// Picks the cgroup path of a task from `/proc/<pid>/cgroup` text.
-///
-/// Pure cgroup v2 (a single `0::` line): that path. Hybrid or v1: the first
-/// line whose path holds a container id, else the v2 `0::` line if it is not
-/// the root, else `name=systemd`, else the first line.
-pub fn cgroup_path_from_proc(text: &str) -> Option<String> {
-    let lines: Vec<(&str, &str)> = text
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let (_id, ctrl, path) = (f.next()?, f.next()?, f.next()?);
-            Some((ctrl, path))
-        })
-        .collect();
-    let v2 = lines.iter().find(|(c, _)| c.is_empty()).map(|(_, p)| *p);
-    if lines.len() == 1 {
-        if let Some(p) = v2 {
-            return Some(p.to_string());
-        }
-    }
-    if let Some((_, p)) = lines
-        .iter()
-        .find(|(_, p)| container_id_from_cgroup_path(p).is_some())
-    {
-        return Some(p.to_string());
-    }
-    if let Some(p) = v2.filter(|p| *p != "/") {
-        return Some(p.to_string());
-    }
-    lines
-        .iter()
-        .find(|(c, _)| *c == "name=systemd")
-        .or(lines.first())
-        .map(|(_, p)| p.to_string())
-}
-
-/// The cgroup path of process `pid` (see [`cgroup_path_from_proc`]).
-pub fn cgroup_of_pid(pid: u32) -> io::Result<Option<String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    Ok(cgroup_path_from_proc(&text))
-}
-
 /// The cgroup v2 path (the `0::` line) from `/proc/<pid>/cgroup` text.
 /// This is the cgroup whose id `bpf_get_current_cgroup_id` returns, also on
-/// hybrid hosts where [`cgroup_path_from_proc`] may pick a v1 path.
+/// hybrid hosts (whose v1 lines name other hierarchies).
 pub fn cgroup_v2_path_from_proc(text: &str) -> Option<String> {
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
@@ -433,41 +391,7 @@ mod tests {
     }
 
     #[test]
-    fn proc_cgroup_selection() {
-        assert_eq!(
-            cgroup_path_from_proc(&format!("0::/system.slice/docker-{ID}.scope\n")).as_deref(),
-            Some(format!("/system.slice/docker-{ID}.scope").as_str())
-        );
-        assert_eq!(cgroup_path_from_proc("0::/\n").as_deref(), Some("/"));
-        // v1 / hybrid: the line with a container id wins
-        let v1 = format!(
-            "12:pids:/docker/{ID}\n1:name=systemd:/docker/{ID}\n0::/\n4:memory:/docker/{ID}\n"
-        );
-        assert_eq!(cgroup_path_from_proc(&v1), Some(format!("/docker/{ID}")));
-        // hybrid, no container: the v2 path if meaningful, else name=systemd
-        let hy = "9:name=systemd:/user.slice/session-1.scope\n4:memory:/x\n0::/user.slice/session-1.scope\n";
-        assert_eq!(
-            cgroup_path_from_proc(hy).as_deref(),
-            Some("/user.slice/session-1.scope")
-        );
-        let hy = "9:name=systemd:/init.scope\n4:memory:/x\n0::/\n";
-        assert_eq!(cgroup_path_from_proc(hy).as_deref(), Some("/init.scope"));
-        assert_eq!(
-            cgroup_path_from_proc("4:memory:/x\n").as_deref(),
-            Some("/x")
-        );
-        assert_eq!(cgroup_path_from_proc(""), None);
-        // paths may contain ':'
-        assert_eq!(
-            cgroup_path_from_proc(&format!("0::/a.slice:cri-containerd:{ID}\n")),
-            Some(format!("/a.slice:cri-containerd:{ID}"))
-        );
-    }
-
-    #[test]
     fn own_cgroup_is_readable() {
-        let p = cgroup_of_pid(std::process::id()).unwrap().unwrap();
-        assert!(p.starts_with('/'), "{p}");
         let hy = format!("4:memory:/docker/{ID}\n0::/system.slice/x.scope\n");
         assert_eq!(
             cgroup_v2_path_from_proc(&hy).as_deref(),

@@ -11,7 +11,8 @@
 //! ([`report::read`]), pairs two of them ([`compare`]) and renders them
 //! ([`render`]: terminal text, HTML with plots).
 //!
-//! [`kallsyms`] turns a copy-up's kernel stack into its trigger;
+//! [`kernel_maps`] reads back what the kernel's maps refused and how full
+//! they are. [`kallsyms`] turns a copy-up's kernel stack into its trigger;
 //! [`mountinfo`] maps overlay devices to mounts; [`doctor`] checks the
 //! kernel before anything is attached.
 
@@ -23,6 +24,7 @@ pub mod doctor;
 pub mod event;
 pub mod hist;
 pub mod kallsyms;
+pub mod kernel_maps;
 pub mod kretprobe;
 pub mod live;
 pub mod mountinfo;

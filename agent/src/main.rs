@@ -12,6 +12,7 @@ use cowtrace::attribution::{Attribution, FilterUpdate};
 use cowtrace::event::escape_str;
 use cowtrace::event::{decode, KernelEvent};
 use cowtrace::kallsyms::Symbols;
+use cowtrace::kernel_maps::KernelMaps;
 use cowtrace::output::{err_line, err_text, EventsTarget, JsonTarget};
 use cowtrace::probes::{ProbeOptions, Probes};
 use cowtrace::report::{self, RunInfo};
@@ -75,6 +76,9 @@ struct Cli {
     /// Use kprobes even where fentry/fexit would work (to compare methods)
     #[arg(long)]
     kprobes_only: bool,
+    /// How many (cgroup, overlay) pairs the kernel keeps write histograms for (default 4096); writes of pairs beyond it are counted in drops.map_full.writes, e.g. --write-keys 65536
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    write_keys: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -177,6 +181,7 @@ fn probe_options(cli: &Cli, filter: bool) -> ProbeOptions {
     ProbeOptions {
         force_kprobes: cli.kprobes_only,
         filter,
+        write_keys: cli.write_keys,
     }
 }
 
@@ -430,6 +435,8 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         }
     ));
 
+    // Before main takes maps it reads itself (WRITES).
+    let kernel_maps = KernelMaps::open(&probes.ebpf)?;
     let ring = RingBuf::try_from(probes.ebpf.take_map("EVENTS").context("EVENTS map")?)
         .context("EVENTS map")?;
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
@@ -518,6 +525,10 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             _ = drain.tick() => {
                 let _ = sink.drain(ring.get_mut());
                 sink.out.flush_events();
+                // Exited containers keep their totals, not their files.
+                for gone in sink.attribution.take_exited() {
+                    sink.stats.compact(&gone);
+                }
             }
             Some(update) = sink.attribution.filter_updates.recv() => {
                 // A followed container (re)started: trace its new cgroup
@@ -527,14 +538,19 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             _ = tick.tick() => {
                 read_writes(&writes, &mut write_snapshot);
                 let d = read_drops(&drops);
+                let full = kernel_maps.map_full();
                 sink.stats.refresh_names(|o| sink.attribution.describe(o));
                 let totals = write_totals(&write_snapshot, &mut sink.attribution, false);
                 let rows = sink.stats.rows(&totals);
                 if !sink.out.closed {
                     err_text(&live::summary_table(&rows, d.iter().sum()));
+                    if let Some(l) = cowtrace::kernel_maps::summary_line(&full) {
+                        err_line(&l);
+                    }
                 }
                 if let Some(t) = &json {
-                    let v = build_report(&base, started.elapsed().as_secs_f64(), d, &rows);
+                    let elapsed = started.elapsed().as_secs_f64();
+                    let v = build_report(&base, elapsed, d, &kernel_maps, &rows);
                     sink.out.json(t, &v);
                 }
             }
@@ -586,12 +602,16 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     let rows = sink.stats.rows(&totals);
     sink.out.flush_events();
     if let Some(t) = &json {
-        let v = build_report(&base, elapsed, d, &rows);
+        let v = build_report(&base, elapsed, d, &kernel_maps, &rows);
         sink.out.json(t, &v);
     }
     if !sink.out.closed {
         let mut text = format!("\n--- cowtrace summary ({elapsed:.1} s) ---\n");
         text.push_str(&live::exit_summary(&rows, d.iter().sum()));
+        if let Some(l) = cowtrace::kernel_maps::summary_line(&kernel_maps.map_full()) {
+            text.push_str(&l);
+            text.push('\n');
+        }
         err_text(&text);
     }
     // Only now, with everything written: detach (all probes at once).
@@ -835,6 +855,7 @@ fn build_report(
     base: &RunBase,
     elapsed: f64,
     drops: [u64; 3],
+    kernel_maps: &KernelMaps,
     rows: &[Row<'_>],
 ) -> serde_json::Value {
     let started = fmt_rfc3339(base.started);
@@ -844,6 +865,8 @@ fn build_report(
         duration_s: elapsed,
         probes: base.probes.clone(),
         drops,
+        map_full: kernel_maps.map_full(),
+        kernel_maps: kernel_maps.occupancy(),
         write_sample_every: 1,
         monotonic_to_unix_ns: base.mono_to_wall,
     };

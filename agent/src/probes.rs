@@ -11,7 +11,7 @@ use crate::kretprobe::{self, TracefsKretprobe};
 use agent_ebpf::{Config, DIRECT};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    programs::{FEntry, FExit, KProbe},
+    programs::{FEntry, FExit, KProbe, TracePoint},
     Ebpf, EbpfLoader,
 };
 use serde::Serialize;
@@ -44,6 +44,9 @@ pub struct ProbeOptions {
     pub force_kprobes: bool,
     /// Filter in the kernel (ids put in the filter maps afterwards).
     pub filter: bool,
+    /// Size of the kernel's write histogram map (`WRITES`): how many
+    /// (cgroup, overlay) pairs it keeps; `None` keeps the built-in size.
+    pub write_keys: Option<u32>,
 }
 
 /// The kernel's function symbols, read once from /proc/kallsyms: which
@@ -390,9 +393,14 @@ impl Probes {
         let mut cfg = layout(btf)?;
         cfg.filter = opts.filter as u32;
         let aya_btf = aya::Btf::from_sys_fs().ok();
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .btf(aya_btf.as_ref())
-            .override_global("CONFIG", &cfg, true)
+            .override_global("CONFIG", &cfg, true);
+        if let Some(n) = opts.write_keys {
+            loader.map_max_entries("WRITES", n);
+        }
+        let mut ebpf = loader
             .load(PROBES_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
         let mut report = ProbeReport::default();
@@ -413,6 +421,12 @@ impl Probes {
                 .with_context(|| format!("attaching {}", point.role))?;
             report.points.push(attached);
         }
+        att.links.push(thread_exit(&mut ebpf)?);
+        report.points.push(AttachedPoint {
+            role: "thread_exit",
+            function: "sched:sched_process_exit".into(),
+            method: "tracepoint".into(),
+        });
         Ok(Self {
             _kretprobes: att.kretprobes,
             links: att.links,
@@ -577,6 +591,17 @@ fn kprobe(ebpf: &mut Ebpf, prog: &str, function: &str) -> Result<Link> {
     let id = p
         .attach(function, 0)
         .map_err(|e| anyhow!("kprobe on {function}: {e}"))?;
+    Ok(Box::new(p.take_link(id)?))
+}
+
+/// Per-thread state is released when a thread exits (see the program).
+fn thread_exit(ebpf: &mut Ebpf) -> Result<Link> {
+    let p: &mut TracePoint = program(ebpf, "sched_process_exit")?;
+    p.load()
+        .map_err(|e| anyhow!("loading sched_process_exit: {}", verifier_error(&e)))?;
+    let id = p
+        .attach("sched", "sched_process_exit")
+        .map_err(|e| anyhow!("tracepoint sched:sched_process_exit: {e}"))?;
     Ok(Box::new(p.take_link(id)?))
 }
 

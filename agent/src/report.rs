@@ -4,6 +4,7 @@
 
 use crate::event::{KernelEvent, Kind};
 use crate::stats::{Owner, OwnerStats, WriteTotals, SHOWN};
+use base64::Engine as _;
 use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
@@ -19,27 +20,13 @@ pub struct RunInfo<'a> {
     pub duration_s: f64,
     pub probes: Value,
     pub drops: [u64; 3],
+    /// Inserts the kernel's maps refused, per [`agent_ebpf::MapFull`] kind.
+    pub map_full: crate::kernel_maps::MapFullCounts,
+    /// How full those maps are now.
+    pub kernel_maps: Vec<crate::kernel_maps::Occupancy>,
     pub write_sample_every: u64,
     /// Unix-epoch ns minus CLOCK_MONOTONIC ns, taken once at start.
     pub monotonic_to_unix_ns: i64,
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for c in bytes.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// `{count, bytes, latency_ns{...}, buckets, hdr}` for one histogram.
@@ -54,7 +41,7 @@ pub fn latency_block(count: u64, bytes: u64, h: &Histogram<u64>) -> Value {
     };
     let mut hdr = Vec::new();
     let hdr = match V2Serializer::new().serialize(h, &mut hdr) {
-        Ok(_) => base64(&hdr),
+        Ok(_) => base64::engine::general_purpose::STANDARD.encode(&hdr),
         Err(_) => String::new(),
     };
     // Log2 buckets like bpftrace's hist(): [lo, hi) ns with counts.
@@ -129,10 +116,23 @@ pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
 
 pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
     let kinds = ["copy_up", "whiteout", "opaque_dir"];
-    let drops: Map<String, Value> = kinds
+    let mut drops: Map<String, Value> = kinds
         .iter()
         .zip(run.drops)
         .map(|(k, n)| (k.to_string(), json!(n)))
+        .collect();
+    let map_full: Map<String, Value> = agent_ebpf::MapFull::ALL
+        .iter()
+        .map(|k| (k.key().to_string(), json!(run.map_full[*k as usize])))
+        .collect();
+    drops.insert("map_full".into(), Value::Object(map_full));
+    let kernel_maps: Map<String, Value> = run
+        .kernel_maps
+        .iter()
+        .map(|o| {
+            let v = json!({"entries": o.entries, "max_entries": o.max_entries});
+            (o.kind.key().to_string(), v)
+        })
         .collect();
     json!({
         "schema": SCHEMA,
@@ -143,6 +143,7 @@ pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
         "write_sample_every": run.write_sample_every,
         "clock": {"monotonic_to_unix_ns": run.monotonic_to_unix_ns},
         "drops": drops,
+        "kernel_maps": kernel_maps,
         "containers": containers,
     })
 }
@@ -248,15 +249,6 @@ mod tests {
     use crate::stats::new_hist;
 
     #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-    }
-
-    #[test]
     fn container_json_has_the_documented_shape() {
         let mut s = OwnerStats {
             copy_up_count: 2,
@@ -305,6 +297,15 @@ mod tests {
             duration_s: 1.0,
             probes: json!([{"role": "write", "function": "vfs_write", "method": "fentry+fexit"}]),
             drops: [0, 0, 0],
+            map_full: [0; agent_ebpf::MAP_FULL_KINDS as usize],
+            kernel_maps: agent_ebpf::MapFull::ALL
+                .iter()
+                .map(|&kind| crate::kernel_maps::Occupancy {
+                    kind,
+                    entries: 0,
+                    max_entries: 1,
+                })
+                .collect(),
             write_sample_every: 1,
             monotonic_to_unix_ns: 1_700_000_000_000_000_000,
         };

@@ -981,3 +981,84 @@ fn long_names_deep_paths_and_a_directory_named_ellipsis_are_told_apart() {
         .count();
     assert_eq!(long_top, 2, "{top:#?}");
 }
+
+#[test]
+#[ignore = "needs a guest kernel: run through `cargo xtask test`"]
+fn a_full_write_map_is_counted_in_drops() {
+    let a = Overlay::new("mapfull-a", |_| {});
+    let b = Overlay::new("mapfull-b", |_| {});
+    // One (cgroup, overlay) pair fits: this process's writes into `a`
+    // take it, its writes into `b` find the map full.
+    let t = Tracer::start("mapfull", &["--write-keys", "1"]);
+    let block = [1u8; 4096];
+    for (ov, n) in [(&a, 10), (&b, 7)] {
+        let mut f = std::fs::File::create(ov.path("log")).unwrap();
+        for _ in 0..n {
+            f.write_all(&block).unwrap();
+        }
+    }
+    let tr = t.stop();
+    let full = &tr.report["drops"]["map_full"];
+    assert_eq!(full["writes"], 7, "{:#}", tr.report["drops"]);
+    for k in ["write_starts", "copy_ops", "copy_objs", "ovl_ops"] {
+        assert_eq!(full[k], 0, "{k}: {:#}", tr.report["drops"]);
+    }
+    assert_eq!(tr.container("host")["writes"]["count"], 10);
+    let writes = &tr.report["kernel_maps"]["writes"];
+    assert_eq!(writes["max_entries"], 1, "{writes:#}");
+    assert_eq!(writes["entries"], 1, "{writes:#}");
+    assert!(
+        tr.stderr.contains("kernel maps full: 7 writes not counted"),
+        "{}",
+        tr.stderr
+    );
+}
+
+#[test]
+#[ignore = "needs a guest kernel: run through `cargo xtask test`"]
+fn exiting_threads_and_processes_leave_no_per_thread_state() {
+    let ov = Overlay::new("exits", |l| {
+        for i in 0..10 {
+            make_file(&l.join(format!("d{i}/keep")), 1);
+        }
+    });
+    let t = Tracer::start("exits", &[]);
+    // Every create and unlink enters ovl_copy_up_flags (for the parent
+    // directory, already copied up after the first), and no copy-up
+    // return follows: without clean-up on exit each of these threads
+    // would leave an entry behind.
+    for round in 0..10 {
+        let hs: Vec<_> = (0..20)
+            .map(|i| {
+                let p = ov.path(&format!("d{}/t{round}-{i}", i % 10));
+                std::thread::spawn(move || {
+                    std::fs::write(&p, b"x").unwrap();
+                    std::fs::remove_file(&p).unwrap();
+                })
+            })
+            .collect();
+        hs.into_iter().for_each(|h| h.join().unwrap());
+    }
+    let m = ov.merged.display();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "for i in $(seq 1 100); do sh -c 'echo y > {m}/d0/p'$i'; rm {m}/d0/p'$i; done"
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let tr = t.stop();
+    let maps = &tr.report["kernel_maps"];
+    for k in ["copy_ops", "copy_objs", "ovl_ops", "write_starts"] {
+        assert_eq!(maps[k]["entries"], 0, "{k}: {maps:#}");
+        assert!(maps[k]["max_entries"].as_u64().unwrap() > 0, "{maps:#}");
+    }
+    // The workload went through the probes: one copy-up per directory,
+    // and writes seen (not necessarily all 300: a BPF trampoline skips a
+    // write whose program is re-entered on a preempted CPU, see README).
+    let dev = ov.dev();
+    assert_eq!(tr.of("copy_up", &dev).len(), 10, "{:#?}", tr.events);
+    assert!(tr.container("host")["writes"]["count"].as_u64().unwrap() > 0);
+    assert_eq!(tr.report["drops"]["map_full"]["copy_ops"], 0);
+}

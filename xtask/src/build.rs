@@ -109,3 +109,19 @@ pub fn bench_runner(tooling: &Tooling) -> Result<PathBuf> {
     ]);
     executable(run_json(cmd)?, "cowtrace-bench", |_| true)
 }
+
+/// Build a static guest runner from `tests/src/bin` (e.g. `cowtrace-soak`).
+pub fn test_bin(tooling: &Tooling, name: &str) -> Result<PathBuf> {
+    let mut cmd = cargo(tooling);
+    cmd.args([
+        "build",
+        "-p",
+        "cowtrace-tests",
+        "--bin",
+        name,
+        "--release",
+        "--target",
+        TARGET,
+    ]);
+    executable(run_json(cmd)?, name, |_| true)
+}

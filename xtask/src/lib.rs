@@ -14,6 +14,7 @@
 //!   [`results`] counts them.
 //! * [`demo`]: the Docker demo with a container named nginx.
 //! * [`bench`]: cowtrace's cost to the workload, side by side with bpftrace.
+//! * [`soak`]: cowtrace's memory and totals while 200 containers come and go.
 //! * [`apt`], [`cpio`], [`util`]: the plumbing underneath.
 
 pub mod apt;
@@ -27,6 +28,7 @@ pub mod kernel;
 pub mod native;
 pub mod results;
 pub mod setup;
+pub mod soak;
 pub mod testopts;
 pub mod testrun;
 pub mod util;

@@ -41,6 +41,25 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: u32,
     },
+    /// Soak: cowtrace's peak RSS, CPU time and exact totals while many real
+    /// containers come and go in a Docker guest (not part of `test`).
+    Soak {
+        /// Kernel series of the guest.
+        #[arg(long, default_value = "6.1")]
+        kernel: Series,
+        /// Where soak.json, soak-report.json and cowtrace.log go.
+        #[arg(long, default_value = "target/soak")]
+        out: PathBuf,
+        /// Containers run, one after the other per lane.
+        #[arg(long, default_value_t = 200)]
+        containers: u32,
+        /// Distinct paths each container copies up.
+        #[arg(long, default_value_t = 500)]
+        files: u32,
+        /// Containers running at once.
+        #[arg(long, default_value_t = 4)]
+        parallel: u32,
+    },
     /// The demo: a Docker guest, a container named nginx, cowtrace watching it.
     Demo {
         /// Kernel series of the guest.
@@ -190,6 +209,21 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let t = setup::ensure()?;
             xtask::bench::run(&t, kernel, &out, rounds)
+        }
+        Cmd::Soak {
+            kernel,
+            out,
+            containers,
+            files,
+            parallel,
+        } => {
+            let t = setup::ensure()?;
+            let size = xtask::soak::SoakSize {
+                containers,
+                files,
+                parallel,
+            };
+            xtask::soak::run(&t, kernel, &out, &size)
         }
         Cmd::Demo {
             kernel,

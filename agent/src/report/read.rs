@@ -38,7 +38,17 @@ pub struct Report {
     pub clock: Option<Clock>,
     pub probes: Vec<Probe>,
     pub drops: Drops,
+    /// Added within v1: absent in older reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_maps: Option<std::collections::BTreeMap<String, KernelMap>>,
     pub containers: Vec<Container>,
+}
+
+/// One entry of `kernel_maps` (keyed by [`agent_ebpf::MapFull::key`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KernelMap {
+    pub entries: u64,
+    pub max_entries: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -56,6 +66,28 @@ pub const ADDED_WITHIN_V1: &[&str] = &[
     "containers[].top_files_other.count",
     "containers[].top_files_other.total_ns",
     "containers[].top_files_other.bytes",
+    "drops.map_full",
+    "drops.map_full.writes",
+    "drops.map_full.write_starts",
+    "drops.map_full.copy_ops",
+    "drops.map_full.copy_objs",
+    "drops.map_full.ovl_ops",
+    "kernel_maps",
+    "kernel_maps.writes",
+    "kernel_maps.writes.entries",
+    "kernel_maps.writes.max_entries",
+    "kernel_maps.write_starts",
+    "kernel_maps.write_starts.entries",
+    "kernel_maps.write_starts.max_entries",
+    "kernel_maps.copy_ops",
+    "kernel_maps.copy_ops.entries",
+    "kernel_maps.copy_ops.max_entries",
+    "kernel_maps.copy_objs",
+    "kernel_maps.copy_objs.entries",
+    "kernel_maps.copy_objs.max_entries",
+    "kernel_maps.ovl_ops",
+    "kernel_maps.ovl_ops.entries",
+    "kernel_maps.ovl_ops.max_entries",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -70,6 +102,10 @@ pub struct Drops {
     pub copy_up: u64,
     pub whiteout: u64,
     pub opaque_dir: u64,
+    /// Added within v1: inserts refused by full kernel maps, keyed by
+    /// [`agent_ebpf::MapFull::key`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_full: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Drops {

@@ -1,0 +1,261 @@
+//! `cowtrace-soak`: cowtrace left running while many real containers come
+//! and go (`cargo xtask soak` runs it in a Docker guest). Each container
+//! copies up its own directory of files from one image and exits; at the
+//! end the agent's peak RSS (VmHWM) and CPU time are measured and every
+//! container's totals are checked exact against what it did.
+//!
+//! Arguments: OUT_DIR CONTAINERS FILES_PER_CONTAINER PARALLEL.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const IMAGE: &str = "cowtrace/soak-img";
+/// Bytes in every image file (`x` and a newline).
+const FILE_BYTES: u64 = 2;
+/// Peak RSS the agent must stay under (issue 10).
+const RSS_TARGET_KIB: u64 = 40 * 1024;
+
+fn docker(args: &[&str]) -> Result<String, String> {
+    let o = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("docker: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// One image holding `containers` directories of `files` files each: every
+/// container copies up paths no other container has.
+fn build_image(containers: usize, files: usize) -> Result<(), String> {
+    let ctx = Path::new("/tmp/soak-img");
+    std::fs::create_dir_all(ctx).map_err(|e| e.to_string())?;
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM cowtrace/busybox:latest\n\
+             RUN for d in $(seq 0 {}); do mkdir -p /data/d$d; \
+             for f in $(seq 1 {files}); do echo x > /data/d$d/f$f; done; done\n",
+            containers - 1
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    docker(&[
+        "build",
+        "-q",
+        "--network",
+        "none",
+        "-t",
+        IMAGE,
+        "/tmp/soak-img",
+    ])?;
+    Ok(())
+}
+
+/// CPU seconds (user+system) and peak and current RSS (KiB) of a process.
+fn cost(pid: u32) -> (f64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    let cpu = (field(11) + field(12)) / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (cpu, kib("VmHWM:"), kib("VmRSS:"))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let num = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
+    let out = Path::new(args.get(1).map(String::as_str).unwrap_or("/out")).to_path_buf();
+    let (containers, files, parallel) = (num(2, 200), num(3, 500), num(4, 4).max(1));
+    match run(&out, containers, files, parallel) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("soak: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(out: &Path, containers: usize, files: usize, parallel: usize) -> Result<bool, String> {
+    let t0 = Instant::now();
+    println!("soak: building an image with {containers} x {files} files");
+    build_image(containers, files)?;
+    println!("soak: image built in {:.0} s", t0.elapsed().as_secs_f64());
+
+    let report = out.join("soak-report.json");
+    let log = std::fs::File::create(out.join("cowtrace.log")).map_err(|e| e.to_string())?;
+    let mut agent = Command::new(cowtrace_tests::cowtrace_bin())
+        .args(["--quiet", "--interval", "10s", "--json"])
+        .arg(&report)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting cowtrace: {e}"))?;
+    let pid = agent.id();
+    let mut lines = BufReader::new(agent.stderr.take().expect("piped")).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("tracing") => break,
+            Some(Ok(_)) => {}
+            _ => return Err("cowtrace ended before tracing".into()),
+        }
+    }
+    // The rest of its stderr (a summary every interval) goes to the log.
+    let copier = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut log = log;
+        for l in lines.map_while(Result::ok) {
+            let _ = writeln!(log, "{l}");
+        }
+    });
+    let (_, idle_hwm, _) = cost(pid);
+    println!("soak: cowtrace attached (pid {pid}, VmHWM {idle_hwm} KiB)");
+
+    // Containers in `parallel` lanes; each copies up its own directory
+    // (`touch` is a setattr copy-up of every file, and of /data and the
+    // directory on the way) and exits.
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let lanes: Vec<_> = (0..parallel)
+        .map(|_| {
+            let (next, done) = (next.clone(), done.clone());
+            std::thread::spawn(move || -> Result<(), String> {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= containers {
+                        return Ok(());
+                    }
+                    let name = format!("soak-{i}");
+                    let script = format!("touch /data/d{i}/*");
+                    docker(&[
+                        "run",
+                        "--rm",
+                        "--name",
+                        &name,
+                        "--network",
+                        "none",
+                        IMAGE,
+                        "sh",
+                        "-c",
+                        &script,
+                    ])?;
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let mut last = 0;
+    while lanes.iter().any(|l| !l.is_finished()) {
+        std::thread::sleep(Duration::from_millis(500));
+        let n = done.load(Ordering::SeqCst);
+        if n / 10 != last / 10 || n == containers {
+            let (cpu, hwm, rss) = cost(pid);
+            println!(
+                "soak: {n}/{containers} containers, {:.0} s, cowtrace RSS {rss} KiB (peak {hwm}), CPU {cpu:.1} s",
+                t0.elapsed().as_secs_f64()
+            );
+            last = n;
+        }
+    }
+    for l in lanes {
+        l.join().map_err(|_| "a lane panicked".to_string())??;
+    }
+    let work_s = t0.elapsed().as_secs_f64();
+    // Let the last events through before measuring and stopping.
+    std::thread::sleep(Duration::from_secs(2));
+    let (cpu, hwm, rss) = cost(pid);
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let status = agent.wait().map_err(|e| e.to_string())?;
+    let _ = copier.join();
+    if !status.success() {
+        return Err(format!("cowtrace ended with {status}"));
+    }
+
+    let text = std::fs::read_to_string(&report).map_err(|e| format!("{report:?}: {e}"))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{report:?}: {e}"))?;
+    let rows = v["containers"].as_array().cloned().unwrap_or_default();
+    // Per container: its files and the two directories on the way
+    // (/data and /data/dN), exactly once each; bytes only from files.
+    let want_count = files as u64 + 2;
+    let want_bytes = files as u64 * FILE_BYTES;
+    let mut wrong = Vec::new();
+    for i in 0..containers {
+        let name = format!("soak-{i}");
+        match rows.iter().find(|c| c["name"] == name.as_str()) {
+            Some(c) => {
+                let (n, b) = (&c["copy_up"]["count"], &c["copy_up"]["bytes"]);
+                if n != want_count || b != want_bytes {
+                    wrong.push(format!("{name}: {n} copy-ups, {b} bytes"));
+                }
+            }
+            None => wrong.push(format!("{name}: no row")),
+        }
+    }
+    let copied: u64 = rows
+        .iter()
+        .filter(|c| c["name"].as_str().is_some_and(|n| n.starts_with("soak-")))
+        .filter_map(|c| c["copy_up"]["count"].as_u64())
+        .sum();
+    let result = json!({
+        "containers": containers,
+        "files_per_container": files,
+        "distinct_paths": containers * files,
+        "copy_ups_reported": copied,
+        "agent_peak_rss_kib": hwm,
+        "agent_rss_at_end_kib": rss,
+        "agent_rss_after_attach_kib": idle_hwm,
+        "agent_cpu_s": (cpu * 100.0).round() / 100.0,
+        "workload_s": work_s.round(),
+        "drops": v["drops"],
+        "kernel_maps": v["kernel_maps"],
+        "wrong": wrong,
+    });
+    std::fs::write(
+        out.join("soak.json"),
+        serde_json::to_string_pretty(&result).unwrap_or_default(),
+    )
+    .map_err(|e| e.to_string())?;
+    println!(
+        "soak: {containers} containers, {} paths copied up in {work_s:.0} s; cowtrace peak RSS {hwm} KiB ({:.1} MiB, target < 40 MiB), CPU {cpu:.1} s",
+        containers * files,
+        hwm as f64 / 1024.0
+    );
+    println!("soak: drops {}", v["drops"]);
+    let mut ok = true;
+    if !wrong.is_empty() {
+        println!(
+            "soak: FAIL: {} containers' totals are not exact: {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(10)]
+        );
+        ok = false;
+    }
+    if hwm >= RSS_TARGET_KIB {
+        println!("soak: FAIL: peak RSS {hwm} KiB is over the target of {RSS_TARGET_KIB} KiB");
+        ok = false;
+    }
+    if ok {
+        println!("soak: ok");
+    }
+    Ok(ok)
+}
