@@ -24,6 +24,7 @@ pub mod event;
 pub mod hist;
 pub mod kallsyms;
 pub mod kretprobe;
+pub mod layers;
 pub mod live;
 pub mod mountinfo;
 pub mod offline;
