@@ -774,11 +774,13 @@ fn a_chown_to_the_owner_files_have_changed_nothing() {
         .map(|e| e["path"].as_str().unwrap())
         .collect();
     paths.sort();
-    let mut want = vec!["app", "app/conf"];
+    // busybox's chown -R goes depth first: the directories are copied up
+    // as parents of the first file (not targets of their own).
+    let mut want = vec![];
     want.extend(["a", "b", "c"].map(|f| ["app/conf/", f, ".conf"].concat().leak() as &str));
     want.extend((1..=6).map(|i| format!("app/f{i}").leak() as &str));
     want.sort();
-    assert_eq!(paths, want, "chown -R copies every object up");
+    assert_eq!(paths, want, "chown -R copies every file up");
     let changed = ["app/f3", "app/f4"];
     let same: Vec<&&Value> = targets
         .iter()
