@@ -14,7 +14,7 @@ use cowtrace::event::{decode, KernelEvent};
 use cowtrace::kallsyms::Symbols;
 use cowtrace::layers::totals::PerLayer;
 use cowtrace::layers::worker::{Layers, UnchangedReport};
-use cowtrace::layers::LayerAnswer;
+use cowtrace::layers::{advice, changes, LayerAnswer};
 use cowtrace::output::{err_line, err_text, EventsTarget, JsonTarget};
 use cowtrace::probes::{ProbeOptions, Probes};
 use cowtrace::report::{self, RunInfo};
@@ -78,6 +78,9 @@ struct Cli {
     /// Use kprobes even where fentry/fexit would work (to compare methods)
     #[arg(long)]
     kprobes_only: bool,
+    /// At exit, list what each --container changed like `docker diff`, with the image layer of each entry, e.g. --container nginx --changes
+    #[arg(long, requires = "containers")]
+    changes: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -608,7 +611,22 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         for (o, _, _) in &rows {
             text.push_str(&sink.per_layer.table(&o.id, &o.name, &unchanged));
         }
+        for (o, _, _) in &rows {
+            let advice = advice::for_container(&o.id, &sink.per_layer, &unchanged);
+            text.push_str(&advice::text(&o.name, &advice));
+        }
         err_text(&text);
+        if cli.changes {
+            for c in &container_filter {
+                err_text(&match sink.layers.changes(&c.info.id, CHANGES_WAIT) {
+                    Some(list) => changes::render(&c.info.name, &list),
+                    None => format!(
+                        "changes in {}: not known (the runtime did not give its layers in time)\n",
+                        escape_str(&c.info.name)
+                    ),
+                });
+            }
+        }
     }
     // Only now, with everything written: detach (all probes at once).
     if let Some(p) = attached.take() {
@@ -653,6 +671,9 @@ const MAX_HELD: usize = 65_536;
 /// take (inside the 2 s from signal to report; the last interval's check
 /// is used if it takes longer).
 const FINAL_CHECK_WAIT: Duration = Duration::from_millis(400);
+/// How long `--changes` waits for a container's change list (after the
+/// report and summary are out).
+const CHANGES_WAIT: Duration = Duration::from_secs(5);
 /// How long `--container` waits for the runtime's first answer.
 const RUNTIME_WAIT: Duration = Duration::from_secs(5);
 /// At the end, how long held events and writers may still wait for
@@ -777,15 +798,15 @@ impl EventSink<'_> {
     }
 
     fn handle(&mut self, owner: &Owner, fs: Option<Owner>, layer: &LayerAnswer, ev: &KernelEvent) {
-        if let Some(f) = &fs {
-            self.per_layer.record(&f.id, layer, ev);
-        }
-        let trigger = match &ev.kind {
-            cowtrace::event::Kind::CopyUp(c) => {
-                Some(self.symbols.classify_copy_up(&c.stack).as_str())
-            }
+        let cause = match &ev.kind {
+            cowtrace::event::Kind::CopyUp(c) => Some(self.symbols.classify_copy_up(&c.stack)),
             _ => None,
         };
+        let trigger = cause.map(|t| t.as_str());
+        if let Some(f) = &fs {
+            let setattr = cause == Some(cowtrace::kallsyms::Trigger::Setattr);
+            self.per_layer.record(&f.id, layer, ev, setattr);
+        }
         self.stats.record(owner, ev);
         if self.out.events.is_some() {
             let mut v = report::event_json(owner, fs.as_ref(), trigger, ev, self.mono_to_wall);

@@ -316,7 +316,10 @@ mod tests {
             created_by: Some("ADD rootfs.tar /".into()),
         }));
         let mut p = crate::layers::totals::PerLayer::default();
-        p.record("host", &layer, &ev);
+        // Enough chown copy-ups for the ownership advice.
+        for _ in 0..crate::layers::advice::CHOWN_MIN_FILES {
+            p.record("host", &layer, &ev, true);
+        }
         p
     }
 

@@ -566,7 +566,9 @@ fn layered_image() {
             ctx.join("Dockerfile"),
             "FROM cowtrace/busybox:latest\n\
              RUN mkdir -p /app/conf && echo base > /app/conf/a.conf && echo one > /app/conf/b.conf \
-             && for i in 1 2 3 4 5 6; do echo $i > /app/f$i; done\n\
+             && for i in $(seq 1 12); do echo $i > /app/f$i; done \
+             && mkdir -p /srv/logs /srv/data && head -c 300000 /dev/zero > /srv/logs/app.log \
+             && head -c 1100000 /dev/zero > /srv/data/big.bin\n\
              ENV COWTRACE_NO_LAYER=1\n\
              RUN echo override > /app/conf/b.conf && echo two > /app/conf/c.conf\n",
         )
@@ -654,10 +656,11 @@ fn events_name_their_image_layer_and_instruction() {
         "3600",
     ]);
     let c = Container("layered".into());
-    let t = Tracer::start("layers", &["--container", "layered"]);
+    let t = Tracer::start("layers", &["--container", "layered", "--changes"]);
     c.exec(
         "echo x >> /app/conf/a.conf; echo x >> /app/conf/b.conf; rm /app/f1; \
-         echo x >> /etc/passwd; echo x >> /.dockerenv; echo x > /app/new",
+         echo x >> /etc/passwd; echo x >> /.dockerenv; echo x > /app/new; \
+         echo x >> /srv/logs/app.log; touch /srv/data/big.bin",
     );
     std::thread::sleep(std::time::Duration::from_secs(2));
     let tr = t.stop();
@@ -733,6 +736,38 @@ fn events_name_their_image_layer_and_instruction() {
         }
     }
     assert!(diff.lines().any(|l| l == "D /app/f1"), "{diff}");
+    // `--changes` lists exactly what `docker diff` does, with layers.
+    let listed: std::collections::BTreeSet<String> = tr
+        .stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("changes in layered"))
+        .skip(1)
+        .take_while(|l| l.len() > 2 && "ACD".contains(&l[..1]) && &l[1..3] == " /")
+        .map(|l| l.split("  ").next().unwrap().to_string())
+        .collect();
+    let diffed: std::collections::BTreeSet<String> = diff.lines().map(str::to_string).collect();
+    assert_eq!(listed, diffed, "{}", tr.stderr);
+    assert!(
+        tr.stderr
+            .lines()
+            .any(|l| l.starts_with("C /app/conf/b.conf  [layer 2: RUN echo override")),
+        "{}",
+        tr.stderr
+    );
+    // Advice: the log from the image appended to, the large file touched.
+    let advice = me["advice"].as_array().unwrap();
+    let rule = |r: &str, path: &str| {
+        advice
+            .iter()
+            .find(|a| a["rule"] == r && a["path"] == path)
+            .unwrap_or_else(|| panic!("no {r} for {path}: {advice:#?}"))
+    };
+    let log = rule("log_in_image", "srv/logs/app.log");
+    assert_eq!(log["layer"], 1);
+    assert_eq!(log["bytes"], event("copy_up", "srv/logs/app.log")["bytes"]);
+    let big = rule("large_copy_small_change", "srv/data/big.bin");
+    assert_eq!(big["bytes"], 1_100_000);
+    assert!(tr.stderr.contains("[log_in_image]"), "{}", tr.stderr);
 }
 
 /// An entrypoint-style `chown -R` to the owner the files already have
@@ -743,23 +778,26 @@ fn events_name_their_image_layer_and_instruction() {
 #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
 fn a_chown_to_the_owner_files_have_changed_nothing() {
     layered_image();
-    let _ = Command::new("docker")
-        .args(["rm", "-f", "chowner"])
-        .output();
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        "chowner",
-        "--network",
-        "none",
-        LAYERED,
-        "sleep",
-        "3600",
-    ]);
-    let c = Container("chowner".into());
-    let t = Tracer::start("unchanged", &["--container", "chowner"]);
+    let run = |name: &str| {
+        let _ = Command::new("docker").args(["rm", "-f", name]).output();
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            LAYERED,
+            "sleep",
+            "3600",
+        ]);
+        Container(name.into())
+    };
+    let (c, other) = (run("chowner"), run("chowner2"));
+    let t = Tracer::start("unchanged", &[]);
     c.exec("chown -R 0:0 /app && chmod 600 /app/f3 && echo x >> /app/f4");
+    // Another container of the image copies one of the same files up.
+    other.exec("chown 0:0 /app/conf/a.conf");
     std::thread::sleep(std::time::Duration::from_secs(2));
     let tr = t.stop();
     let me = named(&tr.report, "chowner").expect("chowner in the report");
@@ -768,6 +806,7 @@ fn a_chown_to_the_owner_files_have_changed_nothing() {
         .events
         .iter()
         .filter(|e| e["type"] == "copy_up" && e["ancestor"] == false)
+        .filter(|e| e["container"]["name"] == "chowner")
         .collect();
     let mut paths: Vec<&str> = targets
         .iter()
@@ -778,7 +817,7 @@ fn a_chown_to_the_owner_files_have_changed_nothing() {
     // as parents of the first file (not targets of their own).
     let mut want = vec![];
     want.extend(["a", "b", "c"].map(|f| ["app/conf/", f, ".conf"].concat().leak() as &str));
-    want.extend((1..=6).map(|i| format!("app/f{i}").leak() as &str));
+    want.extend((1..=12).map(|i| format!("app/f{i}").leak() as &str));
     want.sort();
     assert_eq!(paths, want, "chown -R copies every file up");
     let changed = ["app/f3", "app/f4"];
@@ -811,6 +850,41 @@ fn a_chown_to_the_owner_files_have_changed_nothing() {
     }
     assert!(
         tr.stderr.contains("copy-ups changed nothing"),
+        "{}",
+        tr.stderr
+    );
+    // Advice: ownership at build time, per layer, with what changed nothing.
+    let advice = me["advice"].as_array().unwrap();
+    let own: Vec<&Value> = advice
+        .iter()
+        .filter(|a| a["rule"] == "ownership_at_build_time")
+        .collect();
+    for a in &own {
+        let i = &a["layer"];
+        let of_layer: Vec<&&Value> = targets
+            .iter()
+            .filter(|e| &e["layer"]["index"] == i)
+            .collect();
+        assert_eq!(a["count"], of_layer.len() as u64, "{a:#}");
+        let same = of_layer
+            .iter()
+            .filter(|e| !changed.contains(&e["path"].as_str().unwrap()))
+            .count();
+        assert_eq!(a["unchanged"], same as u64, "{a:#}");
+    }
+    let layers_with_chown: std::collections::BTreeSet<u64> = targets
+        .iter()
+        .map(|e| e["layer"]["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(own.len(), layers_with_chown.len(), "{advice:#?}");
+    // The same image file copied up by both containers.
+    let bake = advice
+        .iter()
+        .find(|a| a["rule"] == "bake_into_image" && a["path"] == "app/conf/a.conf")
+        .unwrap_or_else(|| panic!("no bake_into_image: {advice:#?}"));
+    assert_eq!(bake["count"], 2, "{bake:#}");
+    assert!(
+        tr.stderr.contains("[ownership_at_build_time]"),
         "{}",
         tr.stderr
     );

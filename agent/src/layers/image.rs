@@ -37,6 +37,8 @@ pub struct ImageLayers {
     pub lowers: Vec<Lower>,
     /// The container's upper directory (what it changed), when known.
     pub upper: Option<PathBuf>,
+    /// The image the container runs (its id), when known.
+    pub image_id: Option<String>,
 }
 
 /// At most this many lower layers are looked at (overlayfs allows 500;
@@ -136,6 +138,7 @@ pub fn assemble(
     ImageLayers {
         lowers,
         upper: None,
+        image_id: None,
     }
 }
 
@@ -243,6 +246,7 @@ pub async fn fetch(client: &Docker, root: &Path, container_id: &str) -> Result<I
         );
     }
     layers.upper = upper;
+    layers.image_id = Some(image_id);
     Ok(layers)
 }
 

@@ -10,6 +10,8 @@
 //! ([`image`]) and walks the lower directories without following a symlink
 //! ([`lookup`]). [`totals`] aggregates per container and layer.
 
+pub mod advice;
+pub mod changes;
 pub mod image;
 pub mod lookup;
 pub mod totals;

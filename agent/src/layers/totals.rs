@@ -25,6 +25,9 @@ pub struct LayerTotals {
     pub copy_up: LogHist,
     pub whiteouts: u64,
     pub opaque_dirs: u64,
+    /// Copy-ups a chown/chmod caused (trigger `setattr`), for the advice.
+    pub setattr_count: u64,
+    pub setattr_bytes: u64,
 }
 
 /// One container's layers.
@@ -43,8 +46,9 @@ pub struct PerLayer {
 }
 
 impl PerLayer {
-    /// Books one event of the filesystem of container `fs_id`.
-    pub fn record(&mut self, fs_id: &str, answer: &LayerAnswer, ev: &KernelEvent) {
+    /// Books one event of the filesystem of container `fs_id`; `setattr`:
+    /// a copy-up caused by a chown or chmod.
+    pub fn record(&mut self, fs_id: &str, answer: &LayerAnswer, ev: &KernelEvent, setattr: bool) {
         let c = match self.containers.get_mut(fs_id) {
             Some(c) => c,
             None => self.containers.entry(fs_id.to_string()).or_default(),
@@ -67,6 +71,10 @@ impl PerLayer {
                 t.copy_up_bytes += cu.bytes;
                 t.copy_up_ns += cu.latency_ns;
                 t.copy_up.record(cu.latency_ns.max(1));
+                if setattr && !cu.ancestor {
+                    t.setattr_count += 1;
+                    t.setattr_bytes += cu.bytes;
+                }
             }
             Kind::Whiteout { .. } => t.whiteouts += 1,
             Kind::OpaqueDir => t.opaque_dirs += 1,
@@ -119,6 +127,8 @@ impl PerLayer {
         block["not_checked"] = json!(u.not_checked);
         block["paths"] = json!(u.paths);
         v["copy_up_unchanged"] = block;
+        let advice = super::advice::for_container(container_id, self, unchanged);
+        v["advice"] = Value::Array(advice.iter().map(|a| a.json()).collect());
     }
 
     /// The live summary's per-layer table of one container (empty when it
@@ -258,11 +268,16 @@ mod tests {
             created_by: None,
         }));
         let mut p = PerLayer::default();
-        p.record("c", &l1, &up(100, 10));
-        p.record("c", &l1, &up(300, 20));
-        p.record("c", &l0, &ev(Kind::Whiteout { cause: "unlink" }));
-        p.record("c", &LayerAnswer::NoLayer, &up(5, 5));
-        p.record("c", &LayerAnswer::Unknown(Unknown::TooSlow), &up(5, 5));
+        p.record("c", &l1, &up(100, 10), false);
+        p.record("c", &l1, &up(300, 20), true);
+        p.record("c", &l0, &ev(Kind::Whiteout { cause: "unlink" }), false);
+        p.record("c", &LayerAnswer::NoLayer, &up(5, 5), false);
+        p.record(
+            "c",
+            &LayerAnswer::Unknown(Unknown::TooSlow),
+            &up(5, 5),
+            false,
+        );
         let (layers, unknown) = p.json("c", &UnchangedReport::new());
         assert_eq!(unknown, 1);
         assert_eq!(layers[0]["index"], 0);

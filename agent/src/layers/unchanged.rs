@@ -85,6 +85,50 @@ fn same_content(a: &mut impl Read, b: &mut impl Read, len: u64) -> std::io::Resu
     Ok(true)
 }
 
+/// Sizes of both sides of a copy-up (for the advice: a file that grew
+/// was appended to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    pub lower: u64,
+    pub upper: u64,
+    pub regular_file: bool,
+}
+
+/// The sizes of `path` in `lower` and `upper` (None if either is gone).
+pub fn sizes(lower: &Path, upper: &Path, path: &[u8]) -> Result<Option<Sizes>, LookupError> {
+    let parts = components(path)?;
+    let (Some((up, _)), Some((low, _))) = (stat_at(upper, &parts)?, stat_at(lower, &parts)?) else {
+        return Ok(None);
+    };
+    let regular = |s: &Stat| FileType::from_raw_mode(s.st_mode) == FileType::RegularFile;
+    Ok(Some(Sizes {
+        lower: low.st_size as u64,
+        upper: up.st_size as u64,
+        regular_file: regular(&low) && regular(&up),
+    }))
+}
+
+/// Whether directory `path` looks the same in `upper` as in `lower`
+/// (mode, size, modification time): what `docker diff` takes for a
+/// directory it need not list.
+pub fn same_dir(lower: &Path, upper: &Path, path: &[u8]) -> bool {
+    let Ok(parts) = components(path) else {
+        return false;
+    };
+    match (stat_at(upper, &parts), stat_at(lower, &parts)) {
+        (Ok(Some((u, _))), Ok(Some((l, _)))) => {
+            u.st_mode == l.st_mode
+                && u.st_size == l.st_size
+                && u.st_mtime == l.st_mtime
+                // Docker compares seconds only when a side has no ns.
+                && (u.st_mtime_nsec == l.st_mtime_nsec
+                    || u.st_mtime_nsec == 0
+                    || l.st_mtime_nsec == 0)
+        }
+        _ => false,
+    }
+}
+
 /// Compares `path` in `upper` with the same path in `lower`.
 pub fn compare(lower: &Path, upper: &Path, path: &[u8]) -> Result<Verdict, LookupError> {
     let parts = components(path)?;

@@ -16,9 +16,11 @@
 //! [`MAX_TRACKED`] copy-ups are remembered (the others are counted as
 //! not checked).
 
+use super::advice::{self, Advice, Rule};
+use super::changes::{self, ChangeList};
 use super::image::{self, ImageLayers};
 use super::lookup::{topmost_holding, Found};
-use super::unchanged::{compare, Verdict};
+use super::unchanged::{compare, sizes, Verdict};
 use super::{LayerAnswer, LayerRef, Unknown};
 use crate::event::{escape_bytes, KernelEvent, Kind};
 use crate::runtime::DockerEngine;
@@ -65,6 +67,8 @@ enum Request {
     Lookup(Key, Option<Cost>),
     /// Check the remembered copy-ups again and publish the result.
     Evaluate,
+    /// A container's change list, sent back.
+    Changes(String, std::sync::mpsc::Sender<Option<ChangeList>>),
 }
 
 /// Sums of copy-ups that changed nothing.
@@ -87,6 +91,8 @@ pub struct UnchangedTotals {
     pub paths: Vec<String>,
     /// By layer index.
     pub by_layer: BTreeMap<u32, Sums>,
+    /// What the rules that look at the checked copy-ups advise.
+    pub advice: Vec<Advice>,
 }
 
 /// Every container's [`UnchangedTotals`], by container id.
@@ -204,6 +210,16 @@ impl Layers {
     pub fn unchanged(&self) -> Arc<UnchangedReport> {
         self.lock().unchanged.clone()
     }
+
+    /// What container `id` changed, `docker diff`-style (None: its layers
+    /// are not known, or no answer within `limit`).
+    pub fn changes(&self, id: &str, limit: Duration) -> Option<ChangeList> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.requests
+            .send(Request::Changes(id.to_string(), tx))
+            .ok()?;
+        rx.recv_timeout(limit).ok().flatten()
+    }
 }
 
 /// What the worker knows of one container.
@@ -260,6 +276,11 @@ impl Worker {
         }
     }
 
+    async fn changes(&mut self, id: &str) -> Option<ChangeList> {
+        let layers = self.layers_of(id).await?;
+        changes::list(&layers)
+    }
+
     async fn answer(&mut self, (id, path): &Key, cost: Option<Cost>) -> LayerAnswer {
         let Some(layers) = self.layers_of(id).await else {
             return LayerAnswer::Unknown(Unknown::NoLayerData);
@@ -306,10 +327,18 @@ async fn answer_waiting(
                 put(shared, key, a);
             }
             Request::Evaluate => evaluate = true,
+            Request::Changes(id, reply) => {
+                let _ = reply.send(w.changes(&id).await);
+            }
         }
     }
     evaluate
 }
+
+/// (image id, path) -> the containers that copied it up, the bytes they
+/// copied, its layer.
+type SharedCopies<'a> =
+    HashMap<(&'a str, &'a [u8]), (HashSet<&'a str>, u64, Option<&'a Arc<LayerRef>>)>;
 
 /// Checks every remembered copy-up, answering questions between slices.
 async fn evaluate(
@@ -321,10 +350,24 @@ async fn evaluate(
     for (id, n) in &w.untracked {
         report.entry(id.clone()).or_default().not_checked += n;
     }
+    // (image, path) -> containers that copied it up, for the advice.
+    let mut shared_copies: SharedCopies = HashMap::new();
     let mut i = 0;
     while i < w.tracked.len() {
         for t in &w.tracked[i..(i + CHECK_SLICE).min(w.tracked.len())] {
             let r = report.entry(t.container.to_string()).or_default();
+            let lower = &t.layers.lowers[t.lower].dir;
+            if let Some(upper) = &t.layers.upper {
+                if let Ok(Some(sz)) = sizes(lower, upper, &t.path) {
+                    if let Some(a) = size_advice(t, sz) {
+                        if r.advice.iter().filter(|x| x.rule == a.rule).count()
+                            < advice::MAX_PER_RULE
+                        {
+                            r.advice.push(a);
+                        }
+                    }
+                }
+            }
             let verdict = match &t.layers.upper {
                 Some(upper) => compare(&t.layers.lowers[t.lower].dir, upper, &t.path).ok(),
                 None => None,
@@ -348,9 +391,94 @@ async fn evaluate(
         // A report asked for meanwhile is this one.
         answer_waiting(w, shared, requests).await;
     }
+    for t in &w.tracked {
+        if let Some(image) = t.layers.image_id.as_deref() {
+            let e = shared_copies.entry((image, &t.path)).or_default();
+            if e.0.insert(&t.container) {
+                e.1 += t.cost.bytes;
+            }
+            e.2 = t.layer.as_ref();
+        }
+    }
+    let mut shared_list: Vec<_> = shared_copies
+        .into_iter()
+        .filter(|(_, (cs, _, _))| cs.len() >= advice::SHARED_MIN_CONTAINERS)
+        .collect();
+    // Most containers first, then by path.
+    shared_list.sort_by(|a, b| b.1 .0.len().cmp(&a.1 .0.len()).then(a.0 .1.cmp(b.0 .1)));
+    for ((_, path), (containers, bytes, layer)) in shared_list {
+        let a = Advice {
+            rule: Rule::BakeIntoImage,
+            path: Some(escape_bytes(path)),
+            layer: layer.cloned(),
+            count: containers.len() as u64,
+            bytes,
+            unchanged: 0,
+            what: format!(
+                "/{} was copied up by {} containers of this image ({} in all): bake the change into the image",
+                escape_bytes(path),
+                containers.len(),
+                crate::live::fmt_bytes(bytes)
+            ),
+        };
+        for c in containers {
+            let r = report.entry(c.to_string()).or_default();
+            if r.advice.iter().filter(|x| x.rule == a.rule).count() < advice::MAX_PER_RULE {
+                r.advice.push(a.clone());
+            }
+        }
+    }
     let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
     s.unchanged = Arc::new(report);
     s.generation += 1;
+}
+
+/// The rules that look at one copy-up's sizes: a log-like file that grew
+/// after its copy-up; a large copy for a small change.
+fn size_advice(t: &Tracked, sz: super::unchanged::Sizes) -> Option<Advice> {
+    if !sz.regular_file || t.cost.bytes == 0 {
+        return None;
+    }
+    let path = escape_bytes(&t.path);
+    let grew = sz.upper.saturating_sub(sz.lower);
+    if advice::log_like(&t.path) && sz.upper > sz.lower {
+        let dir = match path.rsplit_once('/') {
+            Some((d, _)) => format!("/{d}"),
+            None => "/".to_string(),
+        };
+        return Some(Advice {
+            rule: Rule::LogInImage,
+            path: Some(path.clone()),
+            layer: t.layer.clone(),
+            count: 1,
+            bytes: t.cost.bytes,
+            unchanged: 0,
+            what: format!(
+                "/{path} came from the image and was copied up ({}) to append {}: mount a volume or a tmpfs at {dir} (or start the log empty)",
+                crate::live::fmt_bytes(t.cost.bytes),
+                crate::live::fmt_bytes(grew)
+            ),
+        });
+    }
+    let change = sz.upper.abs_diff(sz.lower);
+    if t.cost.bytes >= advice::LARGE_COPY_BYTES
+        && change <= t.cost.bytes / advice::SMALL_CHANGE_RATIO
+    {
+        return Some(Advice {
+            rule: Rule::LargeCopySmallChange,
+            path: Some(path.clone()),
+            layer: t.layer.clone(),
+            count: 1,
+            bytes: t.cost.bytes,
+            unchanged: 0,
+            what: format!(
+                "/{path}: {} copied up for a change of its size by {}: keep files that change small, or outside the image (a volume)",
+                crate::live::fmt_bytes(t.cost.bytes),
+                crate::live::fmt_bytes(change)
+            ),
+        });
+    }
+    None
 }
 
 fn add(s: &mut Sums, c: Cost) {
@@ -396,6 +524,9 @@ async fn work(
                 put(&shared, key, a);
             }
             Request::Evaluate => evaluate(&mut w, &shared, &mut requests).await,
+            Request::Changes(id, reply) => {
+                let _ = reply.send(w.changes(&id).await);
+            }
         }
     }
 }
