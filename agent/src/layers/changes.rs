@@ -4,10 +4,9 @@
 //! layer it came from, and changed entries that are still what they were
 //! in that layer marked (copy-ups that changed nothing).
 //!
-//! As `docker diff` does, a directory that is in an image layer and looks
-//! the same in the upper layer (mode, size, modification time) is listed
-//! only when an entry was added to it or deleted from it. Unlike it, an
-//! opaque directory (a directory removed and made again) is listed as
+//! Every entry of the upper directory is listed, as Docker 20.10's
+//! `docker diff` lists them (the guest test compares the two); unlike it,
+//! an opaque directory (a directory removed and made again) is listed as
 //! changed, not deleted: its mark is a `trusted.*` attribute, which the
 //! agent cannot read after giving up CAP_SYS_ADMIN.
 //!
@@ -16,7 +15,7 @@
 
 use super::image::ImageLayers;
 use super::lookup::{topmost_holding, Found};
-use super::unchanged::{compare, same_dir, Verdict};
+use super::unchanged::{compare, Verdict};
 use super::LayerRef;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 use std::os::fd::OwnedFd;
@@ -83,8 +82,7 @@ pub fn list(layers: &ImageLayers) -> Option<ChangeList> {
     Some(out)
 }
 
-/// Lists what is under `dir` (`prefix`); true if an entry directly in
-/// it was added or deleted.
+/// Lists what is under `dir` (`prefix`).
 fn walk(
     layers: &ImageLayers,
     upper: &Path,
@@ -92,10 +90,9 @@ fn walk(
     prefix: &mut Vec<u8>,
     depth: usize,
     out: &mut ChangeList,
-) -> bool {
-    let mut added_or_deleted = false;
+) {
     let Ok(entries) = Dir::read_from(dir) else {
-        return false;
+        return;
     };
     let mut names: Vec<Vec<u8>> = entries
         .filter_map(Result::ok)
@@ -126,7 +123,6 @@ fn walk(
         };
         let layer = below.and_then(|i| layers.lowers[i].layer.clone());
         if t == FileType::CharacterDevice && st.st_rdev == 0 {
-            added_or_deleted = true;
             out.changes.push(Change {
                 kind: ChangeKind::Deleted,
                 path: prefix.clone(),
@@ -137,7 +133,6 @@ fn walk(
             let kind = if below.is_some() {
                 ChangeKind::Changed
             } else {
-                added_or_deleted = true;
                 ChangeKind::Added
             };
             let unchanged = match below {
@@ -149,30 +144,20 @@ fn walk(
                 ),
                 _ => false,
             };
-            let quiet_dir = t == FileType::Directory
-                && below.is_some_and(|i| same_dir(&layers.lowers[i].dir, upper, prefix));
-            let change = Change {
+            out.changes.push(Change {
                 kind,
                 path: prefix.clone(),
                 layer,
                 unchanged,
-            };
-            let at = out.changes.len();
-            if !quiet_dir {
-                out.changes.push(change.clone());
-            }
+            });
             if t == FileType::Directory && depth < MAX_DEPTH {
                 if let Ok(sub) = open_dir(Some(dir), Path::new(os)) {
-                    let inner = walk(layers, upper, &sub, prefix, depth + 1, out);
-                    if quiet_dir && inner {
-                        out.changes.insert(at, change);
-                    }
+                    walk(layers, upper, &sub, prefix, depth + 1, out);
                 }
             }
         }
         prefix.truncate(len);
     }
-    added_or_deleted
 }
 
 /// The list as text: `C /path` lines like `docker diff`, each changed or

@@ -108,27 +108,6 @@ pub fn sizes(lower: &Path, upper: &Path, path: &[u8]) -> Result<Option<Sizes>, L
     }))
 }
 
-/// Whether directory `path` looks the same in `upper` as in `lower`
-/// (mode, size, modification time): what `docker diff` takes for a
-/// directory it need not list.
-pub fn same_dir(lower: &Path, upper: &Path, path: &[u8]) -> bool {
-    let Ok(parts) = components(path) else {
-        return false;
-    };
-    match (stat_at(upper, &parts), stat_at(lower, &parts)) {
-        (Ok(Some((u, _))), Ok(Some((l, _)))) => {
-            u.st_mode == l.st_mode
-                && u.st_size == l.st_size
-                && u.st_mtime == l.st_mtime
-                // Docker compares seconds only when a side has no ns.
-                && (u.st_mtime_nsec == l.st_mtime_nsec
-                    || u.st_mtime_nsec == 0
-                    || l.st_mtime_nsec == 0)
-        }
-        _ => false,
-    }
-}
-
 /// Compares `path` in `upper` with the same path in `lower`.
 pub fn compare(lower: &Path, upper: &Path, path: &[u8]) -> Result<Verdict, LookupError> {
     let parts = components(path)?;
