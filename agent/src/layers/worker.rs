@@ -104,6 +104,8 @@ struct Shared {
     unchanged: Arc<UnchangedReport>,
     /// Bumped each time `unchanged` is published.
     generation: u64,
+    /// Copy-ups the worker remembers (and untracked ones counted).
+    tracked: usize,
 }
 
 /// The event path's side.
@@ -197,7 +199,15 @@ impl Layers {
     /// Asks for a check and waits for it, at most `limit` (the final
     /// report); the last result either way.
     pub fn evaluate_and_wait(&self, limit: Duration) -> Arc<UnchangedReport> {
-        let before = self.lock().generation;
+        let (before, tracked) = {
+            let s = self.lock();
+            (s.generation, s.tracked)
+        };
+        // Nothing to check and no question open: no need to wait (a
+        // runtime that never answers must not delay the end).
+        if tracked == 0 && self.asked.is_empty() {
+            return self.unchanged();
+        }
         self.evaluate();
         let until = Instant::now() + limit;
         while self.lock().generation == before && Instant::now() < until {
@@ -239,6 +249,8 @@ struct Tracked {
 }
 
 struct Worker {
+    /// Copy-ups tracked or counted as untracked so far.
+    shared_tracked: usize,
     client: Option<Docker>,
     root: Option<PathBuf>,
     containers: HashMap<String, Known>,
@@ -288,6 +300,7 @@ impl Worker {
         let dirs: Vec<&PathBuf> = layers.lowers.iter().map(|l| &l.dir).collect();
         let found = topmost_holding(&dirs, path);
         if let (Ok(Found::In(i)), Some(cost)) = (&found, cost) {
+            self.shared_tracked += 1;
             if self.tracked.len() < MAX_TRACKED {
                 self.tracked.push(Tracked {
                     container: Arc::from(id.as_str()),
@@ -324,7 +337,7 @@ async fn answer_waiting(
         match r {
             Request::Lookup(key, cost) => {
                 let a = w.answer(&key, cost).await;
-                put(shared, key, a);
+                put(shared, key, a, w.shared_tracked);
             }
             Request::Evaluate => evaluate = true,
             Request::Changes(id, reply) => {
@@ -493,6 +506,7 @@ async fn work(
     mut requests: mpsc::UnboundedReceiver<Request>,
 ) {
     let mut w = Worker {
+        shared_tracked: 0,
         client: engine.map(|e| e.client().clone()),
         root: None,
         containers: HashMap::new(),
@@ -521,7 +535,7 @@ async fn work(
         match r {
             Request::Lookup(key, cost) => {
                 let a = w.answer(&key, cost).await;
-                put(&shared, key, a);
+                put(&shared, key, a, w.shared_tracked);
             }
             Request::Evaluate => evaluate(&mut w, &shared, &mut requests).await,
             Request::Changes(id, reply) => {
@@ -531,8 +545,9 @@ async fn work(
     }
 }
 
-fn put(shared: &Mutex<Shared>, key: Key, a: LayerAnswer) {
+fn put(shared: &Mutex<Shared>, key: Key, a: LayerAnswer, tracked: usize) {
     let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    s.tracked = tracked;
     if s.answers.len() >= MAX_PENDING {
         s.answers.clear();
     }
