@@ -26,6 +26,7 @@ pub mod hist;
 pub mod kallsyms;
 pub mod kernel_maps;
 pub mod kretprobe;
+pub mod layers;
 pub mod live;
 pub mod mountinfo;
 pub mod offline;

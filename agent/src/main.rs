@@ -13,6 +13,9 @@ use cowtrace::event::escape_str;
 use cowtrace::event::{decode, KernelEvent};
 use cowtrace::kallsyms::Symbols;
 use cowtrace::kernel_maps::KernelMaps;
+use cowtrace::layers::totals::PerLayer;
+use cowtrace::layers::worker::{Layers, UnchangedReport};
+use cowtrace::layers::{advice, changes, LayerAnswer};
 use cowtrace::output::{err_line, err_text, EventsTarget, JsonTarget};
 use cowtrace::probes::{ProbeOptions, Probes};
 use cowtrace::report::{self, RunInfo};
@@ -79,6 +82,9 @@ struct Cli {
     /// How many (cgroup, overlay) pairs the kernel keeps write histograms for (default 4096); writes of pairs beyond it are counted in drops.map_full.writes, e.g. --write-keys 65536
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     write_keys: Option<u32>,
+    /// At exit, list what each --container changed like `docker diff`, with the image layer of each entry, e.g. --container nginx --changes
+    #[arg(long, requires = "containers")]
+    changes: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -364,6 +370,9 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     // Attribution runs on its own thread from here on; only `--container`
     // waits for the runtime's first answer (bounded).
     let attribution = Attribution::start();
+    // Image layers are looked up on a thread of their own too; it learns
+    // the running containers' layers while the probes attach.
+    let layers = Layers::start();
     let mut container_filter = Vec::new();
     if !cli.containers.is_empty() && !attribution.wait_ready(RUNTIME_WAIT) {
         return Err(Failure::Runtime(anyhow!(
@@ -488,6 +497,8 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         out,
         print_events,
         mono_to_wall: mono_offset(),
+        layers,
+        per_layer: PerLayer::default(),
     };
 
     let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
@@ -548,9 +559,20 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
                         err_line(&l);
                     }
                 }
+                // Copy-ups are checked for changing nothing in the
+                // background: this report has the last check's result.
+                sink.layers.evaluate();
                 if let Some(t) = &json {
                     let elapsed = started.elapsed().as_secs_f64();
-                    let v = build_report(&base, elapsed, d, &kernel_maps, &rows);
+                    let unchanged = sink.layers.unchanged();
+                    let v = build_report(
+                        &base,
+                        elapsed,
+                        d,
+                        &kernel_maps,
+                        &rows,
+                        (&sink.per_layer, &unchanged),
+                    );
                     sink.out.json(t, &v);
                 }
             }
@@ -601,8 +623,16 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     let totals = write_totals(&write_snapshot, &mut sink.attribution, true);
     let rows = sink.stats.rows(&totals);
     sink.out.flush_events();
+    let unchanged = sink.layers.evaluate_and_wait(FINAL_CHECK_WAIT);
     if let Some(t) = &json {
-        let v = build_report(&base, elapsed, d, &kernel_maps, &rows);
+        let v = build_report(
+            &base,
+            elapsed,
+            d,
+            &kernel_maps,
+            &rows,
+            (&sink.per_layer, &unchanged),
+        );
         sink.out.json(t, &v);
     }
     if !sink.out.closed {
@@ -612,7 +642,25 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             text.push_str(&l);
             text.push('\n');
         }
+        for (o, _, _) in &rows {
+            text.push_str(&sink.per_layer.table(&o.id, &o.name, &unchanged));
+        }
+        for (o, _, _) in &rows {
+            let advice = advice::for_container(&o.id, &sink.per_layer, &unchanged);
+            text.push_str(&advice::text(&o.name, &advice));
+        }
         err_text(&text);
+        if cli.changes {
+            for c in &container_filter {
+                err_text(&match sink.layers.changes(&c.info.id, CHANGES_WAIT) {
+                    Some(list) => changes::render(&c.info.name, &list),
+                    None => format!(
+                        "changes in {}: not known (the runtime did not give its layers in time)\n",
+                        escape_str(&c.info.name)
+                    ),
+                });
+            }
+        }
     }
     // Only now, with everything written: detach (all probes at once).
     if let Some(p) = attached.take() {
@@ -653,6 +701,13 @@ fn fill_filter<K: aya::Pod>(probes: &mut Probes, map: &str, keys: &[K]) -> Resul
 const HOLD: Duration = Duration::from_millis(1500);
 /// At most this many events wait; past it the oldest go out as they are.
 const MAX_HELD: usize = 65_536;
+/// At the end, how long the check of copy-ups that changed nothing may
+/// take (inside the 2 s from signal to report; the last interval's check
+/// is used if it takes longer).
+const FINAL_CHECK_WAIT: Duration = Duration::from_millis(400);
+/// How long `--changes` waits for a container's change list (after the
+/// report and summary are out).
+const CHANGES_WAIT: Duration = Duration::from_secs(5);
 /// How long `--container` waits for the runtime's first answer.
 const RUNTIME_WAIT: Duration = Duration::from_secs(5);
 /// At the end, how long held events and writers may still wait for
@@ -672,6 +727,10 @@ struct EventSink<'a> {
     out: Out,
     print_events: bool,
     mono_to_wall: i64,
+    /// Which image layer each event's entry came from (events wait for
+    /// the answer as they wait for attribution).
+    layers: Layers,
+    per_layer: PerLayer,
 }
 
 impl EventSink<'_> {
@@ -736,15 +795,20 @@ impl EventSink<'_> {
     /// they waited long enough, or `all`).
     fn release(&mut self, now: Instant, all: bool) {
         while let Some((since, ev)) = self.held.front() {
+            let waited = all || now.duration_since(*since) >= HOLD || self.held.len() > MAX_HELD;
             let owner = match self.attribution.owner_of_cgroup(ev.cgroup_id) {
                 Some(o) => o,
-                None if all || now.duration_since(*since) >= HOLD || self.held.len() > MAX_HELD => {
-                    Owner::host()
-                }
+                None if waited => Owner::host(),
+                None => break,
+            };
+            let fs = self.attribution.owner_of_dev(ev.dev);
+            let layer = match self.layers.lookup(fs.as_ref(), ev) {
+                Some(l) => l,
+                None if waited => self.layers.too_slow(fs.as_ref(), ev),
                 None => break,
             };
             let (_, ev) = self.held.pop_front().expect("front exists");
-            self.handle(&owner, &ev);
+            self.handle(&owner, fs, &layer, &ev);
         }
     }
 
@@ -767,23 +831,21 @@ impl EventSink<'_> {
         self.release(Instant::now(), true)
     }
 
-    fn handle(&mut self, owner: &Owner, ev: &KernelEvent) {
-        let fs = self.attribution.owner_of_dev(ev.dev);
-        let trigger = match &ev.kind {
-            cowtrace::event::Kind::CopyUp(c) => {
-                Some(self.symbols.classify_copy_up(&c.stack).as_str())
-            }
+    fn handle(&mut self, owner: &Owner, fs: Option<Owner>, layer: &LayerAnswer, ev: &KernelEvent) {
+        let cause = match &ev.kind {
+            cowtrace::event::Kind::CopyUp(c) => Some(self.symbols.classify_copy_up(&c.stack)),
             _ => None,
         };
+        let trigger = cause.map(|t| t.as_str());
+        if let Some(f) = &fs {
+            let setattr = cause == Some(cowtrace::kallsyms::Trigger::Setattr);
+            self.per_layer.record(&f.id, layer, ev, setattr);
+        }
         self.stats.record(owner, ev);
         if self.out.events.is_some() {
-            self.out.event(&report::event_json(
-                owner,
-                fs.as_ref(),
-                trigger,
-                ev,
-                self.mono_to_wall,
-            ));
+            let mut v = report::event_json(owner, fs.as_ref(), trigger, ev, self.mono_to_wall);
+            v["layer"] = layer.event_json();
+            self.out.event(&v);
         }
         if self.print_events {
             let wall = wall_clock((ev.ts_ns as i64).saturating_add(self.mono_to_wall) as u64);
@@ -857,6 +919,7 @@ fn build_report(
     drops: [u64; 3],
     kernel_maps: &KernelMaps,
     rows: &[Row<'_>],
+    (per_layer, unchanged): (&PerLayer, &UnchangedReport),
 ) -> serde_json::Value {
     let started = fmt_rfc3339(base.started);
     let info = RunInfo {
@@ -872,7 +935,11 @@ fn build_report(
     };
     let containers = rows
         .iter()
-        .map(|(o, s, w)| report::container_json(o, s, w))
+        .map(|(o, s, w)| {
+            let mut v = report::container_json(o, s, w);
+            per_layer.add_to_container_json(&o.id, unchanged, &mut v);
+            v
+        })
         .collect();
     report::report_json(&info, containers)
 }

@@ -277,6 +277,44 @@ mod tests {
         assert!(empty["latency_ns"]["p50"].is_null());
     }
 
+    /// One copy-up booked to a layer, for the schema test.
+    fn layer_sample() -> crate::layers::totals::PerLayer {
+        use crate::layers::{LayerAnswer, LayerRef};
+        let ev = KernelEvent {
+            kind: Kind::CopyUp(crate::event::CopyUp {
+                latency_ns: 5_000,
+                op_latency_ns: Some(5_000),
+                parents: 0,
+                bytes: 3,
+                data: true,
+                ancestor: false,
+                stack: Vec::new(),
+            }),
+            ts_ns: 0,
+            pid: 1,
+            tid: 1,
+            comm: "t".into(),
+            cgroup_id: 1,
+            dev: 0,
+            file_type: "file",
+            path: b"etc/x".to_vec(),
+            path_cut: false,
+            names_cut: Vec::new(),
+            ino: 0,
+        };
+        let layer = LayerAnswer::Layer(std::sync::Arc::new(LayerRef {
+            index: 0,
+            diff_id: "sha256:00".into(),
+            created_by: Some("ADD rootfs.tar /".into()),
+        }));
+        let mut p = crate::layers::totals::PerLayer::default();
+        // Enough chown copy-ups for the ownership advice.
+        for _ in 0..crate::layers::advice::CHOWN_MIN_FILES {
+            p.record("host", &layer, &ev, true);
+        }
+        p
+    }
+
     #[test]
     fn schema_document_matches_the_report() {
         let mut s = OwnerStats {
@@ -309,7 +347,13 @@ mod tests {
             write_sample_every: 1,
             monotonic_to_unix_ns: 1_700_000_000_000_000_000,
         };
-        let v = report_json(&run, vec![container_json(&Owner::host(), &s, &w)]);
+        let mut c = container_json(&Owner::host(), &s, &w);
+        layer_sample().add_to_container_json(
+            "host",
+            &crate::layers::worker::UnchangedReport::new(),
+            &mut c,
+        );
+        let v = report_json(&run, vec![c]);
         let have = json_paths(&v);
         let documented = documented_paths(SCHEMA_DOC);
         let undocumented: Vec<_> = have.difference(&documented).collect();

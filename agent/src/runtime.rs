@@ -85,6 +85,11 @@ impl DockerEngine {
         Some(Self::at(&socket))
     }
 
+    /// The API client (for the image layer lookups of [`crate::layers`]).
+    pub fn client(&self) -> &Docker {
+        &self.client
+    }
+
     pub fn at(socket: &Path) -> Result<Self> {
         let path = socket
             .to_str()

@@ -809,3 +809,340 @@ fn hostile_file_names_are_escaped_in_the_live_view() {
         );
     }
 }
+
+/// An image of three layers (the imported base, two `RUN`s) with an `ENV`
+/// between them (no layer) and a file the second `RUN` overrides.
+const LAYERED: &str = "cowtrace/layered";
+
+fn layered_image() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let ctx = std::path::Path::new("/tmp/cowtrace-layered");
+        std::fs::create_dir_all(ctx).unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            "FROM cowtrace/busybox:latest\n\
+             RUN mkdir -p /app/conf && echo base > /app/conf/a.conf && echo one > /app/conf/b.conf \
+             && for i in $(seq 1 12); do echo $i > /app/f$i; done \
+             && mkdir -p /srv/logs /srv/data && head -c 300000 /dev/zero > /srv/logs/app.log \
+             && head -c 1100000 /dev/zero > /srv/data/big.bin\n\
+             ENV COWTRACE_NO_LAYER=1\n\
+             RUN echo override > /app/conf/b.conf && echo two > /app/conf/c.conf\n",
+        )
+        .unwrap();
+        docker(&[
+            "build",
+            "-q",
+            "--network",
+            "none",
+            "-t",
+            LAYERED,
+            "/tmp/cowtrace-layered",
+        ]);
+    });
+}
+
+/// What `docker image inspect` and `docker history` say of an image: its
+/// diff ids (base first) and the history's instructions (oldest first,
+/// with the size Docker shows).
+fn image_facts(image: &str) -> (Vec<String>, Vec<(String, String)>) {
+    let diff_ids: Vec<String> = serde_json::from_str(&docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .RootFS.Layers}}",
+        image,
+    ]))
+    .unwrap();
+    let mut history: Vec<(String, String)> = docker(&[
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{.CreatedBy}}\t{{.Size}}",
+        image,
+    ])
+    .lines()
+    .map(|l| {
+        let (c, s) = l.rsplit_once('\t').unwrap();
+        (c.to_string(), s.to_string())
+    })
+    .collect();
+    history.reverse();
+    (diff_ids, history)
+}
+
+/// Each copy-up and whiteout names the image layer its entry came from
+/// and the instruction that made it, as `docker image inspect` and
+/// `docker history` say; the per-layer totals are exactly the events'.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn events_name_their_image_layer_and_instruction() {
+    layered_image();
+    let (diff_ids, history) = image_facts(LAYERED);
+    assert_eq!(diff_ids.len(), 3, "{diff_ids:?}");
+    // `docker history` shows the ENV (0 B) between the two RUNs.
+    let find = |needle: &str| {
+        history
+            .iter()
+            .find(|(c, _)| c.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in {history:#?}"))
+            .0
+            .clone()
+    };
+    let run1 = find("echo base");
+    let run2 = find("echo override");
+    let env = find("COWTRACE_NO_LAYER");
+    let (run1_i, run2_i) = (
+        history.iter().position(|h| h.0 == run1).unwrap(),
+        history.iter().position(|h| h.0 == run2).unwrap(),
+    );
+    let env_i = history.iter().position(|h| h.0 == env).unwrap();
+    assert!(run1_i < env_i && env_i < run2_i, "{history:#?}");
+    let _ = Command::new("docker")
+        .args(["rm", "-f", "layered"])
+        .output();
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "layered",
+        "--network",
+        "none",
+        LAYERED,
+        "sleep",
+        "3600",
+    ]);
+    let c = Container("layered".into());
+    let t = Tracer::start("layers", &["--container", "layered", "--changes"]);
+    c.exec(
+        "echo x >> /app/conf/a.conf; echo x >> /app/conf/b.conf; rm /app/f1; \
+         echo x >> /etc/passwd; echo x >> /.dockerenv; echo x > /app/new; \
+         echo x >> /srv/logs/app.log; touch /srv/data/big.bin",
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let tr = t.stop();
+    let event = |kind: &str, path: &str| -> &Value {
+        tr.events
+            .iter()
+            .find(|e| e["type"] == kind && e["path"] == path)
+            .unwrap_or_else(|| panic!("no {kind} of {path}: {:#?}", tr.events))
+    };
+    let expect = |e: &Value, index: usize, created_by: &str| {
+        let l = &e["layer"];
+        assert_eq!(l["index"], index, "{e}");
+        assert_eq!(l["diff_id"], diff_ids[index].as_str(), "{e}");
+        assert_eq!(l["created_by"], created_by, "{e}");
+    };
+    // a.conf is the first RUN's; b.conf the second's, which overrode it
+    // (and wrote in app/conf, so the directory is the second's too).
+    expect(event("copy_up", "app/conf/a.conf"), 1, &run1);
+    expect(event("copy_up", "app/conf/b.conf"), 2, &run2);
+    expect(event("copy_up", "app/conf"), 2, &run2);
+    expect(event("copy_up", "app"), 2, &run2);
+    // A whiteout names the layer that held what was deleted.
+    expect(event("whiteout", "app/f1"), 1, &run1);
+    // The base layer (imported: the history's instruction is empty).
+    expect(event("copy_up", "etc/passwd"), 0, &history[0].0);
+    // Docker's -init layer is no image layer.
+    assert!(event("copy_up", ".dockerenv")["layer"].is_null());
+    for e in &tr.events {
+        assert!(e.get("layer").is_some(), "{e}");
+    }
+    // Per-layer totals: exactly the events'.
+    let me = named(&tr.report, "layered").expect("layered in the report");
+    assert_eq!(me["layers_unknown"], 0, "{me:#}");
+    let layers = me["layers"].as_array().unwrap();
+    for l in layers {
+        let i = l["index"].as_u64().unwrap();
+        let of = |kind: &str| -> Vec<&Value> {
+            tr.events
+                .iter()
+                .filter(|e| e["type"] == kind && e["layer"]["index"] == i)
+                .collect()
+        };
+        let ups = of("copy_up");
+        assert_eq!(l["copy_up"]["count"], ups.len() as u64, "{l:#}");
+        let bytes: u64 = ups.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
+        assert_eq!(l["copy_up"]["bytes"], bytes, "{l:#}");
+        let ns: u64 = ups.iter().map(|e| e["latency_ns"].as_u64().unwrap()).sum();
+        assert_eq!(l["copy_up"]["total_ns"], ns, "{l:#}");
+        assert_eq!(l["whiteouts"]["count"], of("whiteout").len() as u64);
+        assert_eq!(l["diff_id"], diff_ids[i as usize].as_str());
+    }
+    let indexes: Vec<u64> = layers
+        .iter()
+        .map(|l| l["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indexes, [0, 1, 2], "{me:#}");
+    // The exit summary names the instruction behind each layer.
+    assert!(tr.stderr.contains("layers of layered"), "{}", tr.stderr);
+    assert!(tr.stderr.contains("RUN echo override"), "{}", tr.stderr);
+    // `docker diff`: every changed (C) path was reported copied up, every
+    // deleted (D) path as a whiteout.
+    let diff = docker(&["diff", "layered"]);
+    let reported = |kind: &str, path: &str| {
+        tr.events
+            .iter()
+            .any(|e| e["type"] == kind && e["path"] == path.trim_start_matches('/'))
+    };
+    for line in diff.lines() {
+        match line.split_once(' ') {
+            Some(("C", p)) => assert!(reported("copy_up", p), "{line}\n{diff}\n{:#?}", tr.events),
+            Some(("D", p)) => assert!(reported("whiteout", p), "{line}\n{diff}\n{:#?}", tr.events),
+            _ => {}
+        }
+    }
+    assert!(diff.lines().any(|l| l == "D /app/f1"), "{diff}");
+    // `--changes` lists exactly what `docker diff` does, with layers.
+    let listed: std::collections::BTreeSet<String> = tr
+        .stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("changes in layered"))
+        .skip(1)
+        .take_while(|l| l.len() > 2 && "ACD".contains(&l[..1]) && &l[1..3] == " /")
+        .map(|l| l.split("  ").next().unwrap().to_string())
+        .collect();
+    let diffed: std::collections::BTreeSet<String> = diff.lines().map(str::to_string).collect();
+    assert_eq!(listed, diffed, "{}", tr.stderr);
+    assert!(
+        tr.stderr
+            .lines()
+            .any(|l| l.starts_with("C /app/conf/b.conf  [layer 2: RUN echo override")),
+        "{}",
+        tr.stderr
+    );
+    // Advice: the log from the image appended to, the large file touched.
+    let advice = me["advice"].as_array().unwrap();
+    let rule = |r: &str, path: &str| {
+        advice
+            .iter()
+            .find(|a| a["rule"] == r && a["path"] == path)
+            .unwrap_or_else(|| panic!("no {r} for {path}: {advice:#?}"))
+    };
+    let log = rule("log_in_image", "srv/logs/app.log");
+    assert_eq!(log["layer"], 1);
+    assert_eq!(log["bytes"], event("copy_up", "srv/logs/app.log")["bytes"]);
+    let big = rule("large_copy_small_change", "srv/data/big.bin");
+    assert_eq!(big["bytes"], 1_100_000);
+    assert!(tr.stderr.contains("[log_in_image]"), "{}", tr.stderr);
+}
+
+/// An entrypoint-style `chown -R` to the owner the files already have
+/// copies every file up and changes nothing: reported as copy-ups that
+/// changed nothing, per container and per layer; the files changed after
+/// it are not.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn a_chown_to_the_owner_files_have_changed_nothing() {
+    layered_image();
+    let run = |name: &str| {
+        let _ = Command::new("docker").args(["rm", "-f", name]).output();
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            LAYERED,
+            "sleep",
+            "3600",
+        ]);
+        Container(name.into())
+    };
+    let (c, other) = (run("chowner"), run("chowner2"));
+    let t = Tracer::start("unchanged", &[]);
+    c.exec("chown -R 0:0 /app && chmod 600 /app/f3 && echo x >> /app/f4");
+    // Another container of the image copies one of the same files up.
+    other.exec("chown 0:0 /app/conf/a.conf");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let tr = t.stop();
+    let me = named(&tr.report, "chowner").expect("chowner in the report");
+    let u = &me["copy_up_unchanged"];
+    let targets: Vec<&Value> = tr
+        .events
+        .iter()
+        .filter(|e| e["type"] == "copy_up" && e["ancestor"] == false)
+        .filter(|e| e["container"]["name"] == "chowner")
+        .collect();
+    let mut paths: Vec<&str> = targets
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    paths.sort();
+    // busybox's chown -R goes depth first: the directories are copied up
+    // as parents of the first file (not targets of their own).
+    let mut want = vec![];
+    want.extend(["a", "b", "c"].map(|f| ["app/conf/", f, ".conf"].concat().leak() as &str));
+    want.extend((1..=12).map(|i| format!("app/f{i}").leak() as &str));
+    want.sort();
+    assert_eq!(paths, want, "chown -R copies every file up");
+    let changed = ["app/f3", "app/f4"];
+    let same: Vec<&&Value> = targets
+        .iter()
+        .filter(|e| !changed.contains(&e["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(u["count"], same.len() as u64, "{u:#}");
+    assert_eq!(u["checked"], targets.len() as u64, "{u:#}");
+    assert_eq!(u["not_checked"], 0, "{u:#}");
+    let bytes: u64 = same.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
+    let ns: u64 = same.iter().map(|e| e["latency_ns"].as_u64().unwrap()).sum();
+    assert_eq!(u["bytes"], bytes, "{u:#}");
+    assert_eq!(u["total_ns"], ns, "{u:#}");
+    let shown: Vec<&str> = u["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(shown.len(), same.len().min(10), "{u:#}");
+    for p in &shown {
+        assert!(!changed.contains(p), "{p} changed: {u:#}");
+    }
+    // Per layer: the first RUN's files and the second's.
+    for l in me["layers"].as_array().unwrap() {
+        let i = &l["index"];
+        let n = same.iter().filter(|e| &e["layer"]["index"] == i).count();
+        assert_eq!(l["copy_up_unchanged"]["count"], n as u64, "{l:#}");
+    }
+    assert!(
+        tr.stderr.contains("copy-ups changed nothing"),
+        "{}",
+        tr.stderr
+    );
+    // Advice: ownership at build time, per layer, with what changed nothing.
+    let advice = me["advice"].as_array().unwrap();
+    let own: Vec<&Value> = advice
+        .iter()
+        .filter(|a| a["rule"] == "ownership_at_build_time")
+        .collect();
+    for a in &own {
+        let i = &a["layer"];
+        let of_layer: Vec<&&Value> = targets
+            .iter()
+            .filter(|e| &e["layer"]["index"] == i)
+            .collect();
+        assert_eq!(a["count"], of_layer.len() as u64, "{a:#}");
+        let same = of_layer
+            .iter()
+            .filter(|e| !changed.contains(&e["path"].as_str().unwrap()))
+            .count();
+        assert_eq!(a["unchanged"], same as u64, "{a:#}");
+    }
+    let layers_with_chown: std::collections::BTreeSet<u64> = targets
+        .iter()
+        .map(|e| e["layer"]["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(own.len(), layers_with_chown.len(), "{advice:#?}");
+    // The same image file copied up by both containers.
+    let bake = advice
+        .iter()
+        .find(|a| a["rule"] == "bake_into_image" && a["path"] == "app/conf/a.conf")
+        .unwrap_or_else(|| panic!("no bake_into_image: {advice:#?}"));
+    assert_eq!(bake["count"], 2, "{bake:#}");
+    assert!(
+        tr.stderr.contains("[ownership_at_build_time]"),
+        "{}",
+        tr.stderr
+    );
+}

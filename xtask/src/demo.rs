@@ -82,6 +82,31 @@ pub fn run(
         nginx["writes"]["latency_ns"]["p50"],
         nginx["copy_up_vs_write"]["p50_ratio"]
     );
+    // The image layer behind most of the copy-up bytes, and what to change
+    // (the agent's own summary above has the whole per-layer table).
+    let layers = nginx["layers"].as_array().cloned().unwrap_or_default();
+    if let Some(top) = layers
+        .iter()
+        .max_by_key(|l| l["copy_up"]["bytes"].as_u64().unwrap_or(0))
+    {
+        let by: String = top["created_by"]
+            .as_str()
+            .unwrap_or("(instruction unknown)")
+            .chars()
+            .take(90)
+            .collect();
+        println!(
+            "nginx: most copy-up bytes ({}) came from image layer {}: {}",
+            top["copy_up"]["bytes"], top["index"], by
+        );
+    }
+    for a in nginx["advice"].as_array().into_iter().flatten() {
+        println!(
+            "advice [{}]: {}",
+            a["rule"].as_str().unwrap_or("?"),
+            a["what"].as_str().unwrap_or("?")
+        );
+    }
     // Relative to the workspace when it is inside (it is, unless
     // CARGO_TARGET_DIR points elsewhere).
     let agent = agent

@@ -1,0 +1,555 @@
+//! The event path asks, a worker thread answers: which layer holds an
+//! event's path in a container's root filesystem, and which copy-ups
+//! changed nothing.
+//!
+//! The event path ([`Layers::lookup`]) only reads answers from memory and
+//! queues questions; the caller holds the event (in order, like events
+//! waiting for attribution) until the answer is in or it waited long
+//! enough. The worker fetches each container's layers once from the
+//! runtime ([`super::image`]; lower layers never change, so answers never
+//! go stale) and walks the lower directories ([`super::lookup`]). Each
+//! copy-up it placed is remembered, and checked against its lower layer
+//! ([`super::unchanged`]) whenever a report is about to be written.
+//!
+//! Memory is bounded: at most [`MAX_CONTAINERS`] containers' layers are
+//! kept, at most [`MAX_PENDING`] questions and answers wait, at most
+//! [`MAX_TRACKED`] copy-ups are remembered (the others are counted as
+//! not checked).
+
+use super::advice::{self, Advice, Rule};
+use super::changes::{self, ChangeList};
+use super::image::{self, ImageLayers};
+use super::lookup::{topmost_holding, Found};
+use super::unchanged::{compare, sizes, Verdict};
+use super::{LayerAnswer, LayerRef, Unknown};
+use crate::event::{escape_bytes, KernelEvent, Kind};
+use crate::runtime::DockerEngine;
+use crate::stats::Owner;
+use bollard::query_parameters::ListContainersOptions;
+use bollard::Docker;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Containers whose layers are kept; past it, all are forgotten (and
+/// fetched again when asked about).
+pub const MAX_CONTAINERS: usize = 256;
+/// Questions in flight and answers not taken yet; past it, they are
+/// forgotten (an event whose answer is forgotten goes out as unknown).
+pub const MAX_PENDING: usize = 65_536;
+/// Copy-ups remembered to be checked for changing nothing, all
+/// containers together.
+pub const MAX_TRACKED: usize = 16_384;
+/// Paths of copy-ups that changed nothing shown per container.
+pub const UNCHANGED_PATHS: usize = 10;
+/// A container whose layers could not be fetched is asked about again
+/// after this long.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Containers running at start whose layers are fetched before their
+/// first event.
+const PREFETCH: usize = 64;
+/// Copy-ups checked between two looks at the questions waiting.
+const CHECK_SLICE: usize = 64;
+
+/// (container id, path relative to its root)
+type Key = (String, Vec<u8>);
+
+/// What a copy-up cost (for the copy-ups that changed nothing).
+#[derive(Clone, Copy, Debug)]
+struct Cost {
+    latency_ns: u64,
+    bytes: u64,
+}
+
+enum Request {
+    Lookup(Key, Option<Cost>),
+    /// Check the remembered copy-ups again and publish the result.
+    Evaluate,
+    /// A container's change list, sent back.
+    Changes(String, std::sync::mpsc::Sender<Option<ChangeList>>),
+}
+
+/// Sums of copy-ups that changed nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sums {
+    pub count: u64,
+    pub bytes: u64,
+    pub total_ns: u64,
+}
+
+/// One container's copy-ups that changed nothing, as last checked.
+#[derive(Clone, Debug, Default)]
+pub struct UnchangedTotals {
+    pub sums: Sums,
+    /// Copy-ups checked (those whose lower and upper could be compared).
+    pub checked: u64,
+    /// Copy-ups not checked: past [`MAX_TRACKED`], or a side unreadable.
+    pub not_checked: u64,
+    /// The first [`UNCHANGED_PATHS`], escaped as event paths are.
+    pub paths: Vec<String>,
+    /// By layer index.
+    pub by_layer: BTreeMap<u32, Sums>,
+    /// What the rules that look at the checked copy-ups advise.
+    pub advice: Vec<Advice>,
+}
+
+/// Every container's [`UnchangedTotals`], by container id.
+pub type UnchangedReport = HashMap<String, UnchangedTotals>;
+
+#[derive(Default)]
+struct Shared {
+    answers: HashMap<Key, LayerAnswer>,
+    unchanged: Arc<UnchangedReport>,
+    /// Bumped each time `unchanged` is published.
+    generation: u64,
+    /// Copy-ups the worker remembers (and untracked ones counted).
+    tracked: usize,
+}
+
+/// The event path's side.
+pub struct Layers {
+    shared: Arc<Mutex<Shared>>,
+    requests: mpsc::UnboundedSender<Request>,
+    asked: HashSet<Key>,
+}
+
+impl Layers {
+    /// Starts the worker (its own thread, with the capabilities the run
+    /// keeps after attaching).
+    pub fn start() -> Layers {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let theirs = shared.clone();
+        // Without the thread no question is answered: events go out as
+        // unknown after their hold, counted.
+        let _ = std::thread::Builder::new()
+            .name("layers".into())
+            .spawn(move || {
+                let _ = crate::privileges::drop_after_attach();
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                let engine = DockerEngine::discover().and_then(Result::ok);
+                rt.block_on(work(engine, theirs, rx));
+            });
+        Layers {
+            shared,
+            requests: tx,
+            asked: HashSet::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The layer behind `ev` in the root filesystem of `fs` (the container
+    /// whose overlay it is, if any), or None while the worker looks.
+    pub fn lookup(&mut self, fs: Option<&Owner>, ev: &KernelEvent) -> Option<LayerAnswer> {
+        let Some(fs) = fs else {
+            return Some(LayerAnswer::NoLayer);
+        };
+        if fs.id == Owner::host().id {
+            return Some(LayerAnswer::NoLayer);
+        }
+        if ev.path_cut || ev.names_cut.iter().any(|&c| c) {
+            return Some(LayerAnswer::Unknown(Unknown::PathCut));
+        }
+        let key = (fs.id.clone(), ev.path.clone());
+        let answered = self.lock().answers.remove(&key);
+        if let Some(a) = answered {
+            self.asked.remove(&key);
+            return Some(a);
+        }
+        if self.asked.len() >= MAX_PENDING {
+            self.asked.clear();
+        }
+        if self.asked.insert(key.clone()) {
+            // Only an operation's target is worth checking for changing
+            // nothing (a parent directory is copied up for its child).
+            let cost = match &ev.kind {
+                Kind::CopyUp(c) if !c.ancestor => Some(Cost {
+                    latency_ns: c.latency_ns,
+                    bytes: c.bytes,
+                }),
+                _ => None,
+            };
+            // The worker is gone only when the process is ending.
+            let _ = self.requests.send(Request::Lookup(key, cost));
+        }
+        None
+    }
+
+    /// The answer to give an event that waited long enough.
+    pub fn too_slow(&mut self, fs: Option<&Owner>, ev: &KernelEvent) -> LayerAnswer {
+        self.lookup(fs, ev)
+            .unwrap_or(LayerAnswer::Unknown(Unknown::TooSlow))
+    }
+
+    /// Asks for the copy-ups to be checked again (for the next report).
+    pub fn evaluate(&self) {
+        let _ = self.requests.send(Request::Evaluate);
+    }
+
+    /// Asks for a check and waits for it, at most `limit` (the final
+    /// report); the last result either way.
+    pub fn evaluate_and_wait(&self, limit: Duration) -> Arc<UnchangedReport> {
+        let (before, tracked) = {
+            let s = self.lock();
+            (s.generation, s.tracked)
+        };
+        // Nothing to check and no question open: no need to wait (a
+        // runtime that never answers must not delay the end).
+        if tracked == 0 && self.asked.is_empty() {
+            return self.unchanged();
+        }
+        self.evaluate();
+        let until = Instant::now() + limit;
+        while self.lock().generation == before && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.unchanged()
+    }
+
+    /// The copy-ups that changed nothing, as last checked.
+    pub fn unchanged(&self) -> Arc<UnchangedReport> {
+        self.lock().unchanged.clone()
+    }
+
+    /// What container `id` changed, `docker diff`-style (None: its layers
+    /// are not known, or no answer within `limit`).
+    pub fn changes(&self, id: &str, limit: Duration) -> Option<ChangeList> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.requests
+            .send(Request::Changes(id.to_string(), tx))
+            .ok()?;
+        rx.recv_timeout(limit).ok().flatten()
+    }
+}
+
+/// What the worker knows of one container.
+enum Known {
+    Layers(Arc<ImageLayers>),
+    Failed(Instant),
+}
+
+/// A copy-up placed in a lower layer, to be checked.
+struct Tracked {
+    container: Arc<str>,
+    path: Vec<u8>,
+    layers: Arc<ImageLayers>,
+    lower: usize,
+    layer: Option<Arc<LayerRef>>,
+    cost: Cost,
+}
+
+struct Worker {
+    /// Copy-ups tracked or counted as untracked so far.
+    shared_tracked: usize,
+    client: Option<Docker>,
+    root: Option<PathBuf>,
+    containers: HashMap<String, Known>,
+    tracked: Vec<Tracked>,
+    /// Copy-ups past [`MAX_TRACKED`], per container.
+    untracked: HashMap<String, u64>,
+}
+
+impl Worker {
+    async fn layers_of(&mut self, id: &str) -> Option<Arc<ImageLayers>> {
+        match self.containers.get(id) {
+            Some(Known::Layers(l)) => return Some(l.clone()),
+            Some(Known::Failed(at)) if at.elapsed() < RETRY_AFTER => return None,
+            _ => {}
+        }
+        let client = self.client.as_ref()?;
+        if self.root.is_none() {
+            self.root = image::data_root(client).await.ok();
+        }
+        let fetched = match &self.root {
+            Some(root) => image::fetch(client, root, id).await.ok(),
+            None => None,
+        };
+        if self.containers.len() >= MAX_CONTAINERS {
+            self.containers.clear();
+        }
+        let known = match fetched {
+            Some(l) => Known::Layers(Arc::new(l)),
+            None => Known::Failed(Instant::now()),
+        };
+        self.containers.insert(id.to_string(), known);
+        match self.containers.get(id) {
+            Some(Known::Layers(l)) => Some(l.clone()),
+            _ => None,
+        }
+    }
+
+    async fn changes(&mut self, id: &str) -> Option<ChangeList> {
+        let layers = self.layers_of(id).await?;
+        changes::list(&layers)
+    }
+
+    async fn answer(&mut self, (id, path): &Key, cost: Option<Cost>) -> LayerAnswer {
+        let Some(layers) = self.layers_of(id).await else {
+            return LayerAnswer::Unknown(Unknown::NoLayerData);
+        };
+        let dirs: Vec<&PathBuf> = layers.lowers.iter().map(|l| &l.dir).collect();
+        let found = topmost_holding(&dirs, path);
+        if let (Ok(Found::In(i)), Some(cost)) = (&found, cost) {
+            self.shared_tracked += 1;
+            if self.tracked.len() < MAX_TRACKED {
+                self.tracked.push(Tracked {
+                    container: Arc::from(id.as_str()),
+                    path: path.clone(),
+                    layers: layers.clone(),
+                    lower: *i,
+                    layer: layers.lowers[*i].layer.clone(),
+                    cost,
+                });
+            } else {
+                *self.untracked.entry(id.clone()).or_default() += 1;
+            }
+        }
+        match found {
+            Ok(Found::In(i)) => match &layers.lowers[i].layer {
+                Some(l) => LayerAnswer::Layer(l.clone()),
+                // Docker's `-init` layer.
+                None => LayerAnswer::NoLayer,
+            },
+            Ok(Found::Nowhere) => LayerAnswer::NoLayer,
+            Err(_) => LayerAnswer::Unknown(Unknown::LookupFailed),
+        }
+    }
+}
+
+/// Answers the questions waiting now (between slices of other work).
+async fn answer_waiting(
+    w: &mut Worker,
+    shared: &Mutex<Shared>,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+) -> bool {
+    let mut evaluate = false;
+    while let Ok(r) = requests.try_recv() {
+        match r {
+            Request::Lookup(key, cost) => {
+                let a = w.answer(&key, cost).await;
+                put(shared, key, a, w.shared_tracked);
+            }
+            Request::Evaluate => evaluate = true,
+            Request::Changes(id, reply) => {
+                let _ = reply.send(w.changes(&id).await);
+            }
+        }
+    }
+    evaluate
+}
+
+/// (image id, path) -> the containers that copied it up, the bytes they
+/// copied, its layer.
+type SharedCopies<'a> =
+    HashMap<(&'a str, &'a [u8]), (HashSet<&'a str>, u64, Option<&'a Arc<LayerRef>>)>;
+
+/// Checks every remembered copy-up, answering questions between slices.
+async fn evaluate(
+    w: &mut Worker,
+    shared: &Mutex<Shared>,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+) {
+    let mut report: UnchangedReport = HashMap::new();
+    for (id, n) in &w.untracked {
+        report.entry(id.clone()).or_default().not_checked += n;
+    }
+    // (image, path) -> containers that copied it up, for the advice.
+    let mut shared_copies: SharedCopies = HashMap::new();
+    let mut i = 0;
+    while i < w.tracked.len() {
+        for t in &w.tracked[i..(i + CHECK_SLICE).min(w.tracked.len())] {
+            let r = report.entry(t.container.to_string()).or_default();
+            let lower = &t.layers.lowers[t.lower].dir;
+            if let Some(upper) = &t.layers.upper {
+                if let Ok(Some(sz)) = sizes(lower, upper, &t.path) {
+                    if let Some(a) = size_advice(t, sz) {
+                        if r.advice.iter().filter(|x| x.rule == a.rule).count()
+                            < advice::MAX_PER_RULE
+                        {
+                            r.advice.push(a);
+                        }
+                    }
+                }
+            }
+            let verdict = match &t.layers.upper {
+                Some(upper) => compare(&t.layers.lowers[t.lower].dir, upper, &t.path).ok(),
+                None => None,
+            };
+            match verdict {
+                None => r.not_checked += 1,
+                Some(Verdict::Changed) => r.checked += 1,
+                Some(Verdict::Unchanged) => {
+                    r.checked += 1;
+                    add(&mut r.sums, t.cost);
+                    if r.paths.len() < UNCHANGED_PATHS {
+                        r.paths.push(escape_bytes(&t.path));
+                    }
+                    if let Some(l) = &t.layer {
+                        add(r.by_layer.entry(l.index).or_default(), t.cost);
+                    }
+                }
+            }
+        }
+        i += CHECK_SLICE;
+        // A report asked for meanwhile is this one.
+        answer_waiting(w, shared, requests).await;
+    }
+    for t in &w.tracked {
+        if let Some(image) = t.layers.image_id.as_deref() {
+            let e = shared_copies.entry((image, &t.path)).or_default();
+            if e.0.insert(&t.container) {
+                e.1 += t.cost.bytes;
+            }
+            e.2 = t.layer.as_ref();
+        }
+    }
+    let mut shared_list: Vec<_> = shared_copies
+        .into_iter()
+        .filter(|(_, (cs, _, _))| cs.len() >= advice::SHARED_MIN_CONTAINERS)
+        .collect();
+    // Most containers first, then by path.
+    shared_list.sort_by(|a, b| b.1 .0.len().cmp(&a.1 .0.len()).then(a.0 .1.cmp(b.0 .1)));
+    for ((_, path), (containers, bytes, layer)) in shared_list {
+        let a = Advice {
+            rule: Rule::BakeIntoImage,
+            path: Some(escape_bytes(path)),
+            layer: layer.cloned(),
+            count: containers.len() as u64,
+            bytes,
+            unchanged: 0,
+            what: format!(
+                "/{} was copied up by {} containers of this image ({} in all): bake the change into the image",
+                escape_bytes(path),
+                containers.len(),
+                crate::live::fmt_bytes(bytes)
+            ),
+        };
+        for c in containers {
+            let r = report.entry(c.to_string()).or_default();
+            if r.advice.iter().filter(|x| x.rule == a.rule).count() < advice::MAX_PER_RULE {
+                r.advice.push(a.clone());
+            }
+        }
+    }
+    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    s.unchanged = Arc::new(report);
+    s.generation += 1;
+}
+
+/// The rules that look at one copy-up's sizes: a log-like file that grew
+/// after its copy-up; a large copy for a small change.
+fn size_advice(t: &Tracked, sz: super::unchanged::Sizes) -> Option<Advice> {
+    if !sz.regular_file || t.cost.bytes == 0 {
+        return None;
+    }
+    let path = escape_bytes(&t.path);
+    let grew = sz.upper.saturating_sub(sz.lower);
+    if advice::log_like(&t.path) && sz.upper > sz.lower {
+        let dir = match path.rsplit_once('/') {
+            Some((d, _)) => format!("/{d}"),
+            None => "/".to_string(),
+        };
+        return Some(Advice {
+            rule: Rule::LogInImage,
+            path: Some(path.clone()),
+            layer: t.layer.clone(),
+            count: 1,
+            bytes: t.cost.bytes,
+            unchanged: 0,
+            what: format!(
+                "/{path} came from the image and was copied up ({}) to append {}: mount a volume or a tmpfs at {dir} (or start the log empty)",
+                crate::live::fmt_bytes(t.cost.bytes),
+                crate::live::fmt_bytes(grew)
+            ),
+        });
+    }
+    let change = sz.upper.abs_diff(sz.lower);
+    if t.cost.bytes >= advice::LARGE_COPY_BYTES
+        && change <= t.cost.bytes / advice::SMALL_CHANGE_RATIO
+    {
+        return Some(Advice {
+            rule: Rule::LargeCopySmallChange,
+            path: Some(path.clone()),
+            layer: t.layer.clone(),
+            count: 1,
+            bytes: t.cost.bytes,
+            unchanged: 0,
+            what: format!(
+                "/{path}: {} copied up for a change of its size by {}: keep files that change small, or outside the image (a volume)",
+                crate::live::fmt_bytes(t.cost.bytes),
+                crate::live::fmt_bytes(change)
+            ),
+        });
+    }
+    None
+}
+
+fn add(s: &mut Sums, c: Cost) {
+    s.count += 1;
+    s.bytes += c.bytes;
+    s.total_ns += c.latency_ns;
+}
+
+async fn work(
+    engine: Option<DockerEngine>,
+    shared: Arc<Mutex<Shared>>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+) {
+    let mut w = Worker {
+        shared_tracked: 0,
+        client: engine.map(|e| e.client().clone()),
+        root: None,
+        containers: HashMap::new(),
+        tracked: Vec::new(),
+        untracked: HashMap::new(),
+    };
+    let mut pending_evaluation = false;
+    if let Some(client) = w.client.clone() {
+        let listed = tokio::time::timeout(
+            Duration::from_secs(3),
+            client.list_containers(Some(ListContainersOptions::default())),
+        )
+        .await;
+        if let Ok(Ok(list)) = listed {
+            for id in list.into_iter().filter_map(|c| c.id).take(PREFETCH) {
+                // Questions asked meanwhile are answered first.
+                pending_evaluation |= answer_waiting(&mut w, &shared, &mut requests).await;
+                w.layers_of(&id).await;
+            }
+        }
+    }
+    if pending_evaluation {
+        evaluate(&mut w, &shared, &mut requests).await;
+    }
+    while let Some(r) = requests.recv().await {
+        match r {
+            Request::Lookup(key, cost) => {
+                let a = w.answer(&key, cost).await;
+                put(&shared, key, a, w.shared_tracked);
+            }
+            Request::Evaluate => evaluate(&mut w, &shared, &mut requests).await,
+            Request::Changes(id, reply) => {
+                let _ = reply.send(w.changes(&id).await);
+            }
+        }
+    }
+}
+
+fn put(shared: &Mutex<Shared>, key: Key, a: LayerAnswer, tracked: usize) {
+    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+    s.tracked = tracked;
+    if s.answers.len() >= MAX_PENDING {
+        s.answers.clear();
+    }
+    s.answers.insert(key, a);
+}
