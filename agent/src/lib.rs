@@ -25,6 +25,8 @@ pub mod hist;
 pub mod kallsyms;
 pub mod kretprobe;
 pub mod live;
+pub mod metrics;
+pub mod metrics_server;
 pub mod mountinfo;
 pub mod offline;
 pub mod output;

@@ -75,6 +75,9 @@ struct Cli {
     /// Use kprobes even where fentry/fexit would work (to compare methods)
     #[arg(long)]
     kprobes_only: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (values as of the last --interval), e.g. --metrics 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -298,6 +301,7 @@ impl Out {
 
 async fn trace(cli: Cli) -> Result<Ended, Failure> {
     let started_wall = SystemTime::now();
+    let t_start = Instant::now();
     let filter = !cli.containers.is_empty() || !cli.pids.is_empty() || !cli.cgroups.is_empty();
     let opts = probe_options(&cli, filter);
 
@@ -340,6 +344,17 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         })?;
         cgroup_ids.push(id);
     }
+
+    // Bound before attaching: a port in use is said before anything is
+    // traced, and a port below 1024 needs a capability given up later.
+    let metrics_listener = match &cli.metrics {
+        Some(addr) => Some(
+            cowtrace::metrics_server::bind(addr)
+                .await
+                .map_err(Failure::Usage)?,
+        ),
+        None => None,
+    };
 
     let (findings, syms, btf) = doctor::check(&opts);
     if let Some(msg) = doctor::first_fatal(&findings) {
@@ -429,6 +444,16 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             ""
         }
     ));
+
+    let metrics: cowtrace::metrics_server::Shared = Default::default();
+    let metrics_task = metrics_listener.map(|l| {
+        err_line(&format!("metrics at http://{}/metrics", l.addr));
+        *metrics.lock().unwrap() = cowtrace::metrics::Snapshot::started(
+            probes.report.points.len(),
+            t_start.elapsed().as_secs_f64(),
+        );
+        cowtrace::metrics_server::serve(l, metrics.clone())
+    });
 
     let ring = RingBuf::try_from(probes.ebpf.take_map("EVENTS").context("EVENTS map")?)
         .context("EVENTS map")?;
@@ -537,6 +562,9 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
                     let v = build_report(&base, started.elapsed().as_secs_f64(), d, &rows);
                     sink.out.json(t, &v);
                 }
+                if metrics_task.is_some() {
+                    update_metrics(&metrics, &rows, d);
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -588,6 +616,11 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     if let Some(t) = &json {
         let v = build_report(&base, elapsed, d, &rows);
         sink.out.json(t, &v);
+    }
+    // The last numbers are served until the probes are detached; then the
+    // endpoint closes with the process.
+    if metrics_task.is_some() {
+        update_metrics(&metrics, &rows, d);
     }
     if !sink.out.closed {
         let mut text = format!("\n--- cowtrace summary ({elapsed:.1} s) ---\n");
@@ -852,6 +885,14 @@ fn build_report(
         .map(|(o, s, w)| report::container_json(o, s, w))
         .collect();
     report::report_json(&info, containers)
+}
+
+fn update_metrics(shared: &cowtrace::metrics_server::Shared, rows: &[Row<'_>], drops: [u64; 3]) {
+    let kinds = ["copy_up", "whiteout", "opaque_dir"];
+    let drops: Vec<(&'static str, u64)> = kinds.into_iter().zip(drops).collect();
+    if let Ok(mut snap) = shared.lock() {
+        snap.update(rows, &drops);
+    }
 }
 
 fn read_writes(
