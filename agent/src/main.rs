@@ -78,6 +78,9 @@ struct Cli {
     /// Serve Prometheus metrics at http://ADDR/metrics (values as of the last --interval), e.g. --metrics 127.0.0.1:9464
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// With --metrics: drop a container's series this long after it exited, e.g. --metrics-forget-after 10m
+    #[arg(long, value_parser = parse_duration, default_value = "5m", value_name = "DURATION")]
+    metrics_forget_after: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -563,7 +566,8 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
                     sink.out.json(t, &v);
                 }
                 if metrics_task.is_some() {
-                    update_metrics(&metrics, &rows, d);
+                    let forgotten = sink.attribution.exited_for(cli.metrics_forget_after);
+        update_metrics(&metrics, &rows, d, &forgotten);
                 }
             }
             _ = sigint.recv() => break,
@@ -620,7 +624,8 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     // The last numbers are served until the probes are detached; then the
     // endpoint closes with the process.
     if metrics_task.is_some() {
-        update_metrics(&metrics, &rows, d);
+        let forgotten = sink.attribution.exited_for(cli.metrics_forget_after);
+        update_metrics(&metrics, &rows, d, &forgotten);
     }
     if !sink.out.closed {
         let mut text = format!("\n--- cowtrace summary ({elapsed:.1} s) ---\n");
@@ -887,11 +892,16 @@ fn build_report(
     report::report_json(&info, containers)
 }
 
-fn update_metrics(shared: &cowtrace::metrics_server::Shared, rows: &[Row<'_>], drops: [u64; 3]) {
+fn update_metrics(
+    shared: &cowtrace::metrics_server::Shared,
+    rows: &[Row<'_>],
+    drops: [u64; 3],
+    forgotten: &std::collections::HashSet<String>,
+) {
     let kinds = ["copy_up", "whiteout", "opaque_dir"];
     let drops: Vec<(&'static str, u64)> = kinds.into_iter().zip(drops).collect();
     if let Ok(mut snap) = shared.lock() {
-        snap.update(rows, &drops);
+        snap.update(rows, &drops, forgotten);
     }
 }
 

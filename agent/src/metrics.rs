@@ -15,6 +15,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use std::collections::HashSet;
 
 /// Upper bounds (seconds) of `cowtrace_copy_up_seconds`: a copy-up of an
 /// empty file under a fast disk takes tens of microseconds, a large log
@@ -132,10 +133,18 @@ impl Snapshot {
         }
     }
 
-    /// The live summary's rows and losses, as series.
-    pub fn update(&mut self, rows: &[Row<'_>], drops: &[(&'static str, u64)]) {
+    /// The live summary's rows and losses, as series; the containers in
+    /// `forgotten` (exited long enough ago) have none, so that the labels
+    /// a scraper sees stay bounded by what runs.
+    pub fn update(
+        &mut self,
+        rows: &[Row<'_>],
+        drops: &[(&'static str, u64)],
+        forgotten: &HashSet<String>,
+    ) {
         self.series = rows
             .iter()
+            .filter(|(o, _, _)| !forgotten.contains(&o.id))
             .map(|(o, s, w)| Series {
                 labels: Labels {
                     container: escape_label(&o.name),

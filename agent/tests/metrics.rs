@@ -36,8 +36,28 @@ fn snapshot() -> Snapshot {
     let none = WriteTotals::default();
     let rows = vec![(&hostile, &s, &w), (&host, &empty, &none)];
     let mut snap = Snapshot::started(12, 0.8);
-    snap.update(&rows, &[("copy_up", 0), ("whiteout", 3), ("opaque_dir", 0)]);
+    snap.update(
+        &rows,
+        &[("copy_up", 0), ("whiteout", 3), ("opaque_dir", 0)],
+        &Default::default(),
+    );
     snap
+}
+
+#[test]
+fn containers_gone_long_enough_have_no_series() {
+    let gone = Owner {
+        id: "feed".into(),
+        name: "gone".into(),
+        image: String::new(),
+    };
+    let (s, w) = (OwnerStats::default(), WriteTotals::default());
+    let rows = vec![(&gone, &s, &w)];
+    let mut snap = Snapshot::default();
+    snap.update(&rows, &[], &Default::default());
+    assert!(encode(&snap, Format::Classic).contains("container=\"gone\""));
+    snap.update(&rows, &[], &["feed".to_string()].into());
+    assert!(!encode(&snap, Format::Classic).contains("container=\"gone\""));
 }
 
 #[test]

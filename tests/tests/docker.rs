@@ -856,6 +856,8 @@ fn prometheus_scrapes_what_the_json_says() {
             json,
             "--metrics",
             &metrics_addr,
+            "--metrics-forget-after",
+            "2s",
         ],
     );
     let mut prom = Command::new("/usr/local/bin/prometheus")
@@ -928,6 +930,21 @@ fn prometheus_scrapes_what_the_json_says() {
     );
     assert!(head.contains("application/openmetrics-text"), "{head}");
     assert!(om.ends_with("# EOF\n"), "{om}");
+
+    // Once the container is gone (and the grace has passed) its series go.
+    docker(&["rm", "-f", "scraped"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, body) = http_get(METRICS_PORT, "/metrics", "text/plain");
+        if !body.contains("container=\"scraped\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the exited container's series stayed:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     let tr = t.stop();
     let _ = prom.kill();
