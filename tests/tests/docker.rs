@@ -980,3 +980,110 @@ fn prometheus_scrapes_what_the_json_says() {
         "the metrics port is still open after cowtrace ended"
     );
 }
+
+/// The agent as a container, as deploy/kubernetes/daemonset.yaml runs it:
+/// the image from deploy/Dockerfile around the same static binary, the
+/// host's PID and cgroup namespaces, privileged, the host's tracefs, BTF,
+/// cgroup tree and /run. It attributes another container by name, writes
+/// its report, and leaves no probe behind when it ends.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn the_agent_runs_as_a_container_and_cleans_up() {
+    let ctx = std::path::Path::new("/tmp/agent-img");
+    let _ = std::fs::remove_dir_all(ctx);
+    std::fs::create_dir_all(ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        include_str!("../../deploy/Dockerfile"),
+    )
+    .unwrap();
+    std::fs::copy(cowtrace_tests::cowtrace_bin(), ctx.join("cowtrace")).unwrap();
+    docker(&[
+        "build",
+        "-q",
+        "--network",
+        "none",
+        "-t",
+        "cowtrace/agent",
+        "/tmp/agent-img",
+    ]);
+    let victim = Container::run("watched");
+    let out = std::path::Path::new("/tmp/agent-out");
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out).unwrap();
+    let _ = Command::new("docker")
+        .args(["rm", "-f", "cowtrace-agent"])
+        .output();
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "cowtrace-agent",
+        "--network",
+        "none",
+        "--pid",
+        "host",
+        "--cgroupns",
+        "host",
+        "--privileged",
+        "-e",
+        "DOCKER_HOST=unix:///host/run/docker.sock",
+        "-v",
+        "/sys/kernel/tracing:/sys/kernel/tracing",
+        "-v",
+        "/sys/kernel/btf:/sys/kernel/btf:ro",
+        "-v",
+        "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+        "-v",
+        "/run:/host/run:ro",
+        "-v",
+        "/tmp/agent-out:/out",
+        "cowtrace/agent",
+        "--quiet",
+        "--interval",
+        "1h",
+        "--json",
+        "/out/report.json",
+    ]);
+    let _agent = Container("cowtrace-agent".into());
+    // Ready when it says so on its standard error.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let o = Command::new("docker")
+            .args(["logs", "cowtrace-agent"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        if err.lines().any(|l| l.starts_with("tracing")) {
+            break;
+        }
+        let running = docker(&["inspect", "-f", "{{.State.Running}}", "cowtrace-agent"]);
+        assert!(
+            running == "true" && std::time::Instant::now() < deadline,
+            "the agent container never said `tracing` (running: {running}):\n{err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    victim.exec("echo b >> /data/f7");
+    // SIGINT, as Ctrl-C: the report is written, the probes detached.
+    docker(&["kill", "-s", "INT", "cowtrace-agent"]);
+    let code = docker(&["wait", "cowtrace-agent"]);
+    let logs = Command::new("docker")
+        .args(["logs", "cowtrace-agent"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&logs.stderr).to_string();
+    assert_eq!(code, "0", "{err}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let mine = named(&report, "watched").unwrap_or_else(|| panic!("{report:#}\n{err}"));
+    // data/f7 and its parent directory.
+    assert_eq!(mine["copy_up"]["count"], 2, "{mine:#}");
+    assert_eq!(mine["image"], IMAGE, "{mine:#}");
+    // Nothing left attached: no kprobe or kretprobe of ours in tracefs.
+    let events = std::fs::read_to_string("/sys/kernel/tracing/kprobe_events").unwrap_or_default();
+    assert!(
+        !events.contains("ovl_"),
+        "probes left behind after the agent container ended:\n{events}"
+    );
+}

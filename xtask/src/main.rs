@@ -41,6 +41,13 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         rounds: u32,
     },
+    /// The agent's container image (deploy/Dockerfile), built by Docker in
+    /// a guest and saved as a docker-archive tarball.
+    Image {
+        /// Where the tarball goes.
+        #[arg(long, default_value = "target/image")]
+        out: PathBuf,
+    },
     /// The demo: a Docker guest, a container named nginx, cowtrace watching it.
     Demo {
         /// Kernel series of the guest.
@@ -190,6 +197,10 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let t = setup::ensure()?;
             xtask::bench::run(&t, kernel, &out, rounds)
+        }
+        Cmd::Image { out } => {
+            let t = setup::ensure()?;
+            xtask::image::run(&t, &out)
         }
         Cmd::Demo {
             kernel,
