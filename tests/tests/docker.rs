@@ -219,10 +219,36 @@ fn a_container_started_after_cowtrace_is_attributed() {
 #[test]
 #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
 fn duration_ends_with_complete_json_for_the_container() {
-    let c = Container::run("timed");
+    // The container copies up as soon as a file appears in its volume: a
+    // `docker exec` can take longer than the whole run on a loaded TCG
+    // guest.
+    image();
+    let go = std::path::Path::new("/tmp/timed-go");
+    let _ = std::fs::remove_dir_all(go);
+    std::fs::create_dir_all(go).unwrap();
+    let _ = Command::new("docker").args(["rm", "-f", "timed"]).output();
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "timed",
+        "--network",
+        "none",
+        "-v",
+        "/tmp/timed-go:/go",
+        IMAGE,
+        "sh",
+        "-c",
+        "until [ -e /go/now ]; do sleep 0.05; done; echo b >> /data/f9; touch /go/done; sleep 3600",
+    ]);
+    let _c = Container("timed".into());
     let t = Tracer::start("timed", &["--container", "timed", "--duration", "6s"]);
-    c.exec("echo b >> /data/f9");
+    std::fs::write(go.join("now"), "").unwrap();
     let tr = t.finish();
+    assert!(
+        go.join("done").exists(),
+        "the container had not copied up by the end of the run"
+    );
     assert_eq!(tr.report["schema"], "cowtrace/v1");
     let x = named(&tr.report, "timed").expect("timed in report");
     assert_eq!(x["copy_up"]["count"], 2);
