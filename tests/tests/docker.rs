@@ -1033,6 +1033,12 @@ fn the_agent_runs_as_a_container_and_cleans_up() {
         "cowtrace/agent",
         "/tmp/agent-img",
     ]);
+    let probes_before =
+        std::fs::read_to_string("/sys/kernel/tracing/kprobe_events").unwrap_or_default();
+    assert!(
+        !probes_before.contains("kprobes/cowtrace_"),
+        "another cowtrace is attached before the test:\n{probes_before}"
+    );
     let victim = Container::run("watched");
     let out = std::path::Path::new("/tmp/agent-out");
     let _ = std::fs::remove_dir_all(out);
@@ -1109,7 +1115,7 @@ fn the_agent_runs_as_a_container_and_cleans_up() {
     // Nothing left attached: no kprobe or kretprobe of ours in tracefs.
     let events = std::fs::read_to_string("/sys/kernel/tracing/kprobe_events").unwrap_or_default();
     assert!(
-        !events.contains("ovl_"),
-        "probes left behind after the agent container ended:\n{events}"
+        !events.contains("kprobes/cowtrace_"),
+        "probes left behind after the agent container ended:\n{events}\n{err}"
     );
 }
