@@ -869,7 +869,8 @@ fn prometheus_scrapes_what_the_json_says() {
         ),
     )
     .unwrap();
-    let json = "/tmp/prom/report.json";
+    // Where Tracer::stop reads it.
+    let json = "/tmp/trace-prom/report.json";
     let metrics_addr = format!("127.0.0.1:{METRICS_PORT}");
     let t = Tracer::start_args(
         "prom",
