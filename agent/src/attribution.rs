@@ -422,6 +422,18 @@ impl Attribution {
             .map(Entry::owner)
             .unwrap_or_else(|| owner.clone())
     }
+
+    /// Ids of the containers that exited at least `age` ago and have not
+    /// started again.
+    pub fn exited_for(&self, age: Duration) -> HashSet<String> {
+        let now = Instant::now();
+        self.lock()
+            .containers
+            .values()
+            .filter(|e| e.exited_at.is_some_and(|t| now.duration_since(t) >= age))
+            .map(|e| e.info.id.clone())
+            .collect()
+    }
 }
 
 /// What the worker's runtime tasks send back.

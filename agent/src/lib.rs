@@ -28,6 +28,8 @@ pub mod kernel_maps;
 pub mod kretprobe;
 pub mod layers;
 pub mod live;
+pub mod metrics;
+pub mod metrics_server;
 pub mod mountinfo;
 pub mod offline;
 pub mod output;

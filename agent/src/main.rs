@@ -85,6 +85,12 @@ struct Cli {
     /// At exit, list what each --container changed like `docker diff`, with the image layer of each entry, e.g. --container nginx --changes
     #[arg(long, requires = "containers")]
     changes: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (values as of the last --interval), e.g. --metrics 127.0.0.1:9464
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+    /// With --metrics: drop a container's series this long after it exited, e.g. --metrics-forget-after 10m
+    #[arg(long, value_parser = parse_duration, default_value = "5m", value_name = "DURATION")]
+    metrics_forget_after: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -309,6 +315,7 @@ impl Out {
 
 async fn trace(cli: Cli) -> Result<Ended, Failure> {
     let started_wall = SystemTime::now();
+    let t_start = Instant::now();
     let filter = !cli.containers.is_empty() || !cli.pids.is_empty() || !cli.cgroups.is_empty();
     let opts = probe_options(&cli, filter);
 
@@ -351,6 +358,17 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         })?;
         cgroup_ids.push(id);
     }
+
+    // Bound before attaching: a port in use is said before anything is
+    // traced, and a port below 1024 needs a capability given up later.
+    let metrics_listener = match &cli.metrics {
+        Some(addr) => Some(
+            cowtrace::metrics_server::bind(addr)
+                .await
+                .map_err(Failure::Usage)?,
+        ),
+        None => None,
+    };
 
     let (findings, syms, btf) = doctor::check(&opts);
     if let Some(msg) = doctor::first_fatal(&findings) {
@@ -446,6 +464,16 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
 
     // Before main takes maps it reads itself (WRITES).
     let kernel_maps = KernelMaps::open(&probes.ebpf)?;
+    let metrics: cowtrace::metrics_server::Shared = Default::default();
+    let metrics_task = metrics_listener.map(|l| {
+        err_line(&format!("metrics at http://{}/metrics", l.addr));
+        *metrics.lock().unwrap() = cowtrace::metrics::Snapshot::started(
+            probes.report.points.len(),
+            t_start.elapsed().as_secs_f64(),
+        );
+        cowtrace::metrics_server::serve(l, metrics.clone())
+    });
+
     let ring = RingBuf::try_from(probes.ebpf.take_map("EVENTS").context("EVENTS map")?)
         .context("EVENTS map")?;
     // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
@@ -575,6 +603,10 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
                     );
                     sink.out.json(t, &v);
                 }
+                if metrics_task.is_some() {
+                    let forgotten = sink.attribution.exited_for(cli.metrics_forget_after);
+        update_metrics(&metrics, &rows, d, &forgotten);
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -634,6 +666,12 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             (&sink.per_layer, &unchanged),
         );
         sink.out.json(t, &v);
+    }
+    // The last numbers are served until the probes are detached; then the
+    // endpoint closes with the process.
+    if metrics_task.is_some() {
+        let forgotten = sink.attribution.exited_for(cli.metrics_forget_after);
+        update_metrics(&metrics, &rows, d, &forgotten);
     }
     if !sink.out.closed {
         let mut text = format!("\n--- cowtrace summary ({elapsed:.1} s) ---\n");
@@ -942,6 +980,19 @@ fn build_report(
         })
         .collect();
     report::report_json(&info, containers)
+}
+
+fn update_metrics(
+    shared: &cowtrace::metrics_server::Shared,
+    rows: &[Row<'_>],
+    drops: [u64; 3],
+    forgotten: &std::collections::HashSet<String>,
+) {
+    let kinds = ["copy_up", "whiteout", "opaque_dir"];
+    let drops: Vec<(&'static str, u64)> = kinds.into_iter().zip(drops).collect();
+    if let Ok(mut snap) = shared.lock() {
+        snap.update(rows, &drops, forgotten);
+    }
 }
 
 fn read_writes(

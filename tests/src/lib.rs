@@ -371,3 +371,17 @@ impl Tracer {
         }
     }
 }
+
+/// A test that fails while cowtrace runs must not leave it running (and
+/// attached) for the tests after it: end it as Ctrl-C would, then for sure.
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGINT);
+            if self.wait_for(Duration::from_secs(20)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}

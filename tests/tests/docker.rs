@@ -1146,3 +1146,314 @@ fn a_chown_to_the_owner_files_have_changed_nothing() {
         tr.stderr
     );
 }
+
+/// `GET http://127.0.0.1:PORT/PATH` with `accept`: status line and body.
+fn http_get(port: u16, path_and_query: &str, accept: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_string(), body.to_string())
+}
+
+/// One PromQL query against the Prometheus HTTP API: the first sample's
+/// value, if any.
+fn prom_query(q: &str) -> Option<f64> {
+    let enc: String = q
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (head, body) = http_get(PROM_PORT, &format!("/api/v1/query?query={enc}"), "*/*");
+    assert!(head.starts_with("HTTP/1.1 200"), "{q}: {head}\n{body}");
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["data"]["result"][0]["value"][1]
+        .as_str()
+        .map(|s| s.parse().unwrap())
+}
+
+const METRICS_PORT: u16 = 9464;
+const PROM_PORT: u16 = 9090;
+
+/// A real Prometheus (Debian's, copied into the guest by the harness)
+/// scrapes `--metrics`; what it stores and computes agrees with the same
+/// run's JSON: counts exact, the median within one bucket of the
+/// exposition. `promtool check metrics` accepts the classic exposition,
+/// and the endpoint goes away with the agent.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn prometheus_scrapes_what_the_json_says() {
+    use std::time::{Duration, Instant};
+    let c = Container::run("scraped");
+    let dir = std::path::Path::new("/tmp/prom");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: cowtrace\n    static_configs:\n      - targets: ['127.0.0.1:{METRICS_PORT}']\n"
+        ),
+    )
+    .unwrap();
+    // Where Tracer::stop reads it.
+    let json = "/tmp/trace-prom/report.json";
+    let metrics_addr = format!("127.0.0.1:{METRICS_PORT}");
+    let t = Tracer::start_args(
+        "prom",
+        &[],
+        &[
+            "--quiet",
+            "--interval",
+            "1s",
+            "--json",
+            json,
+            "--metrics",
+            &metrics_addr,
+            "--metrics-forget-after",
+            "2s",
+        ],
+    );
+    let mut prom = Command::new("/usr/local/bin/prometheus")
+        .arg("--config.file=/tmp/prom/prometheus.yml")
+        .arg("--storage.tsdb.path=/tmp/prom/data")
+        .arg(format!("--web.listen-address=127.0.0.1:{PROM_PORT}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create("/tmp/prom/prometheus.log").unwrap())
+        .spawn()
+        .expect("start prometheus");
+
+    // Ten copy-ups of files from the image (and their parent, data/), two
+    // whiteouts.
+    c.exec("for i in $(seq 1 10); do echo b >> /data/f$i; done; rm /data/f11 /data/f12");
+    let sel = "{container=\"scraped\"}";
+    let count_q = format!("cowtrace_copy_up_seconds_count{sel}");
+    // Scraped once the agent's interval has taken the numbers in, and
+    // stable: two scrapes agree with the endpoint's own exposition.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let stored = loop {
+        let (_, body) = http_get(METRICS_PORT, "/metrics", "text/plain");
+        let exposed = body
+            .lines()
+            .find(|l| l.starts_with("cowtrace_copy_up_seconds_count{container=\"scraped\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        let up = prom_query("up{job=\"cowtrace\"}");
+        let stored = prom_query(&count_q);
+        if up == Some(1.0) && exposed == Some(11.0) && stored == exposed {
+            break stored.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never stored the run's numbers: up {up:?}, stored {stored:?}, exposed {exposed:?}\n{}",
+            std::fs::read_to_string("/tmp/prom/prometheus.log").unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let whiteouts = prom_query(&format!("cowtrace_whiteouts_total{sel}"));
+    let bytes = prom_query(&format!("cowtrace_copy_up_bytes_total{sel}"));
+    let median = prom_query(&format!(
+        "histogram_quantile(0.5, sum by (le) (cowtrace_copy_up_seconds_bucket{sel}))"
+    ))
+    .expect("a median");
+    let info = prom_query("cowtrace_build_info");
+    let probes = prom_query("cowtrace_probes_attached").unwrap_or(0.0);
+
+    // The classic exposition passes promtool's lint; OpenMetrics comes
+    // when asked for.
+    let (head, classic) = http_get(METRICS_PORT, "/metrics", "text/plain");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    std::fs::write("/tmp/prom/classic.txt", &classic).unwrap();
+    let check = Command::new("sh")
+        .args([
+            "-c",
+            "/usr/local/bin/promtool check metrics < /tmp/prom/classic.txt",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "promtool check metrics: {}{}\n{classic}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let (head, om) = http_get(
+        METRICS_PORT,
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    );
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(om.ends_with("# EOF\n"), "{om}");
+
+    // Once the container is gone (and the grace has passed) its series go.
+    docker(&["rm", "-f", "scraped"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, body) = http_get(METRICS_PORT, "/metrics", "text/plain");
+        if !body.contains("container=\"scraped\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the exited container's series stayed:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let tr = t.stop();
+    let _ = prom.kill();
+    let _ = prom.wait();
+    let mine = named(&tr.report, "scraped").expect("scraped in the report");
+    assert_eq!(
+        stored,
+        mine["copy_up"]["count"].as_f64().unwrap(),
+        "{mine:#}"
+    );
+    assert_eq!(whiteouts, mine["whiteouts"]["count"].as_f64(), "{mine:#}");
+    assert_eq!(bytes, mine["copy_up"]["bytes"].as_f64(), "{mine:#}");
+    assert_eq!(info, Some(1.0));
+    assert!(probes > 0.0);
+    // histogram_quantile interpolates inside the bucket holding the median:
+    // the JSON's median lies in that bucket (1% for the histograms' own
+    // resolution).
+    let p50_s = mine["copy_up"]["latency_ns"]["p50"].as_f64().unwrap() / 1e9;
+    let bounds = cowtrace::metrics::COPY_UP_BUCKETS_S;
+    let i = bounds
+        .iter()
+        .position(|&b| median <= b)
+        .unwrap_or(bounds.len());
+    let lo = if i == 0 { 0.0 } else { bounds[i - 1] };
+    let hi = bounds.get(i).copied().unwrap_or(f64::MAX);
+    assert!(
+        p50_s >= lo * 0.99 && p50_s <= hi * 1.01,
+        "Prometheus median {median} s in ({lo}, {hi}], JSON p50 {p50_s} s"
+    );
+    // Gone with the agent.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT)).is_err(),
+        "the metrics port is still open after cowtrace ended"
+    );
+}
+
+/// The agent as a container, as deploy/kubernetes/daemonset.yaml runs it:
+/// the image from deploy/Dockerfile around the same static binary, the
+/// host's PID and cgroup namespaces, privileged, the host's tracefs, BTF,
+/// cgroup tree and /run. It attributes another container by name, writes
+/// its report, and leaves no probe behind when it ends.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn the_agent_runs_as_a_container_and_cleans_up() {
+    let ctx = std::path::Path::new("/tmp/agent-img");
+    let _ = std::fs::remove_dir_all(ctx);
+    std::fs::create_dir_all(ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        include_str!("../../deploy/Dockerfile"),
+    )
+    .unwrap();
+    std::fs::copy(cowtrace_tests::cowtrace_bin(), ctx.join("cowtrace")).unwrap();
+    docker(&[
+        "build",
+        "-q",
+        "--network",
+        "none",
+        "-t",
+        "cowtrace/agent",
+        "/tmp/agent-img",
+    ]);
+    let probes_before =
+        std::fs::read_to_string("/sys/kernel/tracing/kprobe_events").unwrap_or_default();
+    assert!(
+        !probes_before.contains("kprobes/cowtrace_"),
+        "another cowtrace is attached before the test:\n{probes_before}"
+    );
+    let victim = Container::run("watched");
+    let out = std::path::Path::new("/tmp/agent-out");
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out).unwrap();
+    let _ = Command::new("docker")
+        .args(["rm", "-f", "cowtrace-agent"])
+        .output();
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        "cowtrace-agent",
+        "--network",
+        "none",
+        "--pid",
+        "host",
+        "--cgroupns",
+        "host",
+        "--privileged",
+        "-e",
+        "DOCKER_HOST=unix:///host/run/docker.sock",
+        "-v",
+        "/sys/kernel/tracing:/sys/kernel/tracing",
+        "-v",
+        "/sys/kernel/btf:/sys/kernel/btf:ro",
+        "-v",
+        "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+        "-v",
+        "/run:/host/run:ro",
+        "-v",
+        "/tmp/agent-out:/out",
+        "cowtrace/agent",
+        "--quiet",
+        "--interval",
+        "1h",
+        "--json",
+        "/out/report.json",
+    ]);
+    let _agent = Container("cowtrace-agent".into());
+    // Ready when it says so on its standard error.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let o = Command::new("docker")
+            .args(["logs", "cowtrace-agent"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        if err.lines().any(|l| l.starts_with("tracing")) {
+            break;
+        }
+        let running = docker(&["inspect", "-f", "{{.State.Running}}", "cowtrace-agent"]);
+        assert!(
+            running == "true" && std::time::Instant::now() < deadline,
+            "the agent container never said `tracing` (running: {running}):\n{err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    victim.exec("echo b >> /data/f7");
+    // SIGINT, as Ctrl-C: the report is written, the probes detached.
+    docker(&["kill", "-s", "INT", "cowtrace-agent"]);
+    let code = docker(&["wait", "cowtrace-agent"]);
+    let logs = Command::new("docker")
+        .args(["logs", "cowtrace-agent"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&logs.stderr).to_string();
+    assert_eq!(code, "0", "{err}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let mine = named(&report, "watched").unwrap_or_else(|| panic!("{report:#}\n{err}"));
+    // data/f7 and its parent directory.
+    assert_eq!(mine["copy_up"]["count"], 2, "{mine:#}");
+    assert_eq!(mine["image"], IMAGE, "{mine:#}");
+    // Nothing left attached: no kprobe or kretprobe of ours in tracefs.
+    let events = std::fs::read_to_string("/sys/kernel/tracing/kprobe_events").unwrap_or_default();
+    assert!(
+        !events.contains("kprobes/cowtrace_"),
+        "probes left behind after the agent container ended:\n{events}\n{err}"
+    );
+}

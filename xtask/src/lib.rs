@@ -24,6 +24,7 @@ pub mod cpio;
 pub mod demo;
 pub mod guest;
 pub mod host_packages;
+pub mod image;
 pub mod kernel;
 pub mod native;
 pub mod results;

@@ -60,6 +60,13 @@ enum Cmd {
         #[arg(long, default_value_t = 4)]
         parallel: u32,
     },
+    /// The agent's container image (deploy/Dockerfile), built by Docker in
+    /// a guest and saved as a docker-archive tarball.
+    Image {
+        /// Where the tarball goes.
+        #[arg(long, default_value = "target/image")]
+        out: PathBuf,
+    },
     /// The demo: a Docker guest, a container named nginx, cowtrace watching it.
     Demo {
         /// Kernel series of the guest.
@@ -224,6 +231,10 @@ fn run(cli: Cli) -> Result<i32> {
                 parallel,
             };
             xtask::soak::run(&t, kernel, &out, &size)
+        }
+        Cmd::Image { out } => {
+            let t = setup::ensure()?;
+            xtask::image::run(&t, &out)
         }
         Cmd::Demo {
             kernel,

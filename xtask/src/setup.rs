@@ -26,6 +26,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "zstd",
     "xz-utils",
     "chromium",
+    "prometheus",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -6,7 +6,7 @@
 //! part of `cargo xtask test`: it takes minutes, not seconds.
 
 use crate::build;
-use crate::guest::{self, Copy, GuestKind, GuestSpec};
+use crate::guest::{self, Copy, GuestKind, GuestSpec, Init};
 use crate::kernel::Series;
 use crate::setup::Tooling;
 use anyhow::Result;
@@ -27,7 +27,7 @@ pub fn run(tooling: &Tooling, kernel: Series, out: &Path, size: &SoakSize) -> Re
     std::fs::create_dir_all(out)?;
     let spec = GuestSpec {
         kernel,
-        kind: GuestKind::Docker,
+        kind: GuestKind::Docker(Init::Shell),
         copies: vec![Copy {
             host: runner,
             guest: "/usr/local/bin/cowtrace-soak".into(),

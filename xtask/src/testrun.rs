@@ -20,6 +20,7 @@ use crate::testopts::{
 use crate::util::note;
 use anyhow::{Context, Result};
 use std::io::Write;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
@@ -107,6 +108,15 @@ fn guest_tests(
         let mut script = String::from("rc=0\n");
         if docker {
             copies.push(demo::script_copy(tooling)?);
+            // The real Prometheus and promtool the metrics test runs
+            // (Debian's, installed on the host by setup; linked to libc
+            // only, as the guest's Debian has it).
+            for tool in PROMETHEUS_TOOLS {
+                copies.push(Copy {
+                    host: Path::new("/usr/bin").join(tool),
+                    guest: format!("/usr/local/bin/{tool}"),
+                });
+            }
             script.push_str(&format!("export COWTRACE_DEMO={}\n", demo::GUEST_SCRIPT));
         }
         for (name, _) in &selected {
@@ -149,6 +159,9 @@ fn guest_tests(
     }
     Ok(results)
 }
+
+/// Debian's `prometheus` package's programs, copied into the Docker guests.
+const PROMETHEUS_TOOLS: [&str; 2] = ["prometheus", "promtool"];
 
 /// One guest boot: which kernel, which guest, which test executables.
 struct GuestRun {

@@ -23,5 +23,9 @@ mount -t bpf -o mode=700 bpf /sys/fs/bpf
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 ulimit -l unlimited
 hostname cowtrace
+# Loopback up, as on any host: local servers (the metrics endpoint, a
+# Prometheus scraping it) listen there. Whichever of these the root has.
+ip link set lo up 2>/dev/null || busybox ip link set lo up 2>/dev/null ||
+    busybox ifconfig lo 127.0.0.1 up || fail "cannot bring up the loopback interface"
 for t in $OUT_PORT $ERR_PORT $C; do stty -F $t raw -echo || fail "cannot set up $t"; done
 modprobe overlay || fail "modprobe overlay failed"
