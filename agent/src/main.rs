@@ -605,7 +605,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
                 }
                 if metrics_task.is_some() {
                     let forgotten = sink.attribution.exited_for(cli.metrics_forget_after);
-        update_metrics(&metrics, &rows, d, &forgotten);
+                    update_metrics(&metrics, &rows, d, &full, &forgotten);
                 }
             }
             _ = sigint.recv() => break,
@@ -671,7 +671,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     // endpoint closes with the process.
     if metrics_task.is_some() {
         let forgotten = sink.attribution.exited_for(cli.metrics_forget_after);
-        update_metrics(&metrics, &rows, d, &forgotten);
+        update_metrics(&metrics, &rows, d, &kernel_maps.map_full(), &forgotten);
     }
     if !sink.out.closed {
         let mut text = format!("\n--- cowtrace summary ({elapsed:.1} s) ---\n");
@@ -986,10 +986,18 @@ fn update_metrics(
     shared: &cowtrace::metrics_server::Shared,
     rows: &[Row<'_>],
     drops: [u64; 3],
+    map_full: &cowtrace::kernel_maps::MapFullCounts,
     forgotten: &std::collections::HashSet<String>,
 ) {
+    // The JSON's `drops`: per event kind, then per map that was full.
     let kinds = ["copy_up", "whiteout", "opaque_dir"];
-    let drops: Vec<(&'static str, u64)> = kinds.into_iter().zip(drops).collect();
+    let mut drops: Vec<(String, u64)> = kinds.into_iter().map(String::from).zip(drops).collect();
+    drops.extend(
+        agent_ebpf::MapFull::ALL
+            .iter()
+            .zip(map_full)
+            .map(|(k, n)| (format!("map_full_{}", k.key()), *n)),
+    );
     if let Ok(mut snap) = shared.lock() {
         snap.update(rows, &drops, forgotten);
     }

@@ -118,7 +118,7 @@ struct Series {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     series: Vec<Series>,
-    drops: Vec<(&'static str, u64)>,
+    drops: Vec<(String, u64)>,
     probes_attached: u64,
     ready_s: f64,
 }
@@ -139,7 +139,7 @@ impl Snapshot {
     pub fn update(
         &mut self,
         rows: &[Row<'_>],
-        drops: &[(&'static str, u64)],
+        drops: &[(String, u64)],
         forgotten: &HashSet<String>,
     ) {
         self.series = rows
@@ -318,7 +318,7 @@ impl Collector for SnapshotCollector {
                 MetricType::Counter,
             )?;
             for (kind, n) in &snap.drops {
-                let pairs = [("kind", *kind)];
+                let pairs = [("kind", kind.as_str())];
                 family
                     .encode_family(&pairs)?
                     .encode_counter::<NoLabelSet, _, u64>(n, None)?;

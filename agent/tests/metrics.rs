@@ -38,7 +38,11 @@ fn snapshot() -> Snapshot {
     let mut snap = Snapshot::started(12, 0.8);
     snap.update(
         &rows,
-        &[("copy_up", 0), ("whiteout", 3), ("opaque_dir", 0)],
+        &[
+            ("copy_up".to_string(), 0),
+            ("whiteout".to_string(), 3),
+            ("map_full_writes".to_string(), 0),
+        ],
         &Default::default(),
     );
     snap
