@@ -75,6 +75,26 @@ struct Cli {
     /// Use kprobes even where fentry/fexit would work (to compare methods)
     #[arg(long)]
     kprobes_only: bool,
+    /// Print how long each start-up stage took (on stderr, before `tracing`)
+    #[arg(long)]
+    verbose: bool,
+    /// Time one write in N (a power of two; 1 = every write); every write is counted either way, e.g. --write-sample 1
+    #[arg(long, value_name = "N", value_parser = parse_write_sample, default_value_t = DEFAULT_WRITE_SAMPLE)]
+    write_sample: u32,
+}
+
+/// Writes are many and each timed one costs two clock reads and a map
+/// update in the kernel; percentiles from one write in 8 are as good for a
+/// baseline, and the counts and bytes stay exact.
+const DEFAULT_WRITE_SAMPLE: u32 = 8;
+
+fn parse_write_sample(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n <= 1 << 16 => Ok(n),
+        _ => Err(format!(
+            "--write-sample {s:?}: a power of two from 1 to 65536 (1 = time every write)"
+        )),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -119,6 +139,38 @@ const MIN_DURATION_S: f64 = 0.001;
 /// Ten years: far beyond any run, far below what `Duration` and the
 /// monotonic clock can add without overflowing.
 const MAX_DURATION_S: f64 = 10.0 * 365.0 * 86400.0;
+
+/// `--verbose`: how long each start-up stage took, one line each.
+struct Stages {
+    verbose: bool,
+    last: Instant,
+}
+
+impl Stages {
+    fn new(verbose: bool) -> Self {
+        Self {
+            verbose,
+            last: Instant::now(),
+        }
+    }
+
+    /// The stage that ends now.
+    fn done(&mut self, what: &str) {
+        let now = Instant::now();
+        self.took(what, now - self.last);
+        self.last = now;
+    }
+
+    /// A stage timed elsewhere (already inside the current one).
+    fn took(&self, what: &str, d: Duration) {
+        if self.verbose {
+            err_line(&format!(
+                "cowtrace: start-up: {what}: {:.1} ms",
+                d.as_secs_f64() * 1000.0
+            ));
+        }
+    }
+}
 
 /// Usage errors exit 2, runtime failures 1.
 enum Failure {
@@ -177,11 +229,12 @@ fn probe_options(cli: &Cli, filter: bool) -> ProbeOptions {
     ProbeOptions {
         force_kprobes: cli.kprobes_only,
         filter,
+        write_sample_shift: cli.write_sample.trailing_zeros(),
     }
 }
 
 fn run_doctor(cli: &Cli) -> Result<Ended, Failure> {
-    let (findings, _, _) = doctor::check(&probe_options(cli, false));
+    let (findings, _, _) = doctor::check(&probe_options(cli, false), doctor::TracingProbe::Ask);
     let mut text = doctor::render(&findings);
     let fatal = doctor::first_fatal(&findings);
     if fatal.is_none() {
@@ -341,7 +394,9 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         cgroup_ids.push(id);
     }
 
-    let (findings, syms, btf) = doctor::check(&opts);
+    let mut stages = Stages::new(cli.verbose);
+    let (findings, syms, btf) = doctor::check(&opts, doctor::TracingProbe::Skip);
+    stages.done("kernel checks, BTF and kallsyms");
     if let Some(msg) = doctor::first_fatal(&findings) {
         return Err(Failure::Runtime(anyhow!(
             "cannot run here: {msg} (see `cowtrace doctor`)"
@@ -390,6 +445,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         }
     }
     attribution.follow(container_filter.iter().map(|c| c.info.name.clone()));
+    stages.done("attribution started");
     if let Some(w) = attribution.warning() {
         err_line(&format!("cowtrace: warning: {}", escape_str(&w)));
     }
@@ -404,6 +460,9 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     shutdown::install().context("signal handlers")?;
     let t_attach = Instant::now();
     let mut probes = Probes::attach(&syms, &btf, &opts).map_err(Failure::Runtime)?;
+    for (stage, took) in &probes.stages {
+        stages.took(stage, *took);
+    }
     // BTF is only needed to attach; give its memory back.
     drop(btf);
     // Filter maps filled before events can pass: with the filter flag set
@@ -417,6 +476,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     // Attached: give up every capability but the few the run still needs
     // (README, "Privileges").
     privileges::drop_after_attach().map_err(Failure::Runtime)?;
+    stages.done("filters filled, capabilities dropped");
     let symbols = syms.table;
     let kernel = doctor::kernel_release();
     err_line(&format!(
@@ -495,6 +555,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         started: started_wall,
         probes: serde_json::to_value(&probes.report.points).unwrap_or_default(),
         mono_to_wall: sink.mono_to_wall,
+        write_sample_every: cli.write_sample as u64,
     };
 
     loop {
@@ -829,6 +890,7 @@ struct RunBase {
     started: SystemTime,
     probes: serde_json::Value,
     mono_to_wall: i64,
+    write_sample_every: u64,
 }
 
 fn build_report(
@@ -844,7 +906,7 @@ fn build_report(
         duration_s: elapsed,
         probes: base.probes.clone(),
         drops,
-        write_sample_every: 1,
+        write_sample_every: base.write_sample_every,
         monotonic_to_unix_ns: base.mono_to_wall,
     };
     let containers = rows
