@@ -161,7 +161,7 @@ impl Stages {
         self.last = now;
     }
 
-    /// A stage timed elsewhere (already inside the current one).
+    /// A part of the current stage, timed elsewhere.
     fn took(&self, what: &str, d: Duration) {
         if self.verbose {
             err_line(&format!(
@@ -463,6 +463,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     for (stage, took) in &probes.stages {
         stages.took(stage, *took);
     }
+    stages.done("eBPF object loaded and attached, in all");
     // BTF is only needed to attach; give its memory back.
     drop(btf);
     // Filter maps filled before events can pass: with the filter flag set

@@ -37,9 +37,15 @@ enum Cmd {
         /// Where bench.json and bench.md go.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
-        /// Interleaved rounds (none, cowtrace, bpftrace each).
+        /// Rounds (each: every tracer in turn, order rotated per round).
         #[arg(long, default_value_t = 5)]
         rounds: u32,
+        /// Operations per phase, relative to the default (e.g. 0.5 for a quicker, noisier run).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Seconds the guest may take.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
     },
     /// The demo: a Docker guest, a container named nginx, cowtrace watching it.
     Demo {
@@ -171,9 +177,16 @@ fn run(cli: Cli) -> Result<i32> {
             kernel,
             out,
             rounds,
+            scale,
+            timeout,
         } => {
             let t = setup::ensure()?;
-            xtask::bench::run(&t, kernel, &out, rounds)
+            let opts = xtask::bench::Options {
+                rounds,
+                scale,
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            xtask::bench::run(&t, kernel, &out, &opts)
         }
         Cmd::Demo {
             kernel,
