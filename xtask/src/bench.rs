@@ -41,6 +41,8 @@ pub struct Options {
     pub rounds: u32,
     /// Multiplies the operations per phase (1.0: each phase lasts seconds).
     pub scale: f64,
+    /// No round starts after this many minutes in the guest (0: no limit).
+    pub minutes: f64,
     pub timeout: Duration,
 }
 
@@ -63,6 +65,7 @@ pub fn run(tooling: &Tooling, kernel: Series, out: &Path, opts: &Options) -> Res
             "/out/rounds.json".into(),
             rounds.to_string(),
             opts.scale.to_string(),
+            opts.minutes.to_string(),
         ],
         agent: Some(agent),
     };

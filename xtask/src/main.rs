@@ -43,6 +43,9 @@ enum Cmd {
         /// Operations per phase, relative to the default (e.g. 0.5 for a quicker, noisier run).
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
+        /// No round starts after this many minutes in the guest (0: no limit; the BPF statistics and one round always run).
+        #[arg(long, default_value_t = 0.0)]
+        minutes: f64,
         /// Seconds the guest may take.
         #[arg(long, default_value_t = 3600)]
         timeout: u64,
@@ -178,12 +181,14 @@ fn run(cli: Cli) -> Result<i32> {
             out,
             rounds,
             scale,
+            minutes,
             timeout,
         } => {
             let t = setup::ensure()?;
             let opts = xtask::bench::Options {
                 rounds,
                 scale,
+                minutes,
                 timeout: std::time::Duration::from_secs(timeout),
             };
             xtask::bench::run(&t, kernel, &out, &opts)

@@ -14,8 +14,9 @@
 //!   nanoseconds of BPF and probe hits per copy-up, per whiteout and per
 //!   write (the statistics' own clock reads are not in the throughput runs).
 //!
-//! Usage: `cowtrace-bench OUT.json [ROUNDS] [SCALE]`; SCALE multiplies the
-//! number of operations per phase (1.0 by default). Progress goes to stderr.
+//! Usage: `cowtrace-bench OUT.json [ROUNDS] [SCALE] [MINUTES]`; SCALE
+//! multiplies the number of operations per phase (1.0 by default); no
+//! round starts after MINUTES (0: no limit). Progress goes to stderr.
 
 use cowtrace_tests::{make_file, Overlay};
 use serde_json::{json, Value};
@@ -393,7 +394,7 @@ fn bpf_cost(t: Tracer, m: Metric, lower: &Path, sizes: &Sizes) -> Value {
 fn main() {
     let out = std::env::args()
         .nth(1)
-        .expect("usage: cowtrace-bench OUT.json [ROUNDS] [SCALE]");
+        .expect("usage: cowtrace-bench OUT.json [ROUNDS] [SCALE] [MINUTES]");
     let rounds: usize = std::env::args()
         .nth(2)
         .and_then(|r| r.parse().ok())
@@ -402,6 +403,13 @@ fn main() {
         .nth(3)
         .and_then(|r| r.parse().ok())
         .unwrap_or(1.0);
+    // No round starts after this many minutes (0: no limit); the BPF
+    // statistics and the first round always run.
+    let budget = std::env::args()
+        .nth(4)
+        .and_then(|r| r.parse::<f64>().ok())
+        .filter(|m| *m > 0.0)
+        .map(|m| Duration::from_secs_f64(m * 60.0));
     let sizes = Sizes::scaled(scale);
     let t_all = Instant::now();
     let progress = |what: &str| {
@@ -412,8 +420,38 @@ fn main() {
     build_lower(lower, &sizes);
     settle();
 
+    // First the measure noise cannot blur, so that a run cut short by its
+    // time budget still has it.
+    // The statistics cost two clock reads per program run while on: only
+    // for this pass, held by the returned descriptor.
+    progress("BPF run-time statistics per tracer and event");
+    let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime);
+    let mut bpf = serde_json::Map::new();
+    match &stats_fd {
+        Ok(_) => {
+            for t in TRACERS.into_iter().filter(|&t| t != Tracer::None) {
+                let mut per = serde_json::Map::new();
+                for m in METRICS {
+                    progress(&format!("BPF statistics: {} {}", t.name(), m.event()));
+                    per.insert(m.event().into(), bpf_cost(t, m, lower, &sizes));
+                }
+                bpf.insert(t.name().into(), Value::Object(per));
+            }
+        }
+        Err(e) => eprintln!("BPF run-time statistics unavailable: {e}"),
+    }
+    drop(stats_fd);
+
     let mut results: Vec<Value> = Vec::new();
+    let mut rounds_done = 0;
     for round in 0..rounds {
+        if round > 0 && budget.is_some_and(|b| t_all.elapsed() > b) {
+            progress(&format!(
+                "time budget spent: {round} of {rounds} rounds measured"
+            ));
+            break;
+        }
+        rounds_done += 1;
         // Rotated: each tracer takes each position in turn.
         let mut order = TRACERS;
         order.rotate_left(round % TRACERS.len());
@@ -469,30 +507,10 @@ fn main() {
         }
     }
 
-    // The statistics cost two clock reads per program run while on: only
-    // for this pass, held by the returned descriptor.
-    progress("BPF run-time statistics per tracer and event");
-    let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime);
-    let mut bpf = serde_json::Map::new();
-    match &stats_fd {
-        Ok(_) => {
-            for t in TRACERS.into_iter().filter(|&t| t != Tracer::None) {
-                let mut per = serde_json::Map::new();
-                for m in METRICS {
-                    progress(&format!("BPF statistics: {} {}", t.name(), m.event()));
-                    per.insert(m.event().into(), bpf_cost(t, m, lower, &sizes));
-                }
-                bpf.insert(t.name().into(), Value::Object(per));
-            }
-        }
-        Err(e) => eprintln!("BPF run-time statistics unavailable: {e}"),
-    }
-    drop(stats_fd);
-
     let doc = json!({
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "clocksource": std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource").unwrap_or_default().trim(),
-        "rounds": rounds,
+        "rounds": rounds_done,
         "scale": scale,
         "workload": {"writes": sizes.writes, "copy_up_1k": sizes.small, "copy_up_1m": sizes.big,
             "whiteouts": sizes.removals, "burst_events": 2 * sizes.burst + 2},
