@@ -16,8 +16,10 @@ pub const PATH_DEPTH: usize = 16;
 /// Bytes kept per path component, NUL included; a longer name keeps its
 /// first `NAME_LEN - 1` bytes and its bit in [`Path::name_cut`].
 pub const NAME_LEN: usize = 64;
-/// Kernel stack frames kept with a copy-up, for classifying its trigger.
-pub const STACK_DEPTH: usize = 24;
+/// Kernel stack frames kept with a copy-up, for classifying its trigger:
+/// taken in `security_inode_copy_up`, overlay's entry point is at most the
+/// sixth frame on 5.10-7.2 and a truncate's `do_truncate` two further.
+pub const STACK_DEPTH: usize = 12;
 
 /// Bytes kept of a cgroup's directory name and of its parent's, NUL
 /// included (`cri-containerd-<64 hex>.scope` is 85).
@@ -302,8 +304,16 @@ pub struct Config {
     /// Filter bits: 1 = only cgroup ids in `CGROUP_FILTER` or devices in
     /// `DEV_FILTER` pass. 0 = trace everything.
     pub filter: u32,
-    /// Time one write in `2^write_sample_shift` (0 = every write).
+    /// Time one write in `2^write_sample_shift` (0 = every write); every
+    /// write is counted either way. The sample is deterministic: the
+    /// writes whose per-CPU sequence number is a multiple of the period.
     pub write_sample_shift: u32,
+    /// 1: take a copy-up's stack when its operation starts
+    /// (`ovl_copy_up_flags`), not when an object is copied. For kernels
+    /// whose unwinder stops at a kretprobe trampoline (before 5.15): from
+    /// `security_inode_copy_up` the walk would end at `ovl_copy_up_one`'s
+    /// return probe, below the frames that tell the trigger.
+    pub stack_at_op_start: u32,
     pub dentry_d_parent: u32,
     pub dentry_d_name_name: u32,
     pub dentry_d_name_len: u32,

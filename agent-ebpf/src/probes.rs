@@ -58,7 +58,9 @@ static COPY_OPS: HashMap<u32, CopyOp> = HashMap::with_max_entries(16384, 0);
 #[map]
 static COPY_OBJS: HashMap<u32, CopyObj> = HashMap::with_max_entries(16384, 0);
 #[map]
-static OVL_OPS: HashMap<u32, OvlOp> = HashMap::with_max_entries(16384, 0);
+/// LRU: a remove leaves its entry behind (see [`ovl_do_remove`]); the
+/// entries of threads that have exited make room for new ones.
+static OVL_OPS: LruHashMap<u32, OvlOp> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static WRITE_STARTS: HashMap<u32, WriteStart> = HashMap::with_max_entries(16384, 0);
 
@@ -350,6 +352,10 @@ fn submit(ev: &Event) {
 
 // --------------------------------------------------------------- copy-up
 
+/// No stack here (but see [`Config::stack_at_op_start`]): overlay calls
+/// this for the parent on every create, unlink, rename and link, and then
+/// usually copies nothing. The stack is taken in `security_inode_copy_up`,
+/// once an object is really copied.
 #[kprobe]
 pub fn ovl_copy_up_flags(ctx: ProbeContext) -> u32 {
     let tid = tid();
@@ -369,21 +375,28 @@ pub fn ovl_copy_up_flags(ctx: ProbeContext) -> u32 {
         count_map_full(MapFull::CopyOps);
         return 0;
     }
-    if let Some(p) = COPY_OPS.get_ptr_mut(&tid) {
-        let p = unsafe { &mut *p };
-        let n = unsafe {
-            bpf_get_stack(
-                ctx.as_ptr(),
-                p.stack.as_mut_ptr() as *mut c_void,
-                (STACK_DEPTH * 8) as u32,
-                0,
-            )
-        };
-        if n > 0 {
-            p.stack_len = (n / 8) as u32;
+    if conf!(stack_at_op_start) != 0 {
+        if let Some(p) = COPY_OPS.get_ptr_mut(&tid) {
+            take_stack(&ctx, unsafe { &mut *p });
         }
     }
     0
+}
+
+/// The current kernel stack, [`STACK_DEPTH`] frames, into `op`.
+#[inline(always)]
+fn take_stack(ctx: &ProbeContext, op: &mut CopyOp) {
+    let n = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            op.stack.as_mut_ptr() as *mut c_void,
+            (STACK_DEPTH * 8) as u32,
+            0,
+        )
+    };
+    if n > 0 {
+        op.stack_len = (n / 8) as u32;
+    }
 }
 
 #[kprobe]
@@ -415,21 +428,28 @@ pub fn ovl_copy_up_one(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[inline(always)]
-fn mark_copy_work() -> u32 {
-    if let Some(p) = COPY_OBJS.get_ptr_mut(&tid()) {
-        unsafe { (*p).did_work = 1 };
-    }
-    0
-}
-
 /// A kprobe even where fentry works: BPF trampolines run programs with
 /// preemption enabled and skip a program re-entered on the same CPU, which
 /// lost about 0.4% of concurrent copy-ups on 7.2; kprobes run with
 /// preemption disabled and are not re-entered that way.
+///
+/// Runs once per object really copied, so this is where the operation's
+/// stack is taken (once per operation: its parents share the trigger),
+/// [`STACK_DEPTH`] frames from here, enough to reach overlay's entry point
+/// and the truncate frames above `ovl_setattr`.
 #[kprobe]
-pub fn security_inode_copy_up(_ctx: ProbeContext) -> u32 {
-    mark_copy_work()
+pub fn security_inode_copy_up(ctx: ProbeContext) -> u32 {
+    let tid = tid();
+    if let Some(p) = COPY_OBJS.get_ptr_mut(&tid) {
+        unsafe { (*p).did_work = 1 };
+    }
+    if let Some(p) = COPY_OPS.get_ptr_mut(&tid) {
+        let op = unsafe { &mut *p };
+        if op.stack_len == 0 && conf!(stack_at_op_start) == 0 {
+            take_stack(&ctx, op);
+        }
+    }
+    0
 }
 
 /// Attached to whichever data-copy function the kernel has
@@ -503,6 +523,8 @@ pub fn ovl_copy_up_one_ret(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn begin_ovl_op(kind: u32, dentry: u64, dentry2: u64, is_dir: u32) -> u32 {
     if !wanted(dentry_dev(dentry)) {
+        // An earlier operation's entry must not stand for this one.
+        let _ = OVL_OPS.remove(&tid());
         return 0;
     }
     let op = OvlOp {
@@ -528,16 +550,18 @@ fn current_ovl_op() -> Option<OvlOp> {
     unsafe { OVL_OPS.get(&tid()).copied() }
 }
 
+/// No return probe: the entry is consumed by the whiteout it leads to, and
+/// otherwise replaced by the thread's next overlay remove, rename or mkdir
+/// (each begins by writing or removing this thread's entry). What stays
+/// behind after a remove that needed no whiteout could only be matched by
+/// an `ovl_cleanup_and_whiteout` outside those three, which overlay with
+/// `index=off` (as Docker mounts it) never calls. One return probe less
+/// per remove: return probes are the dearest kind of hit.
 #[kprobe]
 pub fn ovl_do_remove(ctx: ProbeContext) -> u32 {
     let dentry = kp_arg(&ctx, conf!(do_remove_dentry_arg));
     let is_dir = kp_arg(&ctx, conf!(do_remove_is_dir_arg)) as u8 != 0;
     begin_ovl_op(OVL_REMOVE, dentry, 0, is_dir as u32)
-}
-
-#[kretprobe]
-pub fn ovl_do_remove_ret(_ctx: RetProbeContext) -> u32 {
-    end_ovl_op()
 }
 
 #[kprobe]
@@ -579,6 +603,7 @@ fn emit_whiteout(dentry: u64, cause: WhiteoutCause, is_dir: bool) {
 pub fn ovl_cleanup_and_whiteout(_ctx: ProbeContext) -> u32 {
     if let Some(op) = current_ovl_op() {
         if op.kind == OVL_REMOVE {
+            end_ovl_op();
             let cause = if op.is_dir != 0 {
                 WhiteoutCause::Rmdir
             } else {
@@ -653,56 +678,81 @@ pub fn vfs_setxattr(ctx: ProbeContext) -> u32 {
 
 // ----------------------------------------------------------------- writes
 
-/// Remembers the start of a write if `file` is on a wanted overlay.
+/// Per-CPU sequence number of overlay writes: the deterministic sample.
+#[map]
+static WRITE_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The overlay device `file` is on, if it is a wanted overlay.
 #[inline(always)]
-fn write_begin(file: u64) -> u32 {
+fn overlay_write_dev(file: u64) -> Option<u32> {
     let inode: u64 = read(file, conf!(file_f_inode));
     let sb: u64 = read(inode, conf!(inode_i_sb));
     let magic: u64 = read(sb, conf!(sb_s_magic));
     if magic != OVERLAYFS_SUPER_MAGIC {
-        return 0;
+        return None;
     }
     let dev: u32 = read(sb, conf!(sb_s_dev));
-    if !wanted(dev) {
-        return 0;
+    wanted(dev).then_some(dev)
+}
+
+/// Whether this write is one of the timed sample (one in
+/// `2^write_sample_shift` on this CPU).
+#[inline(always)]
+fn write_sampled() -> bool {
+    let shift = conf!(write_sample_shift);
+    if shift == 0 {
+        return true;
     }
-    // A stale entry (a write whose exit was not seen) is reused in place.
+    let Some(seq) = WRITE_SEQ.get_ptr_mut(0) else {
+        return true;
+    };
+    let n = unsafe { *seq };
+    unsafe { *seq = n + 1 };
+    n & ((1u64 << (shift & 31)) - 1) == 0
+}
+
+/// Notes the start of a timed write (`start_ns` 0: counted, not timed).
+/// A stale entry (a write whose exit was not seen) is reused in place.
+#[inline(always)]
+fn write_start(dev: u32, start_ns: u64) {
     let tid = tid();
     if let Some(p) = WRITE_STARTS.get_ptr_mut(&tid) {
         unsafe {
-            (*p).start_ns = now();
+            (*p).start_ns = start_ns;
             (*p).dev = dev;
         }
-        return 0;
+        return;
     }
     let start = WriteStart {
-        start_ns: now(),
+        start_ns,
         dev,
         _pad: 0,
     };
     if WRITE_STARTS.insert(&tid, &start, 0).is_err() {
         count_map_full(MapFull::WriteStarts);
     }
-    0
 }
 
+/// The start noted for this thread's write, removed (entries of threads
+/// that exit must not pile up until the map is full).
 #[inline(always)]
-fn write_end(ret: i64) -> u32 {
+fn take_write_start() -> Option<WriteStart> {
     let tid = tid();
-    let start = match unsafe { WRITE_STARTS.get(&tid) } {
-        Some(s) => *s,
-        None => return 0,
-    };
-    // Removed, not just marked: entries of threads that exit must not pile
-    // up until the map is full.
+    let start = unsafe { WRITE_STARTS.get(&tid) }.copied()?;
     let _ = WRITE_STARTS.remove(&tid);
+    Some(start)
+}
+
+/// Adds one finished write to its histogram: counted always, timed when
+/// `start_ns` is not 0.
+#[inline(always)]
+fn write_done(dev: u32, start_ns: u64, ret: i64) -> u32 {
     if ret < 0 || stopped() {
         return 0;
     }
-    let latency = now() - start.start_ns;
     let key = WriteKey {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        dev: start.dev,
+        dev,
         _pad: 0,
     };
     let stats = match WRITES.get_ptr_mut(&key) {
@@ -725,6 +775,10 @@ fn write_end(ret: i64) -> u32 {
     let stats = unsafe { &mut *stats };
     stats.count += 1;
     stats.bytes += ret as u64;
+    if start_ns == 0 {
+        return 0;
+    }
+    let latency = now() - start_ns;
     stats.timed += 1;
     // Reloaded through the stack so the bounds check below is made on the
     // very register used as the index (the compiler otherwise checks an
@@ -737,27 +791,52 @@ fn write_end(ret: i64) -> u32 {
     0
 }
 
+/// Only a timed write leaves state for its exit; the exit of any other
+/// write reads the file again from its arguments (an fexit has them), so
+/// an untimed write costs no map update and no clock read here.
 #[fentry(function = "vfs_write")]
 pub fn vfs_write_fentry(ctx: FEntryContext) -> u32 {
-    write_begin(ctx.arg(0))
+    if let Some(dev) = overlay_write_dev(ctx.arg(0)) {
+        if write_sampled() {
+            write_start(dev, now());
+        }
+    }
+    0
 }
 
 /// `vfs_write(file, buf, count, pos)`: the return value follows the four
 /// arguments in a tracing context (bpf_get_func_ret needs 5.17).
 #[fexit(function = "vfs_write")]
 pub fn vfs_write_fexit(ctx: FExitContext) -> u32 {
-    write_end(ctx.arg::<i64>(4))
+    let Some(dev) = overlay_write_dev(ctx.arg(0)) else {
+        return 0;
+    };
+    let ret = ctx.arg::<i64>(4);
+    let start_ns = match take_write_start() {
+        Some(s) if s.dev == dev => s.start_ns,
+        _ => 0,
+    };
+    write_done(dev, start_ns, ret)
 }
 
+/// `--kprobes-only`: the return probe has no arguments, so every write
+/// notes its device here (and its start when it is in the sample).
 #[kprobe]
 pub fn ovl_write_iter(ctx: ProbeContext) -> u32 {
     let iocb = kp_arg(&ctx, 0);
-    write_begin(read(iocb, conf!(kiocb_ki_filp)))
+    if let Some(dev) = overlay_write_dev(read(iocb, conf!(kiocb_ki_filp))) {
+        let start = if write_sampled() { now() } else { 0 };
+        write_start(dev, start);
+    }
+    0
 }
 
 #[kretprobe]
 pub fn ovl_write_iter_ret(ctx: RetProbeContext) -> u32 {
-    write_end(ctx.ret::<i64>())
+    match take_write_start() {
+        Some(s) => write_done(s.dev, s.start_ns, ctx.ret::<i64>()),
+        None => 0,
+    }
 }
 
 // ------------------------------------------------------------ thread exit

@@ -70,9 +70,34 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// Whether [`check`] asks the kernel to load a test fentry program.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum TracingProbe {
+    /// `cowtrace doctor`: say whether fentry/fexit load.
+    Ask,
+    /// A run: the attach tries fentry and falls back to kprobes anyway, and
+    /// the test load would parse vmlinux BTF once more before `tracing`.
+    Skip,
+}
+
 /// Runs every check. `syms` and `btf` are loaded here so `doctor` can show
-/// them even when something else is missing.
-pub fn check(opts: &ProbeOptions) -> (Vec<Finding>, Option<KernelSymbols>, Option<KernelBtf>) {
+/// them even when something else is missing; kallsyms is read on another
+/// thread while BTF is parsed.
+pub fn check(
+    opts: &ProbeOptions,
+    tracing_probe: TracingProbe,
+) -> (Vec<Finding>, Option<KernelSymbols>, Option<KernelBtf>) {
+    std::thread::scope(|s| {
+        let syms = s.spawn(|| KernelSymbols::load().ok());
+        check_with(opts, tracing_probe, || syms.join().ok().flatten())
+    })
+}
+
+fn check_with(
+    opts: &ProbeOptions,
+    tracing_probe: TracingProbe,
+    syms: impl FnOnce() -> Option<KernelSymbols>,
+) -> (Vec<Finding>, Option<KernelSymbols>, Option<KernelBtf>) {
     let mut f = Vec::new();
     let missing = missing_capabilities();
     f.push(Finding {
@@ -113,18 +138,24 @@ pub fn check(opts: &ProbeOptions) -> (Vec<Finding>, Option<KernelSymbols>, Optio
         },
         fatal: true,
     });
-    let tracing = crate::probes::tracing_programs_supported();
-    let tracing_ok = matches!(tracing, Ok(true));
-    f.push(Finding {
-        what: "BPF tracing programs",
-        ok: tracing_ok,
-        detail: match tracing {
-            Ok(true) => "fentry/fexit load".into(),
-            Ok(false) => "refused by this kernel: fentry/fexit unavailable (kprobes are used instead where they exist)".into(),
-            Err(e) => format!("refused by this kernel ({e}): fentry/fexit unavailable, kprobes are used instead"),
-        },
-        fatal: false,
-    });
+    let tracing_ok = match tracing_probe {
+        TracingProbe::Skip => true,
+        TracingProbe::Ask => {
+            let tracing = crate::probes::tracing_programs_supported();
+            let tracing_ok = matches!(tracing, Ok(true));
+            f.push(Finding {
+                what: "BPF tracing programs",
+                ok: tracing_ok,
+                detail: match tracing {
+                    Ok(true) => "fentry/fexit load".into(),
+                    Ok(false) => "refused by this kernel: fentry/fexit unavailable (kprobes are used instead where they exist)".into(),
+                    Err(e) => format!("refused by this kernel ({e}): fentry/fexit unavailable, kprobes are used instead"),
+                },
+                fatal: false,
+            });
+            tracing_ok
+        }
+    };
     let release = kernel_release();
     let loaded = overlay_loaded();
     f.push(Finding {
@@ -140,7 +171,7 @@ pub fn check(opts: &ProbeOptions) -> (Vec<Finding>, Option<KernelSymbols>, Optio
         },
         fatal: true,
     });
-    let syms = KernelSymbols::load().ok();
+    let syms = syms();
     if let Some(syms) = &syms {
         for p in plan(syms, btf.as_ref().ok().filter(|_| tracing_ok), opts) {
             let ok = p.method != "unavailable";

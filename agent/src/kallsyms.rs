@@ -1,8 +1,9 @@
 //! Kernel symbol resolution from `/proc/kallsyms`, and classification of
 //! what triggered an overlayfs copy-up from a kernel stack.
 //!
-//! Why: the copy-up probe in `ovl_copy_up_flags` captures the kernel stack
-//! (`bpf_get_stack`), and the most useful thing to tell a user about a
+//! Why: the copy-up probes capture the kernel stack (`bpf_get_stack`, in
+//! `security_inode_copy_up` once an object is copied, or in
+//! `ovl_copy_up_flags` on kernels before 5.15), and the most useful thing to tell a user about a
 //! copy-up is *why* it happened (an open for write, a chmod, a rename...).
 //! The caller of `ovl_copy_up_flags` cannot be read from a single frame:
 //! the copy-up helpers are inlined differently on every kernel, and on older
@@ -133,7 +134,8 @@ impl Symbols {
     }
 
     /// Classifies what caused a copy-up from a stack captured inside
-    /// `ovl_copy_up_flags` (innermost frame first, zero-terminated).
+    /// `ovl_copy_up_flags` or below it (innermost frame first,
+    /// zero-terminated).
     ///
     /// Frames in the copy-up helpers themselves are skipped; the first frame
     /// in a known overlay entry point decides. We do not rely on the direct

@@ -91,6 +91,26 @@ struct Cli {
     /// With --metrics: drop a container's series this long after it exited, e.g. --metrics-forget-after 10m
     #[arg(long, value_parser = parse_duration, default_value = "5m", value_name = "DURATION")]
     metrics_forget_after: Duration,
+    /// Print how long each start-up stage took (on stderr, before `tracing`)
+    #[arg(long)]
+    verbose: bool,
+    /// Time one write in N (a power of two; 1 = every write); every write is counted either way, e.g. --write-sample 1
+    #[arg(long, value_name = "N", value_parser = parse_write_sample, default_value_t = DEFAULT_WRITE_SAMPLE)]
+    write_sample: u32,
+}
+
+/// Writes are many and each timed one costs two clock reads and a map
+/// update in the kernel; percentiles from one write in 8 are as good for a
+/// baseline, and the counts and bytes stay exact.
+const DEFAULT_WRITE_SAMPLE: u32 = 8;
+
+fn parse_write_sample(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n <= 1 << 16 => Ok(n),
+        _ => Err(format!(
+            "--write-sample {s:?}: a power of two from 1 to 65536 (1 = time every write)"
+        )),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -135,6 +155,38 @@ const MIN_DURATION_S: f64 = 0.001;
 /// Ten years: far beyond any run, far below what `Duration` and the
 /// monotonic clock can add without overflowing.
 const MAX_DURATION_S: f64 = 10.0 * 365.0 * 86400.0;
+
+/// `--verbose`: how long each start-up stage took, one line each.
+struct Stages {
+    verbose: bool,
+    last: Instant,
+}
+
+impl Stages {
+    fn new(verbose: bool) -> Self {
+        Self {
+            verbose,
+            last: Instant::now(),
+        }
+    }
+
+    /// The stage that ends now.
+    fn done(&mut self, what: &str) {
+        let now = Instant::now();
+        self.took(what, now - self.last);
+        self.last = now;
+    }
+
+    /// A part of the current stage, timed elsewhere.
+    fn took(&self, what: &str, d: Duration) {
+        if self.verbose {
+            err_line(&format!(
+                "cowtrace: start-up: {what}: {:.1} ms",
+                d.as_secs_f64() * 1000.0
+            ));
+        }
+    }
+}
 
 /// Usage errors exit 2, runtime failures 1.
 enum Failure {
@@ -194,11 +246,12 @@ fn probe_options(cli: &Cli, filter: bool) -> ProbeOptions {
         force_kprobes: cli.kprobes_only,
         filter,
         write_keys: cli.write_keys,
+        write_sample_shift: cli.write_sample.trailing_zeros(),
     }
 }
 
 fn run_doctor(cli: &Cli) -> Result<Ended, Failure> {
-    let (findings, _, _) = doctor::check(&probe_options(cli, false));
+    let (findings, _, _) = doctor::check(&probe_options(cli, false), doctor::TracingProbe::Ask);
     let mut text = doctor::render(&findings);
     let fatal = doctor::first_fatal(&findings);
     if fatal.is_none() {
@@ -370,7 +423,9 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         None => None,
     };
 
-    let (findings, syms, btf) = doctor::check(&opts);
+    let mut stages = Stages::new(cli.verbose);
+    let (findings, syms, btf) = doctor::check(&opts, doctor::TracingProbe::Skip);
+    stages.done("kernel checks, BTF and kallsyms");
     if let Some(msg) = doctor::first_fatal(&findings) {
         return Err(Failure::Runtime(anyhow!(
             "cannot run here: {msg} (see `cowtrace doctor`)"
@@ -422,6 +477,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         }
     }
     attribution.follow(container_filter.iter().map(|c| c.info.name.clone()));
+    stages.done("attribution started");
     if let Some(w) = attribution.warning() {
         err_line(&format!("cowtrace: warning: {}", escape_str(&w)));
     }
@@ -436,6 +492,10 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     shutdown::install().context("signal handlers")?;
     let t_attach = Instant::now();
     let mut probes = Probes::attach(&syms, &btf, &opts).map_err(Failure::Runtime)?;
+    for (stage, took) in &probes.stages {
+        stages.took(stage, *took);
+    }
+    stages.done("eBPF object loaded and attached, in all");
     // BTF is only needed to attach; give its memory back.
     drop(btf);
     // Filter maps filled before events can pass: with the filter flag set
@@ -449,6 +509,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     // Attached: give up every capability but the few the run still needs
     // (README, "Privileges").
     privileges::drop_after_attach().map_err(Failure::Runtime)?;
+    stages.done("filters filled, capabilities dropped");
     let symbols = syms.table;
     let kernel = doctor::kernel_release();
     err_line(&format!(
@@ -541,6 +602,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         started: started_wall,
         probes: serde_json::to_value(&probes.report.points).unwrap_or_default(),
         mono_to_wall: sink.mono_to_wall,
+        write_sample_every: cli.write_sample as u64,
     };
 
     loop {
@@ -949,6 +1011,7 @@ struct RunBase {
     started: SystemTime,
     probes: serde_json::Value,
     mono_to_wall: i64,
+    write_sample_every: u64,
 }
 
 fn build_report(
@@ -968,7 +1031,7 @@ fn build_report(
         drops,
         map_full: kernel_maps.map_full(),
         kernel_maps: kernel_maps.occupancy(),
-        write_sample_every: 1,
+        write_sample_every: base.write_sample_every,
         monotonic_to_unix_ns: base.mono_to_wall,
     };
     let containers = rows

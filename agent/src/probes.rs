@@ -47,6 +47,8 @@ pub struct ProbeOptions {
     /// Size of the kernel's write histogram map (`WRITES`): how many
     /// (cgroup, overlay) pairs it keeps; `None` keeps the built-in size.
     pub write_keys: Option<u32>,
+    /// Time one write in `2^write_sample_shift` (all are counted).
+    pub write_sample_shift: u32,
 }
 
 /// The kernel's function symbols, read once from /proc/kallsyms: which
@@ -54,6 +56,10 @@ pub struct ProbeOptions {
 /// stack into its trigger.
 pub struct KernelSymbols {
     present: HashSet<String>,
+    /// The kretprobe trampoline has its pre-5.15 name: the stack unwinder
+    /// of such a kernel stops at a return probe's trampoline instead of
+    /// recovering the real return address (fixed with the rename).
+    pub unwind_stops_at_kretprobe: bool,
     pub table: crate::kallsyms::Symbols,
 }
 
@@ -69,17 +75,20 @@ impl KernelSymbols {
             .chain([&WRITE_FALLBACK])
             .flat_map(|p| p.candidates.iter().copied())
             .collect();
-        let present = text
+        let present: HashSet<String> = text
             .lines()
             .filter_map(|l| {
                 let mut it = l.split_whitespace();
                 let _addr = it.next()?;
                 let ty = it.next()?;
                 let name = it.next()?;
-                (matches!(ty, "t" | "T") && wanted.contains(name)).then(|| name.to_string())
+                (matches!(ty, "t" | "T")
+                    && (wanted.contains(name) || name == OLD_KRETPROBE_TRAMPOLINE))
+                    .then(|| name.to_string())
             })
             .collect();
         Self {
+            unwind_stops_at_kretprobe: present.contains(OLD_KRETPROBE_TRAMPOLINE),
             present,
             table: crate::kallsyms::Symbols::parse(text),
         }
@@ -90,19 +99,34 @@ impl KernelSymbols {
     }
 }
 
+/// Renamed `__kretprobe_trampoline` in 5.15, when x86's unwinder learnt to
+/// see through it.
+const OLD_KRETPROBE_TRAMPOLINE: &str = "kretprobe_trampoline";
+
 /// The kernel's BTF: vmlinux, and the overlay module's if it has one.
 pub struct KernelBtf {
     pub vmlinux: Btf,
     pub overlay: Option<Btf>,
+    /// vmlinux BTF once more, as aya's loader needs it (its own type):
+    /// parsed on another thread while ours is, and only once.
+    pub loader: Option<aya::Btf>,
 }
 
 impl KernelBtf {
     pub fn load() -> Result<Self> {
-        let vmlinux = Btf::from_file("/sys/kernel/btf/vmlinux").context(
-            "this kernel has no BTF (/sys/kernel/btf/vmlinux): cowtrace needs CONFIG_DEBUG_INFO_BTF=y",
-        )?;
-        let overlay = Btf::split_from_file("/sys/kernel/btf/overlay", &vmlinux).ok();
-        Ok(Self { vmlinux, overlay })
+        std::thread::scope(|s| {
+            let loader = s.spawn(|| aya::Btf::from_sys_fs().ok());
+            let vmlinux = Btf::from_file("/sys/kernel/btf/vmlinux").context(
+                "this kernel has no BTF (/sys/kernel/btf/vmlinux): cowtrace needs CONFIG_DEBUG_INFO_BTF=y",
+            )?;
+            let overlay = Btf::split_from_file("/sys/kernel/btf/overlay", &vmlinux).ok();
+            let loader = loader.join().ok().flatten();
+            Ok(Self {
+                vmlinux,
+                overlay,
+                loader,
+            })
+        })
     }
 }
 
@@ -222,6 +246,8 @@ pub struct Probes {
     links: Vec<Link>,
     pub ebpf: Ebpf,
     pub report: ProbeReport,
+    /// How long each part of loading and attaching took (`--verbose`).
+    pub stages: Vec<(&'static str, std::time::Duration)>,
 }
 
 /// One attach point: which programs, which kernel functions to try in order.
@@ -290,9 +316,9 @@ static POINTS: &[Point] = &[
     Point {
         role: "remove",
         candidates: &["ovl_do_remove"],
-        kind: PointKind::KprobePair {
+        // No return probe: see the program's comment.
+        kind: PointKind::Kprobe {
             entry: "ovl_do_remove",
-            ret: "ovl_do_remove_ret",
         },
     },
     Point {
@@ -390,23 +416,32 @@ pub fn plan(
 impl Probes {
     /// Loads the object with this kernel's layout and attaches every point.
     pub fn attach(syms: &KernelSymbols, btf: &KernelBtf, opts: &ProbeOptions) -> Result<Self> {
+        let mut stages = Vec::new();
+        let mut t = std::time::Instant::now();
+        let mut lap = |what: &'static str, stages: &mut Vec<_>| {
+            let now = std::time::Instant::now();
+            stages.push((what, now - t));
+            t = now;
+        };
         let mut cfg = layout(btf)?;
         cfg.filter = opts.filter as u32;
-        let aya_btf = aya::Btf::from_sys_fs().ok();
+        cfg.write_sample_shift = opts.write_sample_shift;
+        cfg.stack_at_op_start = syms.unwind_stops_at_kretprobe as u32;
+        lap("layout from BTF", &mut stages);
+        let aya_btf = btf.loader.as_ref();
         let mut loader = EbpfLoader::new();
-        loader
-            .btf(aya_btf.as_ref())
-            .override_global("CONFIG", &cfg, true);
+        loader.btf(aya_btf).override_global("CONFIG", &cfg, true);
         if let Some(n) = opts.write_keys {
             loader.map_max_entries("WRITES", n);
         }
         let mut ebpf = loader
             .load(PROBES_OBJECT)
-            .map_err(|e| anyhow!("loading the eBPF programs failed: {e}"))?;
+            .map_err(|e| anyhow!("loading the eBPF object (maps) failed: {e}"))?;
+        lap("maps created", &mut stages);
         let mut report = ProbeReport::default();
         let mut att = Attacher {
             syms,
-            btf: aya_btf.as_ref(),
+            btf: aya_btf,
             opts,
             tracefs: kretprobe::tracefs(),
             kretprobes: Vec::new(),
@@ -427,11 +462,13 @@ impl Probes {
             function: "sched:sched_process_exit".into(),
             method: "tracepoint".into(),
         });
+        lap("programs verified and attached", &mut stages);
         Ok(Self {
             _kretprobes: att.kretprobes,
             links: att.links,
             ebpf,
             report,
+            stages,
         })
     }
 
@@ -638,4 +675,19 @@ pub fn tracing_programs_supported() -> Result<bool> {
     Ok(aya::sys::is_program_supported(
         aya::programs::ProgramType::Tracing,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_old_kretprobe_trampoline_name_means_the_unwinder_stops_there() {
+        let old = KernelSymbols::parse("ffffffff81000000 T kretprobe_trampoline\n");
+        assert!(old.unwind_stops_at_kretprobe);
+        let new = KernelSymbols::parse("ffffffff81000000 T __kretprobe_trampoline\n");
+        assert!(!new.unwind_stops_at_kretprobe);
+        let rethook = KernelSymbols::parse("ffffffff81000000 T arch_rethook_trampoline\n");
+        assert!(!rethook.unwind_stops_at_kretprobe);
+    }
 }

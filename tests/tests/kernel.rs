@@ -214,25 +214,37 @@ fn removals_leave_whiteouts_and_a_remade_dir_is_opaque() {
 #[test]
 #[ignore = "needs a guest kernel: run through `cargo xtask test`"]
 fn every_write_to_an_upper_file_is_counted() {
-    let ov = Overlay::new("writes", |_| {});
-    let t = Tracer::start("writes", &[]);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(ov.path("log"))
-        .unwrap();
-    let block = [7u8; 4096];
-    for _ in 0..1000 {
-        f.write_all(&block).unwrap();
+    // Default sampling (one in 8 timed) and every write timed: the counts
+    // are exact either way.
+    for (name, args, timed) in [
+        ("writes-sampled", &[][..], 125..=126),
+        ("writes-all", &["--write-sample", "1"][..], 1000..=1000),
+    ] {
+        let ov = Overlay::new(name, |_| {});
+        let t = Tracer::start(name, args);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(ov.path("log"))
+            .unwrap();
+        let block = [7u8; 4096];
+        for _ in 0..1000 {
+            f.write_all(&block).unwrap();
+        }
+        drop(f);
+        let tr = t.stop();
+        let w = &tr.container("host")["writes"];
+        assert_eq!(w["count"], 1000, "{args:?}: {w:#}");
+        assert_eq!(w["bytes"], 4_096_000);
+        // Every 8th write on each CPU: 1000 split over the two vCPUs in
+        // runs gives 125 or 126 (each CPU's sequence starts in the sample).
+        let n = w["timed"].as_u64().unwrap();
+        assert!(timed.contains(&n), "{args:?}: timed {n}, want {timed:?}");
+        let every = if args.is_empty() { 8 } else { 1 };
+        assert_eq!(tr.report["write_sample_every"], every);
+        assert!(w["latency_ns"]["p50"].as_u64().unwrap() > 0);
+        assert!(!w["hdr"].as_str().unwrap().is_empty());
     }
-    drop(f);
-    let tr = t.stop();
-    let w = &tr.container("host")["writes"];
-    assert_eq!(w["count"], 1000, "{w:#}");
-    assert_eq!(w["bytes"], 4_096_000);
-    assert_eq!(w["timed"], 1000);
-    assert!(w["latency_ns"]["p50"].as_u64().unwrap() > 0);
-    assert!(!w["hdr"].as_str().unwrap().is_empty());
 }
 
 #[test]
@@ -394,6 +406,7 @@ fn fallback_argument_positions_match_module_btf() {
     let without = cowtrace::probes::layout(&cowtrace::probes::KernelBtf {
         vmlinux: btf.vmlinux.clone(),
         overlay: None,
+        loader: None,
     })
     .unwrap();
     assert_eq!(

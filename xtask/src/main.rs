@@ -37,9 +37,18 @@ enum Cmd {
         /// Where bench.json and bench.md go.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
-        /// Interleaved rounds (none, cowtrace, bpftrace each).
+        /// Rounds (each: every tracer in turn, order rotated per round).
         #[arg(long, default_value_t = 5)]
         rounds: u32,
+        /// Operations per phase, relative to the default (e.g. 0.5 for a quicker, noisier run).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// No round starts after this many minutes in the guest (0: no limit; the BPF statistics and one round always run).
+        #[arg(long, default_value_t = 0.0)]
+        minutes: f64,
+        /// Seconds the guest may take.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
     },
     /// Soak: cowtrace's peak RSS, CPU time and exact totals while many real
     /// containers come and go in a Docker guest (not part of `test`).
@@ -213,9 +222,18 @@ fn run(cli: Cli) -> Result<i32> {
             kernel,
             out,
             rounds,
+            scale,
+            minutes,
+            timeout,
         } => {
             let t = setup::ensure()?;
-            xtask::bench::run(&t, kernel, &out, rounds)
+            let opts = xtask::bench::Options {
+                rounds,
+                scale,
+                minutes,
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            xtask::bench::run(&t, kernel, &out, &opts)
         }
         Cmd::Soak {
             kernel,
