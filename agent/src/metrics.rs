@@ -210,23 +210,39 @@ impl Format {
 #[derive(Debug)]
 struct SnapshotCollector(Snapshot);
 
-/// One gauge or counter value per container.
-fn per_container(
+/// One counter per container.
+fn per_container_counter(
     encoder: &mut DescriptorEncoder,
     series: &[Series],
     name: &str,
     help: &str,
-    metric_type: MetricType,
     value: impl Fn(&Series) -> u64,
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for s in series {
         let pairs = s.labels.pairs();
-        let mut m = family.encode_family(&pairs)?;
-        match metric_type {
-            MetricType::Counter => m.encode_counter::<NoLabelSet, _, u64>(&value(s), None)?,
-            _ => m.encode_gauge(&(value(s) as i64))?,
-        }
+        family
+            .encode_family(&pairs)?
+            .encode_counter::<NoLabelSet, _, u64>(&value(s), None)?;
+    }
+    Ok(())
+}
+
+/// One histogram per container.
+fn per_container_histogram(
+    encoder: &mut DescriptorEncoder,
+    series: &[Series],
+    name: &str,
+    help: &str,
+    buckets: impl Fn(&Series) -> &Buckets,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for s in series {
+        let pairs = s.labels.pairs();
+        let b = buckets(s);
+        family
+            .encode_family(&pairs)?
+            .encode_histogram::<NoLabelSet>(b.sum_s, b.count, &b.per_bucket, None)?;
     }
     Ok(())
 }
@@ -234,80 +250,53 @@ fn per_container(
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = &self.0;
-        {
-            let mut family = encoder.encode_descriptor(
-                "cowtrace_copy_up_seconds",
-                "Latency of each object copied up (files and parent directories).",
-                None,
-                MetricType::Histogram,
-            )?;
-            for s in &snap.series {
-                let pairs = s.labels.pairs();
-                let mut m = family.encode_family(&pairs)?;
-                m.encode_histogram::<NoLabelSet>(
-                    s.copy_up.sum_s,
-                    s.copy_up.count,
-                    &s.copy_up.per_bucket,
-                    None,
-                )?;
-            }
-        }
-        per_container(
+        per_container_histogram(
+            &mut encoder,
+            &snap.series,
+            "cowtrace_copy_up_seconds",
+            "Latency of each object copied up (files and parent directories).",
+            |s| &s.copy_up,
+        )?;
+        per_container_counter(
             &mut encoder,
             &snap.series,
             "cowtrace_copy_up_bytes",
             "Bytes copied up into the container's upper layer.",
-            MetricType::Counter,
             |s| s.copy_up_bytes,
         )?;
-        per_container(
+        per_container_counter(
             &mut encoder,
             &snap.series,
             "cowtrace_writes",
             "Writes to overlay files, every one counted.",
-            MetricType::Counter,
             |s| s.writes,
         )?;
-        per_container(
+        per_container_counter(
             &mut encoder,
             &snap.series,
             "cowtrace_write_bytes",
             "Bytes written to overlay files.",
-            MetricType::Counter,
             |s| s.write_bytes,
         )?;
-        {
-            let mut family = encoder.encode_descriptor(
-                "cowtrace_write_seconds",
-                "Latency of the timed writes to overlay files.",
-                None,
-                MetricType::Histogram,
-            )?;
-            for s in &snap.series {
-                let pairs = s.labels.pairs();
-                let mut m = family.encode_family(&pairs)?;
-                m.encode_histogram::<NoLabelSet>(
-                    s.write_latency.sum_s,
-                    s.write_latency.count,
-                    &s.write_latency.per_bucket,
-                    None,
-                )?;
-            }
-        }
-        per_container(
+        per_container_histogram(
+            &mut encoder,
+            &snap.series,
+            "cowtrace_write_seconds",
+            "Latency of the timed writes to overlay files.",
+            |s| &s.write_latency,
+        )?;
+        per_container_counter(
             &mut encoder,
             &snap.series,
             "cowtrace_whiteouts",
             "Whiteouts created (image files deleted).",
-            MetricType::Counter,
             |s| s.whiteouts,
         )?;
-        per_container(
+        per_container_counter(
             &mut encoder,
             &snap.series,
             "cowtrace_opaque_dirs",
             "Directories made opaque (image directories replaced).",
-            MetricType::Counter,
             |s| s.opaque_dirs,
         )?;
         {
