@@ -52,6 +52,12 @@ fn cgroup_of(pid: &str) -> (String, u64) {
     (path, id)
 }
 
+/// `docker build` of the context directory `ctx` as `tag`, offline (the
+/// guest has no network; every base image is already loaded).
+fn build_image(tag: &str, ctx: &str) {
+    docker(&["build", "-q", "--network", "none", "-t", tag, ctx]);
+}
+
 /// Builds the test image once: a layer of 20 small files on busybox.
 fn image() {
     static BUILT: OnceLock<()> = OnceLock::new();
@@ -64,15 +70,7 @@ fn image() {
              RUN mkdir /data && for i in $(seq 1 20); do echo $i > /data/f$i; done\n",
         )
         .unwrap();
-        docker(&[
-            "build",
-            "-q",
-            "--network",
-            "none",
-            "-t",
-            IMAGE,
-            "/tmp/cowtrace-img",
-        ]);
+        build_image(IMAGE, "/tmp/cowtrace-img");
     });
 }
 
@@ -723,15 +721,7 @@ fn hostile_file_names_are_escaped_in_the_live_view() {
         ),
     )
     .unwrap();
-    docker(&[
-        "build",
-        "-q",
-        "--network",
-        "none",
-        "-t",
-        "cowtrace/hostile",
-        "/tmp/cowtrace-hostile",
-    ]);
+    build_image("cowtrace/hostile", "/tmp/cowtrace-hostile");
     let _ = Command::new("docker")
         .args(["rm", "-f", "hostile"])
         .output();
@@ -830,15 +820,7 @@ fn layered_image() {
              RUN echo override > /app/conf/b.conf && echo two > /app/conf/c.conf\n",
         )
         .unwrap();
-        docker(&[
-            "build",
-            "-q",
-            "--network",
-            "none",
-            "-t",
-            LAYERED,
-            "/tmp/cowtrace-layered",
-        ]);
+        build_image(LAYERED, "/tmp/cowtrace-layered");
     });
 }
 
@@ -1362,15 +1344,7 @@ fn the_agent_runs_as_a_container_and_cleans_up() {
     )
     .unwrap();
     std::fs::copy(cowtrace_tests::cowtrace_bin(), ctx.join("cowtrace")).unwrap();
-    docker(&[
-        "build",
-        "-q",
-        "--network",
-        "none",
-        "-t",
-        "cowtrace/agent",
-        "/tmp/agent-img",
-    ]);
+    build_image("cowtrace/agent", "/tmp/agent-img");
     let probes_before =
         std::fs::read_to_string("/sys/kernel/tracing/kprobe_events").unwrap_or_default();
     assert!(
