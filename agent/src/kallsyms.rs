@@ -17,7 +17,7 @@
 //! symbol's end is the start of the *next* symbol in the full table, so an
 //! address in an unrelated function never resolves to a kept neighbour.
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use serde::{Serialize, Serializer};
 use std::fmt;
 
@@ -46,25 +46,71 @@ pub fn base_name(name: &str) -> &str {
     name.split('.').next().unwrap_or(name)
 }
 
+/// Builds a [`Symbols`] one kallsyms line at a time, so the file (10 MB
+/// and more with modules) is never held whole: it would be the agent's
+/// peak memory, reached while BTF is parsed beside it.
+pub struct SymbolsBuilder<K> {
+    keep: K,
+    /// Every symbol's start bounds the previous one.
+    starts: Vec<u64>,
+    syms: Vec<Symbol>,
+}
+
+impl<K: Fn(&str, Option<&str>) -> bool> SymbolsBuilder<K> {
+    pub fn new(keep: K) -> Self {
+        Self {
+            keep,
+            starts: Vec::new(),
+            syms: Vec::new(),
+        }
+    }
+
+    pub fn line(&mut self, line: &str) {
+        let mut f = line.split_whitespace();
+        let (Some(addr), Some(ty), Some(name)) = (f.next(), f.next(), f.next()) else {
+            return;
+        };
+        let Ok(addr) = u64::from_str_radix(addr, 16) else {
+            return;
+        };
+        if addr == 0 {
+            return;
+        }
+        self.starts.push(addr);
+        let module = f
+            .next()
+            .map(|m| m.trim_start_matches('[').trim_end_matches(']'));
+        if matches!(ty, "t" | "T") && !name.starts_with("__pfx_") && (self.keep)(name, module) {
+            self.syms.push(Symbol {
+                start: addr,
+                end: u64::MAX,
+                name: name.to_string(),
+                module: module.map(str::to_string),
+            });
+        }
+    }
+
+    pub fn finish(self) -> Symbols {
+        let (mut starts, mut syms) = (self.starts, self.syms);
+        starts.sort_unstable();
+        starts.dedup();
+        for s in &mut syms {
+            let next = starts.partition_point(|&a| a <= s.start);
+            s.end = starts.get(next).copied().unwrap_or(u64::MAX);
+        }
+        syms.sort_by_key(|s| s.start);
+        Symbols { syms }
+    }
+}
+
 /// The default filter: overlay functions and truncate paths (see
 /// [`Symbols::classify_copy_up`]).
-fn default_keep(name: &str, module: Option<&str>) -> bool {
+pub fn default_keep(name: &str, module: Option<&str>) -> bool {
     let base = base_name(name);
     module == Some("overlay") || base.starts_with("ovl_") || base.contains("truncate")
 }
 
 impl Symbols {
-    /// Reads `/proc/kallsyms` with the default filter. Fails if addresses are
-    /// hidden (all zero: not root / `kptr_restrict`).
-    pub fn load() -> Result<Symbols> {
-        let text = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
-        let syms = Symbols::parse(&text);
-        if syms.syms.is_empty() {
-            bail!("no overlay or truncate symbols with an address in /proc/kallsyms (addresses hidden? need CAP_SYSLOG and kptr_restrict < 2)");
-        }
-        Ok(syms)
-    }
-
     /// Parses kallsyms text keeping overlay symbols and truncate paths.
     pub fn parse(text: &str) -> Symbols {
         Symbols::parse_filtered(text, default_keep)
@@ -74,41 +120,11 @@ impl Symbols {
     /// `keep(name, module)` is true. Zero addresses (hidden) are dropped.
     /// `__pfx_` padding symbols are never kept, but bound their neighbours.
     pub fn parse_filtered(text: &str, keep: impl Fn(&str, Option<&str>) -> bool) -> Symbols {
-        // Every symbol's start bounds the previous one.
-        let mut starts = Vec::new();
-        let mut syms = Vec::new();
+        let mut builder = SymbolsBuilder::new(keep);
         for line in text.lines() {
-            let mut f = line.split_whitespace();
-            let (Some(addr), Some(ty), Some(name)) = (f.next(), f.next(), f.next()) else {
-                continue;
-            };
-            let Ok(addr) = u64::from_str_radix(addr, 16) else {
-                continue;
-            };
-            if addr == 0 {
-                continue;
-            }
-            starts.push(addr);
-            let module = f
-                .next()
-                .map(|m| m.trim_start_matches('[').trim_end_matches(']'));
-            if matches!(ty, "t" | "T") && !name.starts_with("__pfx_") && keep(name, module) {
-                syms.push(Symbol {
-                    start: addr,
-                    end: u64::MAX,
-                    name: name.to_string(),
-                    module: module.map(str::to_string),
-                });
-            }
+            builder.line(line);
         }
-        starts.sort_unstable();
-        starts.dedup();
-        for s in &mut syms {
-            let next = starts.partition_point(|&a| a <= s.start);
-            s.end = starts.get(next).copied().unwrap_or(u64::MAX);
-        }
-        syms.sort_by_key(|s| s.start);
-        Symbols { syms }
+        builder.finish()
     }
 
     /// Number of kept symbols.

@@ -7,6 +7,7 @@
 //! the result is described in a [`ProbeReport`] for `doctor` and the JSON.
 
 use crate::btf::Btf;
+use crate::kallsyms::SymbolsBuilder;
 use crate::kretprobe::{self, TracefsKretprobe};
 use agent_ebpf::{Config, DIRECT};
 use anyhow::{anyhow, bail, Context, Result};
@@ -64,38 +65,78 @@ pub struct KernelSymbols {
 }
 
 impl KernelSymbols {
+    /// Reads `/proc/kallsyms` a line at a time (see [`SymbolsBuilder`]).
     pub fn load() -> Result<Self> {
-        let text = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
-        Ok(Self::parse(&text))
+        use std::io::BufRead;
+        let file = std::fs::File::open("/proc/kallsyms").context("reading /proc/kallsyms")?;
+        let mut reader = std::io::BufReader::with_capacity(64 << 10, file);
+        let mut scan = Scan::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader
+                .read_line(&mut line)
+                .context("reading /proc/kallsyms")?
+                == 0
+            {
+                break;
+            }
+            scan.line(&line);
+        }
+        Ok(scan.finish())
     }
 
     pub fn parse(text: &str) -> Self {
-        let wanted: HashSet<&str> = POINTS
-            .iter()
-            .chain([&WRITE_FALLBACK])
-            .flat_map(|p| p.candidates.iter().copied())
-            .collect();
-        let present: HashSet<String> = text
-            .lines()
-            .filter_map(|l| {
-                let mut it = l.split_whitespace();
-                let _addr = it.next()?;
-                let ty = it.next()?;
-                let name = it.next()?;
-                (matches!(ty, "t" | "T")
-                    && (wanted.contains(name) || name == OLD_KRETPROBE_TRAMPOLINE))
-                    .then(|| name.to_string())
-            })
-            .collect();
-        Self {
-            unwind_stops_at_kretprobe: present.contains(OLD_KRETPROBE_TRAMPOLINE),
-            present,
-            table: crate::kallsyms::Symbols::parse(text),
+        let mut scan = Scan::new();
+        for line in text.lines() {
+            scan.line(line);
         }
+        scan.finish()
     }
 
     pub fn has(&self, name: &str) -> bool {
         self.present.contains(name)
+    }
+}
+
+/// One pass over kallsyms: which attach points exist, and the symbol table.
+struct Scan {
+    wanted: HashSet<&'static str>,
+    present: HashSet<String>,
+    table: SymbolsBuilder<fn(&str, Option<&str>) -> bool>,
+}
+
+impl Scan {
+    fn new() -> Self {
+        Self {
+            wanted: POINTS
+                .iter()
+                .chain([&WRITE_FALLBACK])
+                .flat_map(|p| p.candidates.iter().copied())
+                .collect(),
+            present: HashSet::new(),
+            table: SymbolsBuilder::new(crate::kallsyms::default_keep),
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        let mut it = line.split_whitespace();
+        if let (Some(_addr), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) {
+            if matches!(ty, "t" | "T")
+                && (self.wanted.contains(name) || name == OLD_KRETPROBE_TRAMPOLINE)
+            {
+                self.present.insert(name.to_string());
+            }
+        }
+        self.table.line(line);
+    }
+
+    fn finish(self) -> KernelSymbols {
+        KernelSymbols {
+            unwind_stops_at_kretprobe: self.present.contains(OLD_KRETPROBE_TRAMPOLINE),
+            present: self.present,
+            table: self.table.finish(),
+        }
     }
 }
 

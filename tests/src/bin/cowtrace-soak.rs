@@ -36,29 +36,48 @@ fn docker(args: &[&str]) -> Result<String, String> {
 }
 
 /// One image holding `containers` directories of `files` files each: every
-/// container copies up paths no other container has.
+/// container copies up paths no other container has. The tree is written
+/// here (tmpfs, no process per file) with the guest's static busybox as the
+/// image's shell, and imported as a single layer: a `RUN` loop making the
+/// same 100,000 files took 12 minutes under TCG.
 fn build_image(containers: usize, files: usize) -> Result<(), String> {
-    let ctx = Path::new("/tmp/soak-img");
-    std::fs::create_dir_all(ctx).map_err(|e| e.to_string())?;
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!(
-            "FROM cowtrace/busybox:latest\n\
-             RUN for d in $(seq 0 {}); do mkdir -p /data/d$d; \
-             for f in $(seq 1 {files}); do echo x > /data/d$d/f$f; done; done\n",
-            containers - 1
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    docker(&[
-        "build",
-        "-q",
-        "--network",
-        "none",
-        "-t",
-        IMAGE,
-        "/tmp/soak-img",
-    ])?;
+    let root = Path::new("/tmp/soak-root");
+    let err = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    let _ = std::fs::remove_dir_all(root);
+    std::fs::create_dir_all(root.join("bin")).map_err(|e| err("soak root", e))?;
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(|e| err("/bin/busybox", e))?;
+    for applet in ["sh", "touch"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
+            .map_err(|e| err(applet, e))?;
+    }
+    for d in 0..containers {
+        let dir = root.join(format!("data/d{d}"));
+        std::fs::create_dir_all(&dir).map_err(|e| err("soak data", e))?;
+        for f in 1..=files {
+            std::fs::write(dir.join(format!("f{f}")), b"x\n").map_err(|e| err("soak file", e))?;
+        }
+    }
+    let mut tar = Command::new("tar")
+        .args(["-C", "/tmp/soak-root", "-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("tar: {e}"))?;
+    let import = Command::new("docker")
+        .args(["import", "--change", "ENV PATH=/bin", "-", IMAGE])
+        .stdin(tar.stdout.take().expect("piped"))
+        .output()
+        .map_err(|e| format!("docker import: {e}"))?;
+    let tarred = tar.wait().map_err(|e| format!("tar: {e}"))?;
+    if !tarred.success() {
+        return Err(format!("tar of the soak image's tree ended with {tarred}"));
+    }
+    if !import.status.success() {
+        return Err(format!(
+            "docker import: {}",
+            String::from_utf8_lossy(&import.stderr).trim()
+        ));
+    }
+    let _ = std::fs::remove_dir_all(root);
     Ok(())
 }
 
