@@ -222,7 +222,7 @@ pub const HIST_MAX_EXP: u32 = 40;
 pub const HIST_BUCKETS: usize =
     HIST_LINEAR + (HIST_MAX_EXP as usize - (HIST_SUB_BITS as usize + 1)) * HIST_SUB;
 
-/// Per-CPU aggregate of normal writes for one [`WriteKey`].
+/// Aggregate of normal writes for one [`WriteKey`], added to atomically from every CPU.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct WriteStats {

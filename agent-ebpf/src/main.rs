@@ -25,6 +25,10 @@
 //! [`CONFIG`], computed by the agent from the running kernel's BTF.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF target has no compare-and-swap, so core's atomic types offer no
+// `fetch_add`; the intrinsic gives the atomic add itself (see `atomic_add`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod probes;

@@ -6,7 +6,7 @@ use agent_ebpf::{
     OVERLAYFS_SUPER_MAGIC, PATH_DEPTH, RENAME_WHITEOUT, STACK_DEPTH,
 };
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
@@ -15,7 +15,7 @@ use aya_ebpf::{
         },
     },
     macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
@@ -40,7 +40,11 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_KINDS, 0);
 #[map]
 static MAP_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAP_FULL_KINDS, 0);
 #[map]
-static WRITES: PerCpuHashMap<WriteKey, WriteStats> = PerCpuHashMap::with_max_entries(4096, 0);
+/// One entry per (cgroup, overlay) pair for all CPUs, added to atomically
+/// (as libbpf-tools' histograms are): a per-CPU map preallocates
+/// entries x value size x possible CPUs, 1 GiB of kernel memory for 4096
+/// pairs on a 96-CPU host.
+static WRITES: HashMap<WriteKey, WriteStats> = HashMap::with_max_entries(4096, 0);
 #[map]
 static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
@@ -762,33 +766,45 @@ fn write_done(dev: u32, start_ns: u64, ret: i64) -> u32 {
                 Some(z) => z,
                 None => return 0,
             };
-            if WRITES.insert(&key, zero, 0).is_err() {
-                count_map_full(MapFull::Writes);
-                return 0;
-            }
+            // NOEXIST: another CPU may have inserted the pair meanwhile,
+            // and its counts must not be overwritten.
+            let inserted = WRITES.insert(&key, zero, BPF_NOEXIST as u64);
             match WRITES.get_ptr_mut(&key) {
                 Some(p) => p,
-                None => return 0,
+                None => {
+                    if inserted.is_err() {
+                        count_map_full(MapFull::Writes);
+                    }
+                    return 0;
+                }
             }
         }
     };
     let stats = unsafe { &mut *stats };
-    stats.count += 1;
-    stats.bytes += ret as u64;
+    atomic_add(&mut stats.count, 1);
+    atomic_add(&mut stats.bytes, ret as u64);
     if start_ns == 0 {
         return 0;
     }
     let latency = now() - start_ns;
-    stats.timed += 1;
+    atomic_add(&mut stats.timed, 1);
     // Reloaded through the stack so the bounds check below is made on the
     // very register used as the index (the compiler otherwise checks an
     // intermediate value the verifier cannot relate to it).
     let b = hist_bucket(latency);
     let b = unsafe { core::ptr::read_volatile(&b) };
     if b < HIST_BUCKETS {
-        stats.buckets[b] += 1;
+        atomic_add(&mut stats.buckets[b], 1);
     }
     0
+}
+
+/// `*p += v` from any CPU at once: an atomic add whose result is unused,
+/// which the BPF backend emits as the `lock add` every kernel accepts.
+#[inline(always)]
+fn atomic_add(p: &mut u64, v: u64) {
+    use core::intrinsics::{atomic_xadd, AtomicOrdering};
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
 }
 
 /// Only a timed write leaves state for its exit; the exit of any other

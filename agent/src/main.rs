@@ -6,7 +6,7 @@
 
 use agent_ebpf::{WriteKey, WriteStats};
 use anyhow::{anyhow, Context, Result};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use clap::{Parser, Subcommand};
 use cowtrace::attribution::{Attribution, FilterUpdate};
 use cowtrace::event::escape_str;
@@ -555,8 +555,8 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     // for as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
-    let writes: PerCpuHashMap<MapData, WriteKey, WriteStats> =
-        PerCpuHashMap::try_from(probes.ebpf.take_map("WRITES").context("WRITES map")?)
+    let writes: BpfHashMap<MapData, WriteKey, WriteStats> =
+        BpfHashMap::try_from(probes.ebpf.take_map("WRITES").context("WRITES map")?)
             .context("WRITES map")?;
     let drops: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(probes.ebpf.take_map("DROPS").context("DROPS map")?)
@@ -1081,21 +1081,11 @@ fn update_metrics(
 }
 
 fn read_writes(
-    map: &PerCpuHashMap<MapData, WriteKey, WriteStats>,
+    map: &BpfHashMap<MapData, WriteKey, WriteStats>,
     snap: &mut HashMap<WriteKey, WriteStats>,
 ) {
-    for item in map.iter().flatten() {
-        let (k, per_cpu) = item;
-        let mut sum: WriteStats = unsafe { std::mem::zeroed() };
-        for s in per_cpu.iter() {
-            sum.count += s.count;
-            sum.bytes += s.bytes;
-            sum.timed += s.timed;
-            for (a, b) in sum.buckets.iter_mut().zip(s.buckets.iter()) {
-                *a += b;
-            }
-        }
-        snap.insert(k, sum);
+    for (k, stats) in map.iter().flatten() {
+        snap.insert(k, stats);
     }
 }
 
