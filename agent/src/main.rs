@@ -9,6 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use clap::{Parser, Subcommand};
 use cowtrace::attribution::{Attribution, FilterUpdate};
+use cowtrace::cgroup::CgroupMode;
 use cowtrace::event::escape_str;
 use cowtrace::event::{decode, KernelEvent};
 use cowtrace::kallsyms::Symbols;
@@ -397,16 +398,27 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             },
         ),
     };
+    // The kernel's cgroup ids are cgroup v2 ids: how the host mounts its
+    // cgroups decides what they can say (and how events are attributed).
+    let cgroup_mode = CgroupMode::detect();
     let mut cgroup_ids = Vec::new();
     for p in &cli.cgroups {
         let md = std::fs::metadata(p)
             .map_err(|e| Failure::Usage(format!("--cgroup {}: {e}", p.display())))?;
+        if !md.is_dir() || !cowtrace::cgroup::is_cgroup2(p) {
+            return Err(Failure::Usage(format!(
+                "--cgroup {}: not a cgroup v2 directory (this host's cgroups: {})",
+                p.display(),
+                cgroup_mode.as_str()
+            )));
+        }
         cgroup_ids.push(md.ino());
     }
     for pid in &cli.pids {
         let id = cowtrace::cgroup::cgroup_id_of_pid(*pid).map_err(|e| {
             Failure::Usage(format!(
-                "--pid {pid}: {e} (no such process, or no cgroup v2)"
+                "--pid {pid}: {e} (no such process, or no cgroup v2: this host's cgroups: {})",
+                cgroup_mode.as_str()
             ))
         })?;
         cgroup_ids.push(id);
@@ -442,7 +454,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
 
     // Attribution runs on its own thread from here on; only `--container`
     // waits for the runtime's first answer (bounded).
-    let attribution = Attribution::start();
+    let attribution = Attribution::start(cgroup_mode);
     // Image layers are looked up on a thread of their own too; it learns
     // the running containers' layers while the probes attach.
     let layers = Layers::start();
@@ -478,9 +490,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     }
     attribution.follow(container_filter.iter().map(|c| c.info.name.clone()));
     stages.done("attribution started");
-    if let Some(w) = attribution.warning() {
-        err_line(&format!("cowtrace: warning: {}", escape_str(&w)));
-    }
+    show_warnings(&attribution);
 
     // Signals are ours before `tracing` is printed: a script that sends
     // SIGINT right after that line must get a complete report.
@@ -603,6 +613,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         probes: serde_json::to_value(&probes.report.points).unwrap_or_default(),
         mono_to_wall: sink.mono_to_wall,
         write_sample_every: cli.write_sample as u64,
+        cgroup_mode,
     };
 
     loop {
@@ -626,6 +637,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             _ = drain.tick() => {
                 let _ = sink.drain(ring.get_mut());
                 sink.out.flush_events();
+                show_warnings(&sink.attribution);
                 // Exited containers keep their totals, not their files.
                 for gone in sink.attribution.take_exited() {
                     sink.stats.compact(&gone);
@@ -896,12 +908,17 @@ impl EventSink<'_> {
     fn release(&mut self, now: Instant, all: bool) {
         while let Some((since, ev)) = self.held.front() {
             let waited = all || now.duration_since(*since) >= HOLD || self.held.len() > MAX_HELD;
-            let owner = match self.attribution.owner_of_cgroup(ev.cgroup_id) {
+            let by_cgroup = match self.attribution.owner_of_cgroup(ev.cgroup_id) {
                 Some(o) => o,
                 None if waited => Owner::host(),
                 None => break,
             };
-            let fs = self.attribution.owner_of_dev(ev.dev);
+            let fs = match self.attribution.filesystem_of(ev.dev) {
+                Some(fs) => fs,
+                None if waited => None,
+                None => break,
+            };
+            let owner = self.attribution.owner(by_cgroup, fs.as_ref());
             let layer = match self.layers.lookup(fs.as_ref(), ev) {
                 Some(l) => l,
                 None if waited => self.layers.too_slow(fs.as_ref(), ev),
@@ -955,6 +972,13 @@ impl EventSink<'_> {
     }
 }
 
+/// Prints the attribution's warnings not shown yet, one line each.
+fn show_warnings(attribution: &Attribution) {
+    for w in attribution.take_warnings() {
+        err_line(&format!("cowtrace: warning: {}", escape_str(&w)));
+    }
+}
+
 /// Keeps the kernel filters on a followed container: its new cgroup and
 /// root device after a (re)start, minus a device it gave up.
 fn follow_in_kernel(probes: &mut Probes, update: &FilterUpdate) -> Result<()> {
@@ -995,11 +1019,17 @@ fn write_totals(
 ) -> HashMap<Owner, WriteTotals> {
     let mut totals: HashMap<Owner, WriteTotals> = HashMap::new();
     for (k, s) in writes {
-        let owner = match attribution.owner_of_cgroup(k.cgroup_id) {
+        let by_cgroup = match attribution.owner_of_cgroup(k.cgroup_id) {
             Some(o) => o,
             None if last => Owner::host(),
             None => continue,
         };
+        let fs = match attribution.filesystem_of(k.dev) {
+            Some(fs) => fs,
+            None if last => None,
+            None => continue,
+        };
+        let owner = attribution.owner(by_cgroup, fs.as_ref());
         totals.entry(owner).or_default().add_kernel(s);
     }
     totals
@@ -1012,6 +1042,7 @@ struct RunBase {
     probes: serde_json::Value,
     mono_to_wall: i64,
     write_sample_every: u64,
+    cgroup_mode: CgroupMode,
 }
 
 fn build_report(
@@ -1033,6 +1064,7 @@ fn build_report(
         kernel_maps: kernel_maps.occupancy(),
         write_sample_every: base.write_sample_every,
         monotonic_to_unix_ns: base.mono_to_wall,
+        cgroup_mode: base.cgroup_mode,
     };
     let containers = rows
         .iter()
