@@ -17,7 +17,7 @@
 //! is known by its id; its name and image are filled in when the runtime
 //! answers.
 
-use crate::cgroup::{cgroup_id_of_pid, container_id_from_cgroup_path, CgroupIndex};
+use crate::cgroup::{cgroup_v2_of_pid, container_id_from_cgroup_path, CgroupIndex, CgroupMode};
 use crate::runtime::{Change, ContainerInfo, DockerEngine, Runtime};
 use crate::stats::Owner;
 use futures_util::StreamExt;
@@ -99,16 +99,26 @@ pub struct Directory {
     /// ever handed over (so each goes once).
     exited: Vec<String>,
     handed_over: HashSet<String>,
-    warning: Option<String>,
+    /// Warnings not yet shown (the main loop prints each once).
+    warnings: Vec<String>,
+    /// The host's cgroup mode: on all but v2 an event's overlay device
+    /// decides whose it is when its cgroup names no container.
+    mode: CgroupMode,
+    /// Overlay devices the last list found to be no running container's
+    /// root (forgotten whenever a container starts: it may take one).
+    not_containers: HashSet<u32>,
+    /// A hybrid host's container without a cgroup v2 id was reported.
+    hybrid_warned: bool,
 }
 
 impl Directory {
     fn upsert(&mut self, info: ContainerInfo, described: bool) -> &Entry {
         let root_dev = info.pid.and_then(root_overlay_dev);
-        let cgroup_id = info.pid.and_then(|p| cgroup_id_of_pid(p).ok());
+        let cgroup_id = info.pid.and_then(|p| self.own_cgroup(p, &info));
         if let Some(dev) = root_dev {
             // Devices are reused lowest-first: the newest owner wins.
             self.by_dev.insert(dev, info.id.clone());
+            self.not_containers.remove(&dev);
         }
         if let Some(cg) = cgroup_id {
             self.by_cgroup
@@ -136,6 +146,32 @@ impl Directory {
             e.exited_at = None;
         }
         e
+    }
+
+    /// The cgroup v2 id of container `info`'s process `pid`, if that cgroup
+    /// is the container's own. On v2 it always is; on a hybrid host only if
+    /// the runtime put the container in the unified hierarchy too (else the
+    /// process sits in a cgroup it shares, such as the root or the engine's
+    /// service, which must never be booked to it); on v1 there is none.
+    fn own_cgroup(&mut self, pid: u32, info: &ContainerInfo) -> Option<u64> {
+        match self.mode {
+            CgroupMode::V2 => cgroup_v2_of_pid(pid).ok().map(|(_, id)| id),
+            CgroupMode::Hybrid => {
+                let (path, id) = cgroup_v2_of_pid(pid).ok()?;
+                let named = container_id_from_cgroup_path(&path).is_some_and(|(_, c)| c == info.id);
+                if !named && !self.hybrid_warned {
+                    self.hybrid_warned = true;
+                    let name = if info.name.is_empty() {
+                        short_id(&info.id)
+                    } else {
+                        &info.name
+                    };
+                    self.warnings.push(CgroupMode::hybrid_warning(name));
+                }
+                named.then_some(id)
+            }
+            CgroupMode::V1 | CgroupMode::None => None,
+        }
     }
 
     /// A container stopped; returns it, with the root device it gave up.
@@ -217,6 +253,9 @@ pub type KernelCgroupNames = aya::maps::HashMap<aya::maps::MapData, u64, agent_e
 
 enum Request {
     Cgroup(u64),
+    /// Whose root filesystem is this overlay device (asked where the
+    /// device decides an event's owner: not on v2).
+    Dev(u32),
     KernelNames(Box<KernelCgroupNames>),
 }
 
@@ -236,6 +275,8 @@ pub struct Attribution {
     dir: Arc<Mutex<Directory>>,
     requests: mpsc::UnboundedSender<Request>,
     asked: HashSet<u64>,
+    asked_devs: HashSet<u32>,
+    mode: CgroupMode,
     /// Filter updates for followed containers, for the main loop.
     pub filter_updates: mpsc::UnboundedReceiver<FilterUpdate>,
     follow: Arc<Mutex<HashSet<String>>>,
@@ -243,18 +284,21 @@ pub struct Attribution {
 }
 
 impl Attribution {
-    /// Starts the worker with the runtime found on this host (if any).
-    pub fn start() -> Self {
+    /// Starts the worker with the runtime found on this host (if any), on
+    /// a host whose cgroups are mounted as `mode` says.
+    pub fn start(mode: CgroupMode) -> Self {
         match DockerEngine::discover() {
-            Some(Ok(engine)) => Self::start_with(Some(engine)),
+            Some(Ok(engine)) => Self::start_with(Some(engine), mode),
             Some(Err(e)) => {
-                let a = Self::start_with(None::<DockerEngine>);
-                a.lock().warning = Some(format!("{e:#}: containers are named by their id"));
+                let a = Self::start_with(None::<DockerEngine>, mode);
+                a.lock()
+                    .warnings
+                    .push(format!("{e:#}: containers are named by their id"));
                 a
             }
             None => {
-                let a = Self::start_with(None::<DockerEngine>);
-                a.lock().warning = Some(
+                let a = Self::start_with(None::<DockerEngine>, mode);
+                a.lock().warnings.push(
                     "no Docker/podman API socket found: containers are named by their id".into(),
                 );
                 a
@@ -263,8 +307,12 @@ impl Attribution {
     }
 
     /// Starts the worker with `runtime` (None: ids only).
-    pub fn start_with<R: Runtime>(runtime: Option<R>) -> Self {
-        let dir = Arc::new(Mutex::new(Directory::default()));
+    pub fn start_with<R: Runtime>(runtime: Option<R>, mode: CgroupMode) -> Self {
+        let dir = Arc::new(Mutex::new(Directory {
+            mode,
+            warnings: mode.warning().into_iter().collect(),
+            ..Default::default()
+        }));
         let (req_tx, req_rx) = mpsc::unbounded_channel();
         let (filter_tx, filter_rx) = mpsc::unbounded_channel();
         let follow = Arc::new(Mutex::new(HashSet::new()));
@@ -279,7 +327,7 @@ impl Attribution {
                     // the rest at once.
                     if let Err(e) = crate::privileges::drop_after_attach() {
                         let mut d = dir.lock().unwrap_or_else(|p| p.into_inner());
-                        d.warning = Some(format!("attribution worker: {e:#}"));
+                        d.warnings.push(format!("attribution worker: {e:#}"));
                     }
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
@@ -288,7 +336,7 @@ impl Attribution {
                         Ok(rt) => rt,
                         Err(e) => {
                             let mut d = dir.lock().unwrap_or_else(|p| p.into_inner());
-                            d.warning = Some(format!("attribution worker: {e}"));
+                            d.warnings.push(format!("attribution worker: {e}"));
                             d.ready = true;
                             return;
                         }
@@ -301,6 +349,8 @@ impl Attribution {
             dir,
             requests: req_tx,
             asked: HashSet::new(),
+            asked_devs: HashSet::new(),
+            mode,
             filter_updates: filter_rx,
             follow,
             _worker: worker,
@@ -326,8 +376,14 @@ impl Attribution {
         }
     }
 
-    pub fn warning(&self) -> Option<String> {
-        self.lock().warning.clone()
+    /// Warnings not shown yet (each is returned once).
+    pub fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut self.lock().warnings)
+    }
+
+    /// The host's cgroup mode, as detected at start.
+    pub fn mode(&self) -> CgroupMode {
+        self.mode
     }
 
     /// Running containers, as last seen.
@@ -368,8 +424,12 @@ impl Attribution {
     }
 
     /// The owner of cgroup `id`, or None while the worker resolves it (the
-    /// caller holds the event and asks again).
+    /// caller holds the event and asks again). Always the host where cgroup
+    /// ids name nobody (v1).
     pub fn owner_of_cgroup(&mut self, cgroup_id: u64) -> Option<Owner> {
+        if !self.mode.has_v2_ids() {
+            return Some(Owner::host());
+        }
         {
             let d = self.lock();
             if let Some(a) = d.by_cgroup.get(&cgroup_id) {
@@ -397,6 +457,46 @@ impl Attribution {
         let d = self.lock();
         let id = d.by_dev.get(&dev)?;
         d.containers.get(id).map(Entry::owner)
+    }
+
+    /// Whose root filesystem overlay device `dev` is: `Some(None)` for no
+    /// container's, `None` while the worker finds out. Only where the
+    /// device can decide an event's owner (not on v2) is an unknown device
+    /// asked about and waited for; on v2 it is no container's until the
+    /// worker learns otherwise.
+    pub fn filesystem_of(&mut self, dev: u32) -> Option<Option<Owner>> {
+        {
+            let d = self.lock();
+            if let Some(id) = d.by_dev.get(&dev) {
+                let owner = d.containers.get(id).map(Entry::owner);
+                drop(d);
+                self.asked_devs.remove(&dev);
+                return Some(owner);
+            }
+            if !self.mode.falls_back_to_filesystem() {
+                return Some(None);
+            }
+            if d.not_containers.contains(&dev) {
+                drop(d);
+                self.asked_devs.remove(&dev);
+                return Some(None);
+            }
+        }
+        if self.asked_devs.len() >= MAX_CGROUPS {
+            self.asked_devs.clear();
+        }
+        if self.asked_devs.insert(dev) {
+            let _ = self.requests.send(Request::Dev(dev));
+        }
+        None
+    }
+
+    /// Who an event (or a write total) is booked to: the container of its
+    /// cgroup; where cgroups do not tell (v1, or a hybrid host's container
+    /// without a v2 cgroup of its own), the container whose root
+    /// filesystem it happened in; else the host.
+    pub fn owner(&self, by_cgroup: Owner, filesystem: Option<&Owner>) -> Owner {
+        decide(self.mode, by_cgroup, filesystem)
     }
 
     /// Containers that exited more than [`EXITED_GRACE`] ago and were not
@@ -436,6 +536,16 @@ impl Attribution {
     }
 }
 
+/// See [`Attribution::owner`].
+fn decide(mode: CgroupMode, by_cgroup: Owner, filesystem: Option<&Owner>) -> Owner {
+    match filesystem {
+        Some(fs) if mode.falls_back_to_filesystem() && by_cgroup.id == Owner::host().id => {
+            fs.clone()
+        }
+        _ => by_cgroup,
+    }
+}
+
 /// What the worker's runtime tasks send back.
 enum Answer {
     /// The answer to a list: every running container.
@@ -458,17 +568,22 @@ async fn work<R: Runtime>(
         let mut d = dir.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut d)
     };
-    let mut cgroups = crate::cgroup::default_root().and_then(|r| CgroupIndex::scan(r).ok());
-    if cgroups.is_none() {
-        with(&mut |d| {
-            d.warning.get_or_insert(
-                "no cgroup v2 hierarchy: events are attributed by overlay filesystem only".into(),
-            );
-        });
-    }
+    let mode = dir.lock().unwrap_or_else(|p| p.into_inner()).mode;
+    // Where cgroup ids name nobody, cgroupfs is not walked (see
+    // `CgroupMode::warning`, said at start).
+    let mut cgroups = if mode.has_v2_ids() {
+        crate::cgroup::default_root().and_then(|r| CgroupIndex::scan(r).ok())
+    } else {
+        None
+    };
     let runtime = runtime.map(Arc::new);
     let (answers_tx, mut answers) = mpsc::unbounded_channel::<Answer>();
-    let spawn_list = |rt: &Arc<R>| {
+    // One list at a time (`listing`).
+    let mut listing = false;
+    let spawn_list = |rt: &Arc<R>, listing: &mut bool| {
+        if std::mem::replace(listing, true) {
+            return;
+        }
         let (rt, tx) = (rt.clone(), answers_tx.clone());
         tokio::spawn(async move {
             let _ = tx.send(Answer::Listed(rt.list().await));
@@ -484,7 +599,7 @@ async fn work<R: Runtime>(
     };
     let mut feed = match &runtime {
         Some(rt) => {
-            spawn_list(rt);
+            spawn_list(rt, &mut listing);
             Some(rt.changes())
         }
         None => {
@@ -497,42 +612,39 @@ async fn work<R: Runtime>(
     relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut new_ids = Vec::new();
     let mut names = None;
+    // Overlay devices asked about (v1 and hybrid hosts): a container that
+    // started a moment ago may own one, so each is answered by a list
+    // started after it was asked (`devs_new` wait for the running list to
+    // end; `devs_listing` for the list running now).
+    let mut devs_new: HashSet<u32> = HashSet::new();
+    let mut devs_listing: HashSet<u32> = HashSet::new();
     loop {
         tokio::select! {
             req = requests.recv() => {
                 let Some(req) = req else { return };
-                handle_request(&dir, req, &mut cgroups, &mut names, &mut new_ids);
+                handle_request(&dir, req, &mut cgroups, &mut names, &mut new_ids, &mut devs_new);
                 while let Ok(req) = requests.try_recv() {
-                    handle_request(&dir, req, &mut cgroups, &mut names, &mut new_ids);
+                    handle_request(&dir, req, &mut cgroups, &mut names, &mut new_ids, &mut devs_new);
+                }
+                match &runtime {
+                    Some(rt) if !listing && !devs_new.is_empty() => {
+                        devs_listing.extend(devs_new.drain());
+                        spawn_list(rt, &mut listing);
+                    }
+                    Some(_) => {}
+                    // Nobody to ask: no container's.
+                    None => with(&mut |d| d.not_containers.extend(devs_new.drain())),
                 }
             }
             Some(answer) = answers.recv() => match answer {
-                Answer::Listed(Ok(list)) => with(&mut |d| {
-                    let now = Instant::now();
-                    let running: HashSet<&str> = list.iter().map(|c| c.id.as_str()).collect();
-                    let stale: Vec<String> = d
-                        .containers
-                        .values()
-                        .filter(|e| e.exited_at.is_none() && e.described && !running.contains(e.info.id.as_str()))
-                        .map(|e| e.info.id.clone())
-                        .collect();
-                    for id in stale {
-                        d.stopped(&id, now);
+                Answer::Listed(result) => {
+                    listing = false;
+                    listed(&dir, result, runtime.as_deref(), &mut devs_listing);
+                    if let (Some(rt), false) = (&runtime, devs_new.is_empty()) {
+                        devs_listing.extend(devs_new.drain());
+                        spawn_list(rt, &mut listing);
                     }
-                    for c in &list {
-                        d.upsert(c.clone(), true);
-                    }
-                    d.ready = true;
-                }),
-                Answer::Listed(Err(e)) => with(&mut |d| {
-                    if !d.ready {
-                        d.warning = Some(format!(
-                            "{} unavailable ({e:#}): containers are named by their id until it answers",
-                            runtime.as_ref().map(|r| r.describe()).unwrap_or_default()
-                        ));
-                    }
-                    d.ready = true;
-                }),
+                }
                 Answer::Described(info) => {
                     let running = info.pid.is_some();
                     let mut update = None;
@@ -550,7 +662,12 @@ async fn work<R: Runtime>(
                 }
             },
             change = async { feed.as_mut().unwrap().next().await }, if feed.is_some() => match change {
-                Some(Ok(Change::Started(id))) | Some(Ok(Change::Updated(id))) => new_ids.push(id),
+                Some(Ok(Change::Started(id))) => {
+                    // It may have taken a device a list found free.
+                    with(&mut |d| d.not_containers.clear());
+                    new_ids.push(id);
+                }
+                Some(Ok(Change::Updated(id))) => new_ids.push(id),
                 Some(Ok(Change::Stopped(id))) => {
                     let mut gone = None;
                     with(&mut |d| gone = d.stopped(&id, Instant::now()));
@@ -567,7 +684,7 @@ async fn work<R: Runtime>(
                 with(&mut |d| d.prune(Instant::now()));
                 if let (Some(rt), None) = (&runtime, &feed) {
                     feed = Some(rt.changes());
-                    spawn_list(rt);
+                    spawn_list(rt, &mut listing);
                 }
             }
         }
@@ -581,18 +698,75 @@ async fn work<R: Runtime>(
     }
 }
 
+/// A list of the running containers came back: containers gone since
+/// the last are stopped, the listed ones (re)described with their root
+/// devices, and the devices asked about that none of them owns are no
+/// container's.
+fn listed<R: Runtime>(
+    dir: &Arc<Mutex<Directory>>,
+    result: anyhow::Result<Vec<ContainerInfo>>,
+    runtime: Option<&R>,
+    devs: &mut HashSet<u32>,
+) {
+    let mut d = dir.lock().unwrap_or_else(|p| p.into_inner());
+    match result {
+        Ok(list) => {
+            let now = Instant::now();
+            let running: HashSet<&str> = list.iter().map(|c| c.id.as_str()).collect();
+            let stale: Vec<String> = d
+                .containers
+                .values()
+                .filter(|e| {
+                    e.exited_at.is_none() && e.described && !running.contains(e.info.id.as_str())
+                })
+                .map(|e| e.info.id.clone())
+                .collect();
+            for id in stale {
+                d.stopped(&id, now);
+            }
+            for c in &list {
+                d.upsert(c.clone(), true);
+            }
+        }
+        Err(e) => {
+            if !d.ready {
+                let msg = format!(
+                    "{} unavailable ({e:#}): containers are named by their id until it answers",
+                    runtime.map(|r| r.describe()).unwrap_or_default()
+                );
+                d.warnings.push(msg);
+            }
+        }
+    }
+    d.ready = true;
+    if d.not_containers.len() > MAX_CGROUPS {
+        d.not_containers.clear();
+    }
+    for dev in devs.drain() {
+        if !d.by_dev.contains_key(&dev) {
+            d.not_containers.insert(dev);
+        }
+    }
+}
+
 /// Resolve one cgroup id from cgroupfs, or from the names the kernel
 /// recorded when the cgroup is gone; a container the directory does not
-/// know yet is added by id and queued to be described.
+/// know yet is added by id and queued to be described. Devices asked about
+/// go to `devs` (answered by the next list).
 fn handle_request(
     dir: &Arc<Mutex<Directory>>,
     req: Request,
     cgroups: &mut Option<CgroupIndex>,
     names: &mut Option<Box<KernelCgroupNames>>,
     to_describe: &mut Vec<String>,
+    devs: &mut HashSet<u32>,
 ) {
     let cg = match req {
         Request::Cgroup(cg) => cg,
+        Request::Dev(dev) => {
+            devs.insert(dev);
+            return;
+        }
         Request::KernelNames(map) => {
             *names = Some(map);
             return;
@@ -714,6 +888,47 @@ mod tests {
         d.exited.clear();
         d.prune(now);
         assert!(d.exited.is_empty(), "handed over twice");
+    }
+
+    fn owner(id: &str) -> Owner {
+        Owner {
+            id: id.into(),
+            name: format!("{id}-name"),
+            image: String::new(),
+        }
+    }
+
+    #[test]
+    fn where_cgroups_name_nobody_the_filesystem_decides() {
+        let (host, web) = (Owner::host(), owner("web"));
+        for mode in [CgroupMode::V1, CgroupMode::None, CgroupMode::Hybrid] {
+            assert_eq!(decide(mode, host.clone(), Some(&web)), web, "{mode:?}");
+            assert_eq!(decide(mode, host.clone(), None), host, "{mode:?}");
+        }
+        // v2: the cgroup is right, `docker cp` into web is the host's.
+        assert_eq!(decide(CgroupMode::V2, host.clone(), Some(&web)), host);
+        // A container's own cgroup always wins.
+        let db = owner("db");
+        for mode in [CgroupMode::V2, CgroupMode::Hybrid] {
+            assert_eq!(decide(mode, db.clone(), Some(&web)), db);
+        }
+    }
+
+    #[test]
+    fn a_list_answers_the_devices_asked_about() {
+        let mut d = Directory {
+            mode: CgroupMode::V1,
+            ..Default::default()
+        };
+        d.by_dev.insert(7, "web".into());
+        let dir = Arc::new(Mutex::new(d));
+        let mut asked = HashSet::from([7, 9]);
+        listed::<DockerEngine>(&dir, Ok(Vec::new()), None, &mut asked);
+        let d = dir.lock().unwrap();
+        // 7 belongs to a container the list did not describe (it stays
+        // until a stop says otherwise); 9 is no container's.
+        assert!(d.not_containers.contains(&9) && !d.not_containers.contains(&7));
+        assert!(asked.is_empty() && d.ready);
     }
 
     #[test]

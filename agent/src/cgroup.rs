@@ -120,17 +120,128 @@ pub fn cgroup_v2_path_from_proc(text: &str) -> Option<String> {
 /// The cgroup v2 id (as `bpf_get_current_cgroup_id` sees it) of `pid`:
 /// the inode of its `0::` cgroup's directory under [`default_root`].
 pub fn cgroup_id_of_pid(pid: u32) -> io::Result<u64> {
+    cgroup_v2_of_pid(pid).map(|(_, id)| id)
+}
+
+/// The cgroup v2 path of `pid` (its `0::` line) and that cgroup's id.
+pub fn cgroup_v2_of_pid(pid: u32) -> io::Result<(String, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     let path = cgroup_v2_path_from_proc(&text)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 entry"))?;
     let root = default_root()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 hierarchy"))?;
-    Ok(std::fs::metadata(root.join(path.trim_start_matches('/')))?.ino())
+    let id = std::fs::metadata(root.join(path.trim_start_matches('/')))?.ino();
+    Ok((path, id))
+}
+
+/// How the host's cgroups are mounted, and so what the kernel's cgroup id
+/// of an event can say. `bpf_get_current_cgroup_id` always returns a cgroup
+/// v2 id: on a v1 host every task is in the v2 root (id 1), so the id
+/// names nobody there, and containers are told apart by the overlay
+/// filesystem an event happens in instead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupMode {
+    /// cgroup2 at `/sys/fs/cgroup` (unified): ids name containers.
+    #[default]
+    V2,
+    /// v1 controller hierarchies, cgroup2 at `/sys/fs/cgroup/unified`
+    /// (systemd's hybrid layout): ids name a container where its runtime
+    /// also put it in the unified hierarchy (runc does).
+    Hybrid,
+    /// Only v1 hierarchies: ids name nobody.
+    V1,
+    /// No cgroup hierarchy mounted at all: as v1.
+    None,
+}
+
+impl CgroupMode {
+    /// This host's mode (as mounted in this mount namespace).
+    pub fn detect() -> CgroupMode {
+        let v1 = crate::mountinfo::read_mountinfo("self")
+            .map(|ms| ms.iter().any(|m| m.fstype == "cgroup"))
+            .unwrap_or(false);
+        Self::from_mounts(default_root().as_deref(), v1)
+    }
+
+    /// The mode from where cgroup2 is mounted (see [`default_root`]) and
+    /// whether any v1 hierarchy is.
+    pub fn from_mounts(v2_root: Option<&Path>, v1_mounted: bool) -> CgroupMode {
+        match v2_root {
+            Some(p) if p == Path::new("/sys/fs/cgroup") => CgroupMode::V2,
+            Some(_) => CgroupMode::Hybrid,
+            None if v1_mounted => CgroupMode::V1,
+            None => CgroupMode::None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupMode::V2 => "v2",
+            CgroupMode::Hybrid => "hybrid",
+            CgroupMode::V1 => "v1",
+            CgroupMode::None => "none",
+        }
+    }
+
+    /// Whether the kernel's cgroup ids can name a container at all.
+    pub fn has_v2_ids(self) -> bool {
+        matches!(self, CgroupMode::V2 | CgroupMode::Hybrid)
+    }
+
+    /// Whether an event the cgroup books to the host goes to the container
+    /// whose root filesystem it happened in (everywhere but on v2, where
+    /// the cgroup is always right: a host process writing into a
+    /// container, `docker cp`, is the host's).
+    pub fn falls_back_to_filesystem(self) -> bool {
+        self != CgroupMode::V2
+    }
+
+    /// What the report's `cgroup.attribution` says.
+    pub fn attribution(self) -> &'static str {
+        match self {
+            CgroupMode::V2 => "cgroup",
+            CgroupMode::Hybrid => "cgroup_else_filesystem",
+            CgroupMode::V1 | CgroupMode::None => "filesystem",
+        }
+    }
+
+    /// The one-line startup warning: what works here and what does not
+    /// (None on v2; on hybrid a warning comes only if a container turns
+    /// out to have no cgroup v2 id of its own).
+    pub fn warning(self) -> Option<String> {
+        let what = match self {
+            CgroupMode::V2 | CgroupMode::Hybrid => return None,
+            CgroupMode::V1 => "cgroup v1 host (no cgroup v2 hierarchy)",
+            CgroupMode::None => "no cgroup hierarchy mounted",
+        };
+        Some(format!(
+            "{what}: the kernel's cgroup id is a cgroup v2 id and names no container here, so \
+             each event is attributed to the container whose root overlay filesystem it happened in \
+             (mapped from each running container's mounts, found through the runtime's API), \
+             and --container filters by that filesystem; what does not work: a process writing \
+             into another container's filesystem (docker cp) is booked to that container, writes \
+             into volumes and bind mounts are the host's, and --pid and --cgroup cannot filter"
+        ))
+    }
+
+    /// The warning once a container on a hybrid host turned out to have no
+    /// cgroup v2 id of its own (its runtime left it in a shared cgroup of
+    /// the unified hierarchy).
+    pub fn hybrid_warning(name: &str) -> String {
+        format!(
+            "cgroup hybrid host whose runtime does not put containers in the unified \
+             hierarchy (container {name} has no cgroup v2 id of its own): such containers' events \
+             are attributed by the root overlay filesystem they happen in, so a process writing \
+             into another container's filesystem (docker cp) is booked to that container"
+        )
+    }
 }
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
-fn is_cgroup2(path: &Path) -> bool {
+/// Whether `path` is on a cgroup2 filesystem.
+pub fn is_cgroup2(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
@@ -382,6 +493,29 @@ mod tests {
             let want = want.map(|(r, i)| (r, i.to_string()));
             assert_eq!(cid(&path), want, "{path}");
         }
+    }
+
+    #[test]
+    fn cgroup_modes_from_mounts() {
+        use CgroupMode as M;
+        let unified = Path::new("/sys/fs/cgroup");
+        let hybrid = Path::new("/sys/fs/cgroup/unified");
+        assert_eq!(M::from_mounts(Some(unified), false), M::V2);
+        assert_eq!(M::from_mounts(Some(unified), true), M::V2);
+        assert_eq!(M::from_mounts(Some(hybrid), true), M::Hybrid);
+        assert_eq!(M::from_mounts(None, true), M::V1);
+        assert_eq!(M::from_mounts(None, false), M::None);
+        assert!(M::V2.warning().is_none() && M::Hybrid.warning().is_none());
+        for m in [M::V1, M::None] {
+            let w = m.warning().unwrap();
+            assert!(!w.contains('\n') && w.contains("--container"), "{w}");
+            assert_eq!(m.attribution(), "filesystem");
+        }
+        assert!(!M::V2.falls_back_to_filesystem() && M::V1.falls_back_to_filesystem());
+        assert_eq!(serde_json::to_string(&M::Hybrid).unwrap(), "\"hybrid\"");
+        // The host tests run where cgroup v2 is mounted (this machine is
+        // a hybrid host).
+        assert!(M::detect().has_v2_ids());
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod event;
 pub mod hist;
 pub mod kallsyms;
 pub mod kernel_maps;
+pub mod kernel_side;
 pub mod kretprobe;
 pub mod layers;
 pub mod live;

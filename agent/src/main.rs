@@ -6,13 +6,15 @@
 
 use agent_ebpf::{WriteKey, WriteStats};
 use anyhow::{anyhow, Context, Result};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use clap::{Parser, Subcommand};
-use cowtrace::attribution::{Attribution, FilterUpdate};
+use cowtrace::attribution::{Attribution, Entry};
+use cowtrace::cgroup::CgroupMode;
 use cowtrace::event::escape_str;
 use cowtrace::event::{decode, KernelEvent};
 use cowtrace::kallsyms::Symbols;
 use cowtrace::kernel_maps::KernelMaps;
+use cowtrace::kernel_side::{Drops, KernelSide};
 use cowtrace::layers::totals::PerLayer;
 use cowtrace::layers::worker::{Layers, UnchangedReport};
 use cowtrace::layers::{advice, changes, LayerAnswer};
@@ -27,7 +29,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
 const EXAMPLES: &str = "\
@@ -380,97 +381,130 @@ impl Out {
     }
 }
 
-async fn trace(cli: Cli) -> Result<Ended, Failure> {
-    let started_wall = SystemTime::now();
-    let t_start = Instant::now();
-    let filter = !cli.containers.is_empty() || !cli.pids.is_empty() || !cli.cgroups.is_empty();
-    let opts = probe_options(&cli, filter);
+/// What the command line asks for, checked before anything is attached: a
+/// bad option is a usage error (exit 2), and nothing was traced.
+struct Options {
+    probe: ProbeOptions,
+    json: Option<JsonTarget>,
+    events: Option<EventsOut>,
+    /// Let through the kernel filter: `--cgroup` and `--pid`.
+    cgroup_ids: Vec<u64>,
+    cgroup_mode: CgroupMode,
+    metrics: Option<cowtrace::metrics_server::MetricsListener>,
+}
 
-    // Usage first: these need no privileges. Outputs are checked (and the
-    // events file opened) before anything is attached.
-    let json = match &cli.json {
-        Some(p) => Some(JsonTarget::open(p).map_err(|r| Failure::Usage(r.0))?),
-        None => None,
-    };
-    let events_out = match cli.events.as_deref() {
-        None => None,
-        Some(arg) => Some(
-            match EventsTarget::open(arg).map_err(|r| Failure::Usage(r.0))? {
-                EventsTarget::Stdout => EventsOut {
-                    name: "standard output".into(),
-                    w: Box::new(std::io::stdout()),
-                    is_stdout: true,
-                    failed: false,
+impl Options {
+    /// Usage first: none of this needs privileges. Outputs are checked (and
+    /// the events file opened) and the metrics port bound here: a port in
+    /// use is said before anything is traced, and a port below 1024 needs
+    /// a capability given up later.
+    async fn validate(cli: &Cli) -> Result<Self, Failure> {
+        let filter = !cli.containers.is_empty() || !cli.pids.is_empty() || !cli.cgroups.is_empty();
+        let json = match &cli.json {
+            Some(p) => Some(JsonTarget::open(p).map_err(|r| Failure::Usage(r.0))?),
+            None => None,
+        };
+        let events = match cli.events.as_deref() {
+            None => None,
+            Some(arg) => Some(
+                match EventsTarget::open(arg).map_err(|r| Failure::Usage(r.0))? {
+                    EventsTarget::Stdout => EventsOut {
+                        name: "standard output".into(),
+                        w: Box::new(std::io::stdout()),
+                        is_stdout: true,
+                        failed: false,
+                    },
+                    EventsTarget::File { path, file } => EventsOut {
+                        name: path.display().to_string(),
+                        w: Box::new(std::io::BufWriter::new(file)),
+                        is_stdout: false,
+                        failed: false,
+                    },
                 },
-                EventsTarget::File { path, file } => EventsOut {
-                    name: path.display().to_string(),
-                    w: Box::new(std::io::BufWriter::new(file)),
-                    is_stdout: false,
-                    failed: false,
-                },
-            },
-        ),
-    };
-    let mut cgroup_ids = Vec::new();
-    for p in &cli.cgroups {
-        let md = std::fs::metadata(p)
-            .map_err(|e| Failure::Usage(format!("--cgroup {}: {e}", p.display())))?;
-        cgroup_ids.push(md.ino());
+            ),
+        };
+        // The kernel's cgroup ids are cgroup v2 ids: how the host mounts
+        // its cgroups decides what they can say (and how events are
+        // attributed).
+        let cgroup_mode = CgroupMode::detect();
+        let mut cgroup_ids = Vec::new();
+        for p in &cli.cgroups {
+            let md = std::fs::metadata(p)
+                .map_err(|e| Failure::Usage(format!("--cgroup {}: {e}", p.display())))?;
+            if !md.is_dir() || !cowtrace::cgroup::is_cgroup2(p) {
+                return Err(Failure::Usage(format!(
+                    "--cgroup {}: not a cgroup v2 directory (this host's cgroups: {})",
+                    p.display(),
+                    cgroup_mode.as_str()
+                )));
+            }
+            cgroup_ids.push(md.ino());
+        }
+        for pid in &cli.pids {
+            let id = cowtrace::cgroup::cgroup_id_of_pid(*pid).map_err(|e| {
+                Failure::Usage(format!(
+                    "--pid {pid}: {e} (no such process, or no cgroup v2: this host's cgroups: {})",
+                    cgroup_mode.as_str()
+                ))
+            })?;
+            cgroup_ids.push(id);
+        }
+        let metrics = match &cli.metrics {
+            Some(addr) => Some(
+                cowtrace::metrics_server::bind(addr)
+                    .await
+                    .map_err(Failure::Usage)?,
+            ),
+            None => None,
+        };
+        Ok(Options {
+            probe: probe_options(cli, filter),
+            json,
+            events,
+            cgroup_ids,
+            cgroup_mode,
+            metrics,
+        })
     }
-    for pid in &cli.pids {
-        let id = cowtrace::cgroup::cgroup_id_of_pid(*pid).map_err(|e| {
-            Failure::Usage(format!(
-                "--pid {pid}: {e} (no such process, or no cgroup v2)"
-            ))
-        })?;
-        cgroup_ids.push(id);
-    }
+}
 
-    // Bound before attaching: a port in use is said before anything is
-    // traced, and a port below 1024 needs a capability given up later.
-    let metrics_listener = match &cli.metrics {
-        Some(addr) => Some(
-            cowtrace::metrics_server::bind(addr)
-                .await
-                .map_err(Failure::Usage)?,
-        ),
-        None => None,
-    };
-
-    let mut stages = Stages::new(cli.verbose);
-    let (findings, syms, btf) = doctor::check(&opts, doctor::TracingProbe::Skip);
+/// The kernel's symbols and BTF, or why this kernel cannot be traced.
+fn kernel_checks(
+    probe: &ProbeOptions,
+    stages: &mut Stages,
+) -> Result<(cowtrace::probes::KernelSymbols, cowtrace::probes::KernelBtf), Failure> {
+    let (findings, syms, btf) = doctor::check(probe, doctor::TracingProbe::Skip);
     stages.done("kernel checks, BTF and kallsyms");
     if let Some(msg) = doctor::first_fatal(&findings) {
         return Err(Failure::Runtime(anyhow!(
             "cannot run here: {msg} (see `cowtrace doctor`)"
         )));
     }
-    let (syms, btf) = match (syms, btf) {
-        (Some(s), Some(b)) => (s, b),
-        _ => {
-            return Err(Failure::Runtime(anyhow!(
-                "cannot read kernel symbols or BTF"
-            )))
-        }
-    };
+    match (syms, btf) {
+        (Some(s), Some(b)) => Ok((s, b)),
+        _ => Err(Failure::Runtime(anyhow!(
+            "cannot read kernel symbols or BTF"
+        ))),
+    }
+}
 
-    // Attribution runs on its own thread from here on; only `--container`
-    // waits for the runtime's first answer (bounded).
-    let attribution = Attribution::start();
-    // Image layers are looked up on a thread of their own too; it learns
-    // the running containers' layers while the probes attach.
-    let layers = Layers::start();
-    let mut container_filter = Vec::new();
-    if !cli.containers.is_empty() && !attribution.wait_ready(RUNTIME_WAIT) {
+/// The running containers `--container` names (waiting for the runtime's
+/// first answer, bounded), followed from now on across restarts.
+fn followed_containers(cli: &Cli, attribution: &Attribution) -> Result<Vec<Entry>, Failure> {
+    if cli.containers.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !attribution.wait_ready(RUNTIME_WAIT) {
         return Err(Failure::Runtime(anyhow!(
             "the container runtime did not answer within {} s: cannot find --container {}",
             RUNTIME_WAIT.as_secs(),
             cli.containers.join(", ")
         )));
     }
+    let mut found = Vec::new();
     for name in &cli.containers {
         match attribution.find(name) {
-            Some(c) => container_filter.push(c),
+            Some(c) => found.push(c),
             None => {
                 let mut names: Vec<String> = attribution
                     .containers()
@@ -490,91 +524,126 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             }
         }
     }
-    attribution.follow(container_filter.iter().map(|c| c.info.name.clone()));
-    stages.done("attribution started");
-    if let Some(w) = attribution.warning() {
-        err_line(&format!("cowtrace: warning: {}", escape_str(&w)));
+    attribution.follow(found.iter().map(|c| c.info.name.clone()));
+    Ok(found)
+}
+
+/// The signals that end a run. Installed before `tracing` is printed: a
+/// script that sends SIGINT right after that line must get a complete
+/// report. SIGHUP too: a dropped ssh session must end the run the same way.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        let s = Signals {
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            hup: signal(SignalKind::hangup()).context("SIGHUP handler")?,
+        };
+        // A second signal ends the process at once, after detaching.
+        shutdown::install().context("signal handlers")?;
+        Ok(s)
     }
 
-    // Signals are ours before `tracing` is printed: a script that sends
-    // SIGINT right after that line must get a complete report.
-    // SIGHUP too: a dropped ssh session must end the run the same way.
-    let mut sigint = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    // A second signal ends the process at once, after detaching.
-    shutdown::install().context("signal handlers")?;
-    let t_attach = Instant::now();
-    let mut probes = Probes::attach(&syms, &btf, &opts).map_err(Failure::Runtime)?;
+    /// Resolves at the first of them.
+    async fn any(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+        }
+    }
+}
+
+/// Loads and attaches the probes and takes their maps into a
+/// [`KernelSide`]; the filter maps are filled before events can pass (with
+/// the filter flag set and empty maps, nothing passes until then): a
+/// container is both its processes (cgroup) and its root filesystem
+/// (overlay device), so a `docker cp` into it counts too. Then every
+/// capability but the few the run still needs goes (README, "Privileges").
+fn attach(
+    opts: &Options,
+    syms: &cowtrace::probes::KernelSymbols,
+    btf: cowtrace::probes::KernelBtf,
+    followed: &[Entry],
+    stages: &mut Stages,
+) -> Result<(KernelSide, cowtrace::attribution::KernelCgroupNames), Failure> {
+    let probes = Probes::attach(syms, &btf, &opts.probe).map_err(Failure::Runtime)?;
     for (stage, took) in &probes.stages {
         stages.took(stage, *took);
     }
     stages.done("eBPF object loaded and attached, in all");
     // BTF is only needed to attach; give its memory back.
     drop(btf);
-    // Filter maps filled before events can pass: with the filter flag set
-    // and empty maps, nothing passes until now. A container is both its
-    // processes (cgroup) and its root filesystem (overlay device), so a
-    // `docker cp` into it counts too.
-    cgroup_ids.extend(container_filter.iter().filter_map(|c| c.cgroup_id));
-    fill_filter::<u64>(&mut probes, "CGROUP_FILTER", &cgroup_ids)?;
-    let devs: Vec<u32> = container_filter.iter().filter_map(|c| c.root_dev).collect();
-    fill_filter::<u32>(&mut probes, "DEV_FILTER", &devs)?;
-    // Attached: give up every capability but the few the run still needs
-    // (README, "Privileges").
+    let (mut kernel, names) = KernelSide::take(probes)?;
+    let mut cgroups = opts.cgroup_ids.clone();
+    cgroups.extend(followed.iter().filter_map(|c| c.cgroup_id));
+    let devs: Vec<u32> = followed.iter().filter_map(|c| c.root_dev).collect();
+    kernel.pass(&cgroups, &devs)?;
     privileges::drop_after_attach().map_err(Failure::Runtime)?;
     stages.done("filters filled, capabilities dropped");
-    let symbols = syms.table;
-    let kernel = doctor::kernel_release();
+    Ok((kernel, names))
+}
+
+/// The run as a pipeline: options validated; the kernel checked;
+/// attribution started (and `--container` found); probes loaded behind a
+/// typed handle; then events drained, attributed and aggregated until the
+/// end, with one snapshot path for every interval's report and the last.
+async fn trace(cli: Cli) -> Result<Ended, Failure> {
+    let started_wall = SystemTime::now();
+    let t_start = Instant::now();
+    let opts = Options::validate(&cli).await?;
+
+    let mut stages = Stages::new(cli.verbose);
+    let (syms, btf) = kernel_checks(&opts.probe, &mut stages)?;
+    // Attribution runs on its own thread from here on; image layers are
+    // looked up on a thread of their own too (it learns the running
+    // containers' layers while the probes attach).
+    let attribution = Attribution::start(opts.cgroup_mode);
+    let layers = Layers::start();
+    let followed = followed_containers(&cli, &attribution)?;
+    stages.done("attribution started");
+    show_warnings(&attribution);
+
+    let mut signals = Signals::install()?;
+    let t_attach = Instant::now();
+    let (kernel, cgroup_names) = attach(&opts, &syms, btf, &followed, &mut stages)?;
+    attribution.use_kernel_names(cgroup_names);
+    let kernel_release = doctor::kernel_release();
+    let points = kernel.probes().map_or(0, |p| p.report.points.len());
     err_line(&format!(
-        "tracing overlayfs copy-up on {kernel}: {} probes attached in {} ms{}. Ctrl-C to stop.",
-        probes.report.points.len(),
+        "tracing overlayfs copy-up on {kernel_release}: {points} probes attached in {} ms{}. Ctrl-C to stop.",
         t_attach.elapsed().as_millis(),
-        if filter {
+        if opts.probe.filter {
             ", filtered in the kernel"
         } else {
             ""
         }
     ));
 
-    // Before main takes maps it reads itself (WRITES).
-    let kernel_maps = KernelMaps::open(&probes.ebpf)?;
-    let metrics: cowtrace::metrics_server::Shared = Default::default();
-    let metrics_task = metrics_listener.map(|l| {
+    let Options {
+        json,
+        events,
+        cgroup_mode,
+        metrics: listener,
+        ..
+    } = opts;
+    let metrics = listener.map(|l| {
         err_line(&format!("metrics at http://{}/metrics", l.addr));
-        *metrics.lock().unwrap() = cowtrace::metrics::Snapshot::started(
-            probes.report.points.len(),
-            t_start.elapsed().as_secs_f64(),
-        );
-        cowtrace::metrics_server::serve(l, metrics.clone())
+        let shared: cowtrace::metrics_server::Shared = Default::default();
+        *shared.lock().unwrap() =
+            cowtrace::metrics::Snapshot::started(points, t_start.elapsed().as_secs_f64());
+        let task = cowtrace::metrics_server::serve(l, shared.clone());
+        (shared, task)
     });
-
-    let ring = RingBuf::try_from(probes.ebpf.take_map("EVENTS").context("EVENTS map")?)
-        .context("EVENTS map")?;
-    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged
-    // for as long as the AsyncFd holds it.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
-    let writes: BpfHashMap<MapData, WriteKey, WriteStats> =
-        BpfHashMap::try_from(probes.ebpf.take_map("WRITES").context("WRITES map")?)
-            .context("WRITES map")?;
-    let drops: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(probes.ebpf.take_map("DROPS").context("DROPS map")?)
-            .context("DROPS map")?;
-
-    let cgroup_names: cowtrace::attribution::KernelCgroupNames = aya::maps::HashMap::try_from(
-        probes
-            .ebpf
-            .take_map("CGROUP_NAMES")
-            .context("CGROUP_NAMES map")?,
-    )
-    .context("CGROUP_NAMES map")?;
-    attribution.use_kernel_names(cgroup_names);
-
     let mut out = Out {
         closed: false,
         stdout_failed: false,
-        events: events_out,
+        events,
         json_failed: false,
         failed: false,
     };
@@ -583,176 +652,239 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         out.line(&live::event_header());
     }
     let mut stats = Stats::default();
-    for c in &container_filter {
+    for c in &followed {
         stats.touch(&Owner {
             id: c.info.id.clone(),
             name: c.info.name.clone(),
             image: c.info.image.clone(),
         });
     }
-    let mut write_snapshot: HashMap<WriteKey, WriteStats> = HashMap::new();
-    let mut sink = EventSink {
-        pid_filter: &cli.pids,
-        attribution,
-        held: std::collections::VecDeque::new(),
-        symbols,
-        stats,
-        out,
-        print_events,
-        mono_to_wall: mono_offset(),
-        layers,
-        per_layer: PerLayer::default(),
-    };
-
-    let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut tick =
-        tokio::time::interval_at(tokio::time::Instant::now() + cli.interval, cli.interval);
-    let mut drain = tokio::time::interval(Duration::from_millis(50));
-    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let started = Instant::now();
-
+    let mono_to_wall = mono_offset();
     let base = RunBase {
-        kernel: kernel.clone(),
+        kernel: kernel_release,
         started: started_wall,
-        probes: serde_json::to_value(&probes.report.points).unwrap_or_default(),
-        mono_to_wall: sink.mono_to_wall,
+        probes: kernel
+            .probes()
+            .map(|p| serde_json::to_value(&p.report.points).unwrap_or_default())
+            .unwrap_or_default(),
+        mono_to_wall,
         write_sample_every: cli.write_sample as u64,
+        cgroup_mode,
     };
+    let mut run = Run {
+        cli: &cli,
+        sink: EventSink {
+            pid_filter: &cli.pids,
+            attribution,
+            held: std::collections::VecDeque::new(),
+            symbols: syms.table,
+            stats,
+            out,
+            print_events,
+            mono_to_wall,
+            layers,
+            per_layer: PerLayer::default(),
+        },
+        kernel,
+        base,
+        json,
+        metrics,
+        started: Instant::now(),
+        followed,
+    };
+    run.until_end(&mut signals).await?;
+    Ok(run.end())
+}
 
-    loop {
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("ring buffer")?;
-                // Left ready while records remain: the loop comes back
-                // after looking at the other branches.
-                if sink.drain(guard.get_inner_mut()) {
-                    drop(guard);
-                    // Let the runtime look at its timers and signals (a
-                    // branch that is always ready never yields by itself).
-                    tokio::task::yield_now().await;
-                } else {
-                    guard.clear_ready();
-                }
-            }
-            // Records below the kernel's wake-up threshold arrive without a
-            // wake-up: collect them at least this often (and release held
-            // events whose owner is now known).
-            _ = drain.tick() => {
-                let _ = sink.drain(ring.get_mut());
-                sink.out.flush_events();
-                // Exited containers keep their totals, not their files.
-                for gone in sink.attribution.take_exited() {
-                    sink.stats.compact(&gone);
-                }
-            }
-            Some(update) = sink.attribution.filter_updates.recv() => {
-                // A followed container (re)started: trace its new cgroup
-                // and root filesystem too.
-                follow_in_kernel(&mut probes, &update)?;
-            }
-            _ = tick.tick() => {
-                read_writes(&writes, &mut write_snapshot);
-                let d = read_drops(&drops);
-                let full = kernel_maps.map_full();
-                sink.stats.refresh_names(|o| sink.attribution.describe(o));
-                let totals = write_totals(&write_snapshot, &mut sink.attribution, false);
-                let rows = sink.stats.rows(&totals);
-                if !sink.out.closed {
-                    err_text(&live::summary_table(&rows, d.iter().sum()));
-                    if let Some(l) = cowtrace::kernel_maps::summary_line(&full) {
-                        err_line(&l);
+/// A run under way: the event sink, the kernel side and the outputs.
+struct Run<'a> {
+    cli: &'a Cli,
+    sink: EventSink<'a>,
+    kernel: KernelSide,
+    base: RunBase,
+    json: Option<JsonTarget>,
+    /// What the metrics endpoint serves, and its task (while it runs).
+    metrics: Option<(
+        cowtrace::metrics_server::Shared,
+        tokio::task::JoinHandle<()>,
+    )>,
+    started: Instant,
+    /// `--container`'s containers.
+    followed: Vec<Entry>,
+}
+
+/// When a report is made: each interval, or at the end (with the events
+/// the final drain had no time for).
+#[derive(Clone, Copy)]
+enum Moment {
+    Interval,
+    End { lost: Drops },
+}
+
+impl Run<'_> {
+    /// Drains, attributes and aggregates events, reports every interval,
+    /// and follows `--container` across restarts, until a signal, the
+    /// `--duration`, or a closed stdout.
+    async fn until_end(&mut self, signals: &mut Signals) -> Result<()> {
+        let deadline = self.cli.duration.map(|d| tokio::time::Instant::now() + d);
+        let interval = self.cli.interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let mut drain = tokio::time::interval(Duration::from_millis(50));
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                guard = self.kernel.ring.readable_mut() => {
+                    let mut guard = guard.context("ring buffer")?;
+                    // Left ready while records remain: the loop comes back
+                    // after looking at the other branches.
+                    if self.sink.drain(guard.get_inner_mut()) {
+                        drop(guard);
+                        // Let the runtime look at its timers and signals (a
+                        // branch that is always ready never yields by itself).
+                        tokio::task::yield_now().await;
+                    } else {
+                        guard.clear_ready();
                     }
                 }
-                // Copy-ups are checked for changing nothing in the
-                // background: this report has the last check's result.
-                sink.layers.evaluate();
-                if let Some(t) = &json {
-                    let elapsed = started.elapsed().as_secs_f64();
-                    let unchanged = sink.layers.unchanged();
-                    let v = build_report(
-                        &base,
-                        elapsed,
-                        d,
-                        &kernel_maps,
-                        &rows,
-                        (&sink.per_layer, &unchanged),
-                    );
-                    sink.out.json(t, &v);
+                // Records below the kernel's wake-up threshold arrive
+                // without a wake-up: collect them at least this often (and
+                // release held events whose owner is now known).
+                _ = drain.tick() => {
+                    let _ = self.sink.drain(self.kernel.ring.get_mut());
+                    self.sink.out.flush_events();
+                    show_warnings(&self.sink.attribution);
+                    // Exited containers keep their totals, not their files.
+                    for gone in self.sink.attribution.take_exited() {
+                        self.sink.stats.compact(&gone);
+                    }
                 }
-                if metrics_task.is_some() {
-                    let forgotten = sink.attribution.exited_for(cli.metrics_forget_after);
-                    update_metrics(&metrics, &rows, d, &full, &forgotten);
+                Some(update) = self.sink.attribution.filter_updates.recv() => {
+                    // A followed container (re)started: trace its new
+                    // cgroup and root filesystem too.
+                    self.kernel.follow(&update)?;
                 }
+                _ = tick.tick() => self.report(Moment::Interval),
+                _ = signals.any() => break,
+                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = sighup.recv() => break,
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+            // Seen here too, whatever the runtime polled: the signal
+            // handler counts signals, and the deadline is a clock.
+            if self.sink.out.closed
+                || shutdown::requested()
+                || deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+            {
+                break;
+            }
         }
-        // Seen here too, whatever the runtime polled: the signal handler
-        // counts signals, and the deadline is a clock.
-        if sink.out.closed
-            || shutdown::requested()
-            || deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
-        {
-            break;
+        Ok(())
+    }
+
+    /// The end. The kernel side stops first: from then on no event, drop
+    /// or write is added, so the drain below ends even under a storm of
+    /// events; what it cannot handle within its budget is counted as
+    /// dropped, never silently lost. Nothing here waits for the runtime:
+    /// held events get a last short chance to be attributed from what the
+    /// attribution worker knows. The final report and summary are written
+    /// before the probes are detached (which can take seconds on a busy
+    /// machine).
+    fn end(mut self) -> Ended {
+        let ending = Instant::now();
+        if let Err(e) = self.kernel.stop_events() {
+            // Not expected; then it detached, which stops events too.
+            err_line(&format!(
+                "cowtrace: warning: {e:#}; detaching before the final drain"
+            ));
+        }
+        let lost = self
+            .sink
+            .drain_until(self.kernel.ring.get_mut(), ending + DRAIN_BUDGET);
+        self.report(Moment::End { lost });
+        if self.cli.changes && !self.sink.out.closed {
+            for c in &self.followed {
+                err_text(&match self.sink.layers.changes(&c.info.id, CHANGES_WAIT) {
+                    Some(list) => changes::render(&c.info.name, &list),
+                    None => format!(
+                        "changes in {}: not known (the runtime did not give its layers in time)\n",
+                        escape_str(&c.info.name)
+                    ),
+                });
+            }
+        }
+        // Only now, with everything written: detach (all probes at once).
+        self.kernel.detach();
+        if self.sink.out.failed {
+            Ended::OutputFailed
+        } else {
+            Ended::Clean
         }
     }
 
-    // The end. The kernel side stops first: from then on no event, drop or
-    // write is added, so the drain below ends even under a storm of
-    // events; what it cannot handle within its budget is counted as
-    // dropped, never silently lost. Nothing here waits for the runtime:
-    // held events get a last short chance to be attributed from what the
-    // attribution worker knows. The final report and summary are written
-    // before the probes are detached (which can take seconds on a busy
-    // machine).
-    let ending = Instant::now();
-    let mut attached = Some(probes);
-    if let Some(Err(e)) = attached.as_mut().map(|p| p.stop_events()) {
-        // Not expected; then detach first, which stops events too.
-        err_line(&format!(
-            "cowtrace: warning: {e:#}; detaching before the final drain"
-        ));
-        if let Some(p) = attached.take() {
-            p.detach();
+    /// The one snapshot path, for each interval and the end: the kernel's
+    /// write totals and counters are read, names refreshed, each owner's
+    /// row built once, and from those rows the JSON, the metrics and the
+    /// summary (the interval's table, or the exit summary).
+    fn report(&mut self, moment: Moment) {
+        let last = matches!(moment, Moment::End { .. });
+        self.kernel.read_writes();
+        let mut drops = self.kernel.read_drops();
+        if let Moment::End { lost } = moment {
+            for (a, b) in drops.iter_mut().zip(lost) {
+                *a += b;
+            }
+            // A short last wait for attribution (of held events and of the
+            // writers).
+            let writers: Vec<u64> = self.kernel.writes().keys().map(|k| k.cgroup_id).collect();
+            self.sink.finish(&writers);
         }
-    }
-    let lost = sink.drain_until(ring.get_mut(), ending + DRAIN_BUDGET);
-    read_writes(&writes, &mut write_snapshot);
-    let mut d = read_drops(&drops);
-    for (a, b) in d.iter_mut().zip(lost) {
-        *a += b;
-    }
-    let writers: Vec<u64> = write_snapshot.keys().map(|k| k.cgroup_id).collect();
-    sink.finish(&writers);
-    let elapsed = started.elapsed().as_secs_f64();
-    sink.stats.refresh_names(|o| sink.attribution.describe(o));
-    let totals = write_totals(&write_snapshot, &mut sink.attribution, true);
-    let rows = sink.stats.rows(&totals);
-    sink.out.flush_events();
-    let unchanged = sink.layers.evaluate_and_wait(FINAL_CHECK_WAIT);
-    if let Some(t) = &json {
-        let v = build_report(
-            &base,
-            elapsed,
-            d,
-            &kernel_maps,
-            &rows,
-            (&sink.per_layer, &unchanged),
-        );
-        sink.out.json(t, &v);
-    }
-    // The last numbers are served until the probes are detached; then the
-    // endpoint closes with the process.
-    if metrics_task.is_some() {
-        let forgotten = sink.attribution.exited_for(cli.metrics_forget_after);
-        update_metrics(&metrics, &rows, d, &kernel_maps.map_full(), &forgotten);
-    }
-    if !sink.out.closed {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let full = self.kernel.maps.map_full();
+        let sink = &mut self.sink;
+        sink.stats.refresh_names(|o| sink.attribution.describe(o));
+        let totals = write_totals(self.kernel.writes(), &mut sink.attribution, last);
+        let rows = sink.stats.rows(&totals);
+        if last {
+            sink.out.flush_events();
+        }
+        // Copy-ups are checked for changing nothing in the background: an
+        // interval's report has the last check's result; the end waits a
+        // little for a fresh one.
+        let unchanged = if last {
+            sink.layers.evaluate_and_wait(FINAL_CHECK_WAIT)
+        } else {
+            sink.layers.evaluate();
+            sink.layers.unchanged()
+        };
+        if let Some(t) = &self.json {
+            let v = build_report(
+                &self.base,
+                elapsed,
+                drops,
+                &self.kernel.maps,
+                &rows,
+                (&sink.per_layer, &unchanged),
+            );
+            sink.out.json(t, &v);
+        }
+        // At the end the last numbers are served until the probes are
+        // detached; then the endpoint closes with the process.
+        if let Some((shared, _)) = &self.metrics {
+            let forgotten = sink.attribution.exited_for(self.cli.metrics_forget_after);
+            update_metrics(shared, &rows, drops, &full, &forgotten);
+        }
+        if sink.out.closed {
+            return;
+        }
+        let map_full_line = cowtrace::kernel_maps::summary_line(&full);
+        if !last {
+            err_text(&live::summary_table(&rows, drops.iter().sum()));
+            if let Some(l) = map_full_line {
+                err_line(&l);
+            }
+            return;
+        }
         let mut text = format!("\n--- cowtrace summary ({elapsed:.1} s) ---\n");
-        text.push_str(&live::exit_summary(&rows, d.iter().sum()));
-        if let Some(l) = cowtrace::kernel_maps::summary_line(&kernel_maps.map_full()) {
+        text.push_str(&live::exit_summary(&rows, drops.iter().sum()));
+        if let Some(l) = map_full_line {
             text.push_str(&l);
             text.push('\n');
         }
@@ -764,27 +896,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             text.push_str(&advice::text(&o.name, &advice));
         }
         err_text(&text);
-        if cli.changes {
-            for c in &container_filter {
-                err_text(&match sink.layers.changes(&c.info.id, CHANGES_WAIT) {
-                    Some(list) => changes::render(&c.info.name, &list),
-                    None => format!(
-                        "changes in {}: not known (the runtime did not give its layers in time)\n",
-                        escape_str(&c.info.name)
-                    ),
-                });
-            }
-        }
     }
-    // Only now, with everything written: detach (all probes at once).
-    if let Some(p) = attached.take() {
-        p.detach();
-    }
-    Ok(if sink.out.failed {
-        Ended::OutputFailed
-    } else {
-        Ended::Clean
-    })
 }
 
 /// The longest one pass over the ring buffer runs before the loop looks
@@ -794,21 +906,6 @@ const DRAIN_SLICE: Duration = Duration::from_millis(20);
 /// How long the final drain may take once the kernel side has stopped:
 /// the final report and summary are out within 2 s of the signal.
 const DRAIN_BUDGET: Duration = Duration::from_millis(800);
-
-fn fill_filter<K: aya::Pod>(probes: &mut Probes, map: &str, keys: &[K]) -> Result<()> {
-    let mut m: BpfHashMap<_, K, u8> = BpfHashMap::try_from(
-        probes
-            .ebpf
-            .map_mut(map)
-            .with_context(|| format!("{map} map"))?,
-    )
-    .with_context(|| format!("{map} map"))?;
-    for k in keys {
-        m.insert(k, 1, 0)
-            .with_context(|| format!("filling {map}"))?;
-    }
-    Ok(())
-}
 
 /// How long an event may wait for attribution to learn its cgroup before
 /// it is booked to whatever is known then.
@@ -910,12 +1007,17 @@ impl EventSink<'_> {
     fn release(&mut self, now: Instant, all: bool) {
         while let Some((since, ev)) = self.held.front() {
             let waited = all || now.duration_since(*since) >= HOLD || self.held.len() > MAX_HELD;
-            let owner = match self.attribution.owner_of_cgroup(ev.cgroup_id) {
+            let by_cgroup = match self.attribution.owner_of_cgroup(ev.cgroup_id) {
                 Some(o) => o,
                 None if waited => Owner::host(),
                 None => break,
             };
-            let fs = self.attribution.owner_of_dev(ev.dev);
+            let fs = match self.attribution.filesystem_of(ev.dev) {
+                Some(fs) => fs,
+                None if waited => None,
+                None => break,
+            };
+            let owner = self.attribution.owner(by_cgroup, fs.as_ref());
             let layer = match self.layers.lookup(fs.as_ref(), ev) {
                 Some(l) => l,
                 None if waited => self.layers.too_slow(fs.as_ref(), ev),
@@ -969,34 +1071,11 @@ impl EventSink<'_> {
     }
 }
 
-/// Keeps the kernel filters on a followed container: its new cgroup and
-/// root device after a (re)start, minus a device it gave up.
-fn follow_in_kernel(probes: &mut Probes, update: &FilterUpdate) -> Result<()> {
-    match *update {
-        FilterUpdate::Add {
-            cgroup_id,
-            root_dev,
-        } => {
-            if let Some(cg) = cgroup_id {
-                fill_filter::<u64>(probes, "CGROUP_FILTER", &[cg])?;
-            }
-            if let Some(dev) = root_dev {
-                fill_filter::<u32>(probes, "DEV_FILTER", &[dev])?;
-            }
-        }
-        FilterUpdate::RemoveDev(dev) => {
-            let mut m: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
-                probes
-                    .ebpf
-                    .map_mut("DEV_FILTER")
-                    .context("DEV_FILTER map")?,
-            )
-            .context("DEV_FILTER map")?;
-            // Already gone is fine.
-            let _ = m.remove(&dev);
-        }
+/// Prints the attribution's warnings not shown yet, one line each.
+fn show_warnings(attribution: &Attribution) {
+    for w in attribution.take_warnings() {
+        err_line(&format!("cowtrace: warning: {}", escape_str(&w)));
     }
-    Ok(())
 }
 
 /// Each owner's writes, from the kernel's per-(cgroup, device) totals.
@@ -1009,11 +1088,17 @@ fn write_totals(
 ) -> HashMap<Owner, WriteTotals> {
     let mut totals: HashMap<Owner, WriteTotals> = HashMap::new();
     for (k, s) in writes {
-        let owner = match attribution.owner_of_cgroup(k.cgroup_id) {
+        let by_cgroup = match attribution.owner_of_cgroup(k.cgroup_id) {
             Some(o) => o,
             None if last => Owner::host(),
             None => continue,
         };
+        let fs = match attribution.filesystem_of(k.dev) {
+            Some(fs) => fs,
+            None if last => None,
+            None => continue,
+        };
+        let owner = attribution.owner(by_cgroup, fs.as_ref());
         totals.entry(owner).or_default().add_kernel(s);
     }
     totals
@@ -1026,12 +1111,13 @@ struct RunBase {
     probes: serde_json::Value,
     mono_to_wall: i64,
     write_sample_every: u64,
+    cgroup_mode: CgroupMode,
 }
 
 fn build_report(
     base: &RunBase,
     elapsed: f64,
-    drops: [u64; 3],
+    drops: Drops,
     kernel_maps: &KernelMaps,
     rows: &[Row<'_>],
     (per_layer, unchanged): (&PerLayer, &UnchangedReport),
@@ -1047,6 +1133,7 @@ fn build_report(
         kernel_maps: kernel_maps.occupancy(),
         write_sample_every: base.write_sample_every,
         monotonic_to_unix_ns: base.mono_to_wall,
+        cgroup_mode: base.cgroup_mode,
     };
     let containers = rows
         .iter()
@@ -1062,7 +1149,7 @@ fn build_report(
 fn update_metrics(
     shared: &cowtrace::metrics_server::Shared,
     rows: &[Row<'_>],
-    drops: [u64; 3],
+    drops: Drops,
     map_full: &cowtrace::kernel_maps::MapFullCounts,
     forgotten: &std::collections::HashSet<String>,
 ) {
@@ -1078,25 +1165,6 @@ fn update_metrics(
     if let Ok(mut snap) = shared.lock() {
         snap.update(rows, &drops, forgotten);
     }
-}
-
-fn read_writes(
-    map: &BpfHashMap<MapData, WriteKey, WriteStats>,
-    snap: &mut HashMap<WriteKey, WriteStats>,
-) {
-    for (k, stats) in map.iter().flatten() {
-        snap.insert(k, stats);
-    }
-}
-
-fn read_drops(map: &PerCpuArray<MapData, u64>) -> [u64; 3] {
-    let mut d = [0u64; 3];
-    for (i, slot) in d.iter_mut().enumerate() {
-        if let Ok(v) = map.get(&(i as u32), 0) {
-            *slot = v.iter().sum();
-        }
-    }
-    d
 }
 
 /// Wall-clock ns minus CLOCK_MONOTONIC ns, to place kernel timestamps.

@@ -27,6 +27,8 @@ pub struct RunInfo<'a> {
     pub write_sample_every: u64,
     /// Unix-epoch ns minus CLOCK_MONOTONIC ns, taken once at start.
     pub monotonic_to_unix_ns: i64,
+    /// How the host mounts its cgroups, and so how events are attributed.
+    pub cgroup_mode: crate::cgroup::CgroupMode,
 }
 
 /// `{count, bytes, latency_ns{...}, buckets, hdr}` for one histogram.
@@ -142,6 +144,7 @@ pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
         "probes": run.probes,
         "write_sample_every": run.write_sample_every,
         "clock": {"monotonic_to_unix_ns": run.monotonic_to_unix_ns},
+        "cgroup": {"mode": run.cgroup_mode, "attribution": run.cgroup_mode.attribution()},
         "drops": drops,
         "kernel_maps": kernel_maps,
         "containers": containers,
@@ -346,6 +349,7 @@ mod tests {
                 .collect(),
             write_sample_every: 1,
             monotonic_to_unix_ns: 1_700_000_000_000_000_000,
+            cgroup_mode: crate::cgroup::CgroupMode::V1,
         };
         let mut c = container_json(&Owner::host(), &s, &w);
         layer_sample().add_to_container_json(

@@ -385,3 +385,33 @@ impl Drop for Tracer {
         }
     }
 }
+
+/// A Docker engine's command line, for the Docker guests' tests.
+pub mod engine {
+    use std::process::Command;
+
+    /// Runs `program args...`, panicking with its stderr unless it
+    /// succeeds; its stdout, trimmed.
+    pub fn run(program: &str, args: &[&str]) -> String {
+        let o = Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run {program}: {e}"));
+        assert!(
+            o.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    pub fn docker(args: &[&str]) -> String {
+        run("docker", args)
+    }
+
+    /// `docker build` of the context directory `ctx` as `tag`, offline (the
+    /// guest has no network; every base image is already loaded).
+    pub fn build_image(tag: &str, ctx: &str) {
+        docker(&["build", "-q", "--network", "none", "-t", tag, ctx]);
+    }
+}

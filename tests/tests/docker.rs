@@ -7,29 +7,13 @@
 //! systemd creates and removes). Tests whose expectations differ between
 //! the two ask [`booted_with_systemd`].
 
+use cowtrace_tests::engine::{build_image, docker, run};
 use cowtrace_tests::{make_file, Overlay, Tracer};
 use serde_json::Value;
 use std::process::Command;
 use std::sync::OnceLock;
 
 const IMAGE: &str = "cowtrace/test-img";
-
-fn run(program: &str, args: &[&str]) -> String {
-    let o = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"));
-    assert!(
-        o.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn docker(args: &[&str]) -> String {
-    run("docker", args)
-}
 
 /// Whether the guest's PID 1 is systemd (else the shell init).
 fn booted_with_systemd() -> bool {
@@ -50,12 +34,6 @@ fn cgroup_of(pid: &str) -> (String, u64) {
         .unwrap()
         .ino();
     (path, id)
-}
-
-/// `docker build` of the context directory `ctx` as `tag`, offline (the
-/// guest has no network; every base image is already loaded).
-fn build_image(tag: &str, ctx: &str) {
-    docker(&["build", "-q", "--network", "none", "-t", tag, ctx]);
 }
 
 /// Builds the test image once: a layer of 20 small files on busybox.

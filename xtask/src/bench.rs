@@ -68,6 +68,7 @@ pub fn run(tooling: &Tooling, kernel: Series, out: &Path, opts: &Options) -> Res
             opts.minutes.to_string(),
         ],
         agent: Some(agent),
+        cgroups: Default::default(),
     };
     let rc = guest::run(&spec)?;
     if rc != 0 {

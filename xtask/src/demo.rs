@@ -51,6 +51,7 @@ pub fn run(
             if improved { "improved" } else { "plain" }.into(),
         ],
         agent: Some(agent.clone()),
+        cgroups: Default::default(),
     };
     let rc = guest::run(&spec)?;
     if rc != 0 {

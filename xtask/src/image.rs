@@ -37,6 +37,7 @@ pub fn run(tooling: &Tooling, out: &Path) -> Result<i32> {
         timeout: Duration::from_secs(900),
         command: vec!["sh".into(), "-c".into(), script],
         agent: Some(agent),
+        cgroups: Default::default(),
     };
     let rc = guest::run(&spec)?;
     if rc != 0 {

@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
-use xtask::guest::{self, Copy, GuestFailure, GuestKind, GuestSpec, Init};
+use xtask::guest::{self, Cgroups, Copy, GuestFailure, GuestKind, GuestSpec, Init};
 use xtask::kernel::Series;
 use xtask::{build, setup, testopts, testrun};
 
@@ -144,6 +144,10 @@ struct VmArgs {
         requires = "docker"
     )]
     init: Init,
+    /// Which cgroup hierarchies the shell init mounts: v2 (cgroup2), or v1
+    /// (one v1 hierarchy per controller, as on an older host), e.g. --cgroup v1
+    #[arg(long, default_value = "v2", value_name = "v2|v1")]
+    cgroup: Cgroups,
     /// HOST_PATH:GUEST_PATH to put into the guest (repeatable).
     #[arg(long = "copy", value_name = "HOST_PATH:GUEST_PATH")]
     copies: Vec<Copy>,
@@ -217,6 +221,7 @@ fn run(cli: Cli) -> Result<i32> {
                 timeout: Duration::from_secs(a.timeout),
                 command: a.command,
                 agent: Some(agent),
+                cgroups: a.cgroup,
             };
             guest::run(&spec)
         }

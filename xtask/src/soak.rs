@@ -44,6 +44,7 @@ pub fn run(tooling: &Tooling, kernel: Series, out: &Path, size: &SoakSize) -> Re
             size.parallel.to_string(),
         ],
         agent: Some(agent),
+        cgroups: Default::default(),
     };
     let rc = guest::run(&spec)?;
     println!(

@@ -10,6 +10,9 @@ use std::time::Duration;
 /// a Docker engine as well.
 pub const KERNEL_TARGETS: &[&str] = &["cowtrace_tests", "kernel"];
 pub const DOCKER_TARGETS: &[&str] = &["docker"];
+/// The tests of a cgroup v1 host: one Docker guest (shell init) booted
+/// with cgroup v1 hierarchies instead of cgroup2.
+pub const CGROUP_V1_TARGETS: &[&str] = &["cgroup_v1"];
 
 /// Whether the Docker guest's tests run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,13 +9,14 @@
 
 use crate::build;
 use crate::demo;
-use crate::guest::{self, Copy, GuestKind, GuestSpec, Init, Sinks};
+use crate::guest::{self, Cgroups, Copy, GuestKind, GuestSpec, Init, Sinks};
 use crate::kernel::Series;
 use crate::native;
 use crate::results::{Counts, Tee, Verdict};
 use crate::setup::Tooling;
 use crate::testopts::{
-    executable_args, DockerTests, Kernels, TestOptions, DOCKER_TARGETS, KERNEL_TARGETS,
+    executable_args, DockerTests, Kernels, TestOptions, CGROUP_V1_TARGETS, DOCKER_TARGETS,
+    KERNEL_TARGETS,
 };
 use crate::util::note;
 use anyhow::{Context, Result};
@@ -93,9 +94,17 @@ fn guest_tests(
             continue;
         }
         let docker = guest_run.kind.is_docker();
-        let label = match guest_run.kind {
-            GuestKind::Small => guest_run.kernel.to_string(),
-            GuestKind::Docker(init) => format!("{} (docker, {init} init)", guest_run.kernel),
+        let label = match (guest_run.kind, guest_run.cgroups) {
+            (GuestKind::Small, _) => guest_run.kernel.to_string(),
+            (GuestKind::Docker(init), Cgroups::V2) => {
+                format!("{} (docker, {init} init)", guest_run.kernel)
+            }
+            (GuestKind::Docker(init), cgroups) => {
+                format!(
+                    "{} (docker, {init} init, cgroup {cgroups})",
+                    guest_run.kernel
+                )
+            }
         };
         note(format!("tests on kernel series {label}"));
         let mut copies: Vec<Copy> = selected
@@ -143,6 +152,7 @@ fn guest_tests(
             timeout: opts.timeout,
             command,
             agent: Some(agent.clone()),
+            cgroups: guest_run.cgroups,
         };
         let captured = Arc::new(Mutex::new(Vec::new()));
         let mut sinks = Sinks {
@@ -170,6 +180,7 @@ const PROMETHEUS_TOOLS: [&str; 2] = ["prometheus", "promtool"];
 struct GuestRun {
     kernel: Series,
     kind: GuestKind,
+    cgroups: Cgroups,
     targets: &'static [&'static str],
     /// Test-name prefixes this boot leaves out (libtest `--skip`).
     skip: &'static [&'static str],
@@ -183,7 +194,8 @@ const ANY_INIT_TESTS: &str = "any_init::";
 /// The plain-overlay tests on every selected kernel, then the Docker tests
 /// once per init, those that do not depend on the init in the first one only
 /// (Docker's runc does not start containers on 5.10, so they run on the
-/// first selected kernel that is not 5.10).
+/// first selected kernel that is not 5.10), then, with the shell init, the
+/// cgroup v1 host's tests in one more boot of its guest.
 fn plan(docker: DockerTests, series: &[Series], inits: &[Init]) -> Vec<GuestRun> {
     let mut runs = Vec::new();
     if docker != DockerTests::Only {
@@ -191,6 +203,7 @@ fn plan(docker: DockerTests, series: &[Series], inits: &[Init]) -> Vec<GuestRun>
             runs.push(GuestRun {
                 kernel,
                 kind: GuestKind::Small,
+                cgroups: Cgroups::V2,
                 targets: KERNEL_TARGETS,
                 skip: &[],
             });
@@ -202,8 +215,18 @@ fn plan(docker: DockerTests, series: &[Series], inits: &[Init]) -> Vec<GuestRun>
                 runs.push(GuestRun {
                     kernel,
                     kind: GuestKind::Docker(init),
+                    cgroups: Cgroups::V2,
                     targets: DOCKER_TARGETS,
                     skip: if nth == 0 { &[] } else { &[ANY_INIT_TESTS] },
+                });
+            }
+            if inits.contains(&Init::Shell) {
+                runs.push(GuestRun {
+                    kernel,
+                    kind: GuestKind::Docker(Init::Shell),
+                    cgroups: Cgroups::V1,
+                    targets: CGROUP_V1_TARGETS,
+                    skip: &[],
                 });
             }
         }

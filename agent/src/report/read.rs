@@ -36,6 +36,9 @@ pub struct Report {
     /// Added within v1 after the first reports: absent in older ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<Clock>,
+    /// Added within v1: absent in older reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<Cgroup>,
     pub probes: Vec<Probe>,
     pub drops: Drops,
     /// Added within v1: absent in older reports.
@@ -51,6 +54,13 @@ pub struct KernelMap {
     pub max_entries: u64,
 }
 
+/// `cgroup`: the host's cgroup mode and how events were attributed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Cgroup {
+    pub mode: String,
+    pub attribution: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Clock {
     pub monotonic_to_unix_ns: i64,
@@ -61,6 +71,9 @@ pub struct Clock {
 pub const ADDED_WITHIN_V1: &[&str] = &[
     "clock",
     "clock.monotonic_to_unix_ns",
+    "cgroup",
+    "cgroup.mode",
+    "cgroup.attribution",
     "containers[].top_files[].error_ns",
     "containers[].top_files_other",
     "containers[].top_files_other.count",
@@ -510,6 +523,7 @@ mod tests {
     fn fields_added_within_v1_are_read() {
         let mut v: Value = serde_json::from_str(DEMO).unwrap();
         v["clock"] = serde_json::json!({"monotonic_to_unix_ns": 1_764_000_000_000_000_000i64});
+        v["cgroup"] = serde_json::json!({"mode": "v1", "attribution": "filesystem"});
         v["containers"][0]["top_files"][0]["error_ns"] = 0.into();
         v["containers"][0]["top_files_other"] =
             serde_json::json!({"count": 3, "total_ns": 9, "bytes": 12});
@@ -521,6 +535,7 @@ mod tests {
                 monotonic_to_unix_ns: 1_764_000_000_000_000_000
             })
         );
+        assert_eq!(run.report.cgroup.as_ref().unwrap().mode, "v1");
         assert_eq!(serde_json::to_value(&run.report).unwrap(), v);
     }
 

@@ -3,12 +3,13 @@
 //! the init on systemd guests.
 
 use super::protocol;
-use super::spec::{GuestKind, Init};
+use super::spec::{Cgroups, GuestKind, Init};
 use crate::util::shell_quote;
 
 /// Every script piece, by file name (also checked by the protocol tests).
 pub const SCRIPTS: &[(&str, &str)] = &[
     ("common.sh", COMMON),
+    ("cgroup-v1.sh", CGROUP_V1),
     ("docker-start.sh", DOCKER_START),
     ("run-command.sh", RUN_COMMAND),
     ("docker-stop.sh", DOCKER_STOP),
@@ -21,6 +22,19 @@ pub const SCRIPTS: &[(&str, &str)] = &[
 ];
 
 const COMMON: &str = include_str!("scripts/common.sh");
+const CGROUP_V1: &str = include_str!("scripts/cgroup-v1.sh");
+/// The line of common.sh that mounts cgroup2; a cgroup v1 guest has
+/// cgroup-v1.sh in its place (common.sh itself stays as it is: it is part
+/// of the cached Docker disk's key).
+const CGROUP2_MOUNT: &str = "mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup\n";
+
+/// common.sh with the cgroups asked for.
+fn common(cgroups: Cgroups) -> String {
+    match cgroups {
+        Cgroups::V2 => COMMON.to_string(),
+        Cgroups::V1 => COMMON.replacen(CGROUP2_MOUNT, CGROUP_V1, 1),
+    }
+}
 const DOCKER_START: &str = include_str!("scripts/docker-start.sh");
 const RUN_COMMAND: &str = include_str!("scripts/run-command.sh");
 const DOCKER_STOP: &str = include_str!("scripts/docker-stop.sh");
@@ -57,10 +71,17 @@ fn header() -> String {
 /// [`RUN_UNIT`]'s program). `clean_stop` stops the engine and remounts /
 /// read-only before powering off (for disks that are kept).
 pub fn init_script(kind: GuestKind, clean_stop: bool) -> String {
+    init_script_with(kind, clean_stop, Cgroups::V2)
+}
+
+/// [`init_script`] with the cgroups asked for (the shell inits mount them;
+/// systemd mounts its own).
+pub fn init_script_with(kind: GuestKind, clean_stop: bool, cgroups: Cgroups) -> String {
     let mut s = header();
+    let common = common(cgroups);
     let (setup, stop) = match kind {
-        GuestKind::Small => (vec![COMMON], None),
-        GuestKind::Docker(Init::Shell) => (vec![COMMON, DOCKER_START], Some(DOCKER_STOP)),
+        GuestKind::Small => (vec![common.as_str()], None),
+        GuestKind::Docker(Init::Shell) => (vec![common.as_str(), DOCKER_START], Some(DOCKER_STOP)),
         GuestKind::Docker(Init::Systemd) => (
             vec![SYSTEMD_SETUP, SYSTEMD_DOCKER_READY],
             Some(SYSTEMD_STOP),
@@ -117,6 +138,7 @@ mod tests {
             init_script(GuestKind::Docker(Init::Shell), true),
             init_script(GuestKind::Docker(Init::Systemd), true),
             init_script(GuestKind::Docker(Init::Systemd), false),
+            init_script_with(GuestKind::Docker(Init::Shell), true, Cgroups::V1),
             stage1_script(&["/lib/modules/x/a.ko".into()], Init::Shell),
             stage1_script(&["/lib/modules/x/a.ko".into()], Init::Systemd),
         ] {
@@ -126,6 +148,20 @@ mod tests {
                 .unwrap();
             assert!(st.success(), "{script}");
         }
+    }
+
+    #[test]
+    fn a_cgroup_v1_guest_mounts_v1_hierarchies_instead_of_cgroup2() {
+        assert_eq!(COMMON.matches(CGROUP2_MOUNT).count(), 1);
+        let v1 = init_script_with(GuestKind::Docker(Init::Shell), true, Cgroups::V1);
+        assert!(!v1.contains("-t cgroup2"), "{v1}");
+        assert!(v1.contains("mount -t cgroup -o $name"), "{v1}");
+        assert!(v1.contains("name=systemd"), "{v1}");
+        // The v2 guest's init (a key of the cached disk) is unchanged.
+        assert_eq!(
+            init_script(GuestKind::Docker(Init::Shell), true),
+            init_script_with(GuestKind::Docker(Init::Shell), true, Cgroups::V2)
+        );
     }
 
     #[test]

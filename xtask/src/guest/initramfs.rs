@@ -21,7 +21,7 @@ pub fn payload(spec: &GuestSpec, clean_stop: bool) -> Result<Tree> {
     t.bytes(
         "etc/cowtrace/init",
         0o755,
-        init::init_script(spec.kind, clean_stop),
+        init::init_script_with(spec.kind, clean_stop, spec.cgroups),
     );
     t.bytes(
         "etc/cowtrace/cmd",

@@ -4,7 +4,7 @@
 //!
 //! One-way layering, each module using only those above it:
 //!
-//! * [`spec`]: what to run where ([`GuestSpec`], [`GuestKind`], [`Init`], [`Copy`]).
+//! * [`spec`]: what to run where ([`GuestSpec`], [`GuestKind`], [`Init`], [`Cgroups`], [`Copy`]).
 //! * [`protocol`]: the marker lines between a guest's init and the host.
 //! * [`init`]: the init scripts (`scripts/*.sh`) behind the protocol.
 //! * [`rootfs`], [`disk`]: root filesystems and the Docker guest's disk.
@@ -25,5 +25,5 @@ pub mod spec;
 pub mod vm;
 
 pub use run::{run, run_with, GuestFailure};
-pub use spec::{Copy, GuestKind, GuestSpec, Init};
+pub use spec::{Cgroups, Copy, GuestKind, GuestSpec, Init};
 pub use vm::Sinks;

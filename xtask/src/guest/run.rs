@@ -12,7 +12,7 @@ use super::disk;
 use super::init;
 use super::initramfs::{initramfs, payload};
 use super::rundir::new_run_dir;
-use super::spec::{GuestKind, GuestSpec, Init};
+use super::spec::{Cgroups, GuestKind, GuestSpec, Init};
 use super::vm::{self, Accel, Boot, Outcome, Report, Sinks};
 use crate::kernel::{self, Kernel};
 use crate::util::{self, note};
@@ -60,6 +60,12 @@ pub fn run(spec: &GuestSpec) -> Result<i32> {
 
 /// Run the command, streaming into `sinks`.
 pub fn run_with(spec: &GuestSpec, sinks: &mut Sinks) -> Result<i32> {
+    if spec.kind == GuestKind::Docker(Init::Systemd) && spec.cgroups != Cgroups::V2 {
+        bail!(
+            "the systemd guest mounts its own cgroups (v2): cgroup {} needs the shell init",
+            spec.cgroups
+        );
+    }
     let cache = util::cache_dir()?;
     let kernel = kernel::prepare(&cache, spec.kernel)?;
     let choice = accel::choose(&cache, &kernel)?;

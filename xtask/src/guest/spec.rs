@@ -67,6 +67,36 @@ impl std::str::FromStr for Init {
     }
 }
 
+/// Which cgroup hierarchies a shell init mounts: cgroup2 (as every host
+/// of today), or cgroup v1's (as older hosts, where the kernel's cgroup ids
+/// name no container). A run's parameter: the cached disk is the same.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Cgroups {
+    #[default]
+    V2,
+    V1,
+}
+
+impl std::fmt::Display for Cgroups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Cgroups::V2 => "v2",
+            Cgroups::V1 => "v1",
+        })
+    }
+}
+
+impl std::str::FromStr for Cgroups {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "v2" => Ok(Cgroups::V2),
+            "v1" => Ok(Cgroups::V1),
+            _ => bail!("unknown cgroup version {s:?}: expected v1 or v2"),
+        }
+    }
+}
+
 /// A host file or directory to put into the guest.
 #[derive(Debug, Clone)]
 pub struct Copy {
@@ -106,6 +136,8 @@ pub struct GuestSpec {
     pub command: Vec<String>,
     /// Installed as /usr/local/bin/cowtrace (see `build::agent`).
     pub agent: Option<PathBuf>,
+    /// The shell init's cgroups (systemd mounts its own: v2 only).
+    pub cgroups: Cgroups,
 }
 
 impl GuestSpec {
@@ -118,6 +150,7 @@ impl GuestSpec {
             timeout: Duration::from_secs(600),
             command,
             agent: None,
+            cgroups: Cgroups::V2,
         }
     }
 }
