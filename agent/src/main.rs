@@ -588,6 +588,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
         mono_to_wall: mono_offset(),
         layers,
         per_layer: PerLayer::default(),
+        overlays: cowtrace::overlay_opts::Overlays::default(),
     };
 
     let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
@@ -662,6 +663,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
                         &kernel_maps,
                         &rows,
                         (&sink.per_layer, &unchanged),
+                        &sink.overlays,
                     );
                     sink.out.json(t, &v);
                 }
@@ -726,6 +728,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             &kernel_maps,
             &rows,
             (&sink.per_layer, &unchanged),
+            &sink.overlays,
         );
         sink.out.json(t, &v);
     }
@@ -831,6 +834,8 @@ struct EventSink<'a> {
     /// the answer as they wait for attribution).
     layers: Layers,
     per_layer: PerLayer,
+    /// The overlays events happened in, with their mount options.
+    overlays: cowtrace::overlay_opts::Overlays,
 }
 
 impl EventSink<'_> {
@@ -937,6 +942,7 @@ impl EventSink<'_> {
             _ => None,
         };
         let trigger = cause.map(|t| t.as_str());
+        self.overlays.note(ev.dev, ev.pid, fs.as_ref());
         if let Some(f) = &fs {
             let setattr = cause == Some(cowtrace::kallsyms::Trigger::Setattr);
             self.per_layer.record(&f.id, layer, ev, setattr);
@@ -1021,6 +1027,7 @@ fn build_report(
     kernel_maps: &KernelMaps,
     rows: &[Row<'_>],
     (per_layer, unchanged): (&PerLayer, &UnchangedReport),
+    overlays: &cowtrace::overlay_opts::Overlays,
 ) -> serde_json::Value {
     let started = fmt_rfc3339(base.started);
     let info = RunInfo {
@@ -1033,6 +1040,7 @@ fn build_report(
         kernel_maps: kernel_maps.occupancy(),
         write_sample_every: base.write_sample_every,
         monotonic_to_unix_ns: base.mono_to_wall,
+        overlays: overlays.json(),
     };
     let containers = rows
         .iter()

@@ -27,6 +27,8 @@ pub struct RunInfo<'a> {
     pub write_sample_every: u64,
     /// Unix-epoch ns minus CLOCK_MONOTONIC ns, taken once at start.
     pub monotonic_to_unix_ns: i64,
+    /// The overlays events happened in ([`crate::overlay_opts::Overlays::json`]).
+    pub overlays: Value,
 }
 
 /// `{count, bytes, latency_ns{...}, buckets, hdr}` for one histogram.
@@ -144,6 +146,7 @@ pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
         "clock": {"monotonic_to_unix_ns": run.monotonic_to_unix_ns},
         "drops": drops,
         "kernel_maps": kernel_maps,
+        "overlays": run.overlays,
         "containers": containers,
     })
 }
@@ -346,6 +349,12 @@ mod tests {
                 .collect(),
             write_sample_every: 1,
             monotonic_to_unix_ns: 1_700_000_000_000_000_000,
+            overlays: json!([{
+                "dev": "0:52",
+                "mount_point": "/var/lib/docker/overlay2/x/merged",
+                "filesystem": {"id": "c0ffee", "name": "web"},
+                "overlay_options": crate::overlay_opts::OverlayOptions::default().json(),
+            }]),
         };
         let mut c = container_json(&Owner::host(), &s, &w);
         layer_sample().add_to_container_json(

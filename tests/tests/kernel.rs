@@ -1075,3 +1075,85 @@ fn exiting_threads_and_processes_leave_no_per_thread_state() {
     assert!(tr.container("host")["writes"]["count"].as_u64().unwrap() > 0);
     assert_eq!(tr.report["drops"]["map_full"]["copy_ops"], 0);
 }
+
+/// The `overlay mount` line `cowtrace doctor` prints for `mount_point`.
+fn doctor_mount_line(text: &str, mount_point: &Path) -> String {
+    let needle = format!("{} (", mount_point.display());
+    text.lines()
+        .find(|l| l.contains("overlay mount") && l.contains(&needle))
+        .unwrap_or_else(|| panic!("doctor lists no overlay at {needle}:\n{text}"))
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs a guest kernel: run through `cargo xtask test`"]
+fn mount_options_are_recorded_per_overlay_and_listed_by_doctor() {
+    let plain = Overlay::new("opts-plain", |l| make_file(&l.join("f"), 10));
+    let vol = Overlay::with_options("opts-vol", "index=off,volatile", |l| {
+        make_file(&l.join("f"), 20)
+    });
+    let out = std::process::Command::new(cowtrace_tests::cowtrace_bin())
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(out.status.success(), "doctor failed:\n{text}");
+    let line = doctor_mount_line(&text, &plain.merged);
+    assert!(line.starts_with("ok"), "{line}");
+    assert!(line.contains("index=off"), "{line}");
+    assert!(!line.contains("volatile"), "{line}");
+    let line = doctor_mount_line(&text, &vol.merged);
+    assert!(line.starts_with("ok"), "{line}");
+    assert!(line.contains(" volatile"), "{line}");
+
+    let t = Tracer::start("opts", &[]);
+    append(&plain.path("f"), b"x");
+    append(&vol.path("f"), b"x");
+    let tr = t.stop();
+    let (pd, vd) = (plain.dev(), vol.dev());
+    for (dev, volatile) in [(&pd, false), (&vd, true)] {
+        let o = tr.overlay(dev);
+        let merged = if volatile { &vol.merged } else { &plain.merged };
+        assert_eq!(o["mount_point"], merged.to_str().unwrap(), "{o:#}");
+        assert!(o["filesystem"].is_null(), "no container's: {o:#}");
+        let opts = &o["overlay_options"];
+        assert_eq!(opts["volatile"], volatile, "{o:#}");
+        assert_eq!(opts["index"], false, "{o:#}");
+        assert_eq!(opts["userxattr"], false, "{o:#}");
+        // Debian builds overlay with metacopy off by default.
+        assert_eq!(opts["metacopy"], false, "{o:#}");
+    }
+    assert_eq!(tr.report["overlays"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+#[ignore = "needs a guest kernel: run through `cargo xtask test`"]
+fn volatile_copy_ups_are_counted_exactly() {
+    let sizes = [1usize, 4096, 300_000, 1 << 20];
+    let ov = Overlay::with_options("volatile", "index=off,volatile", |l| {
+        for s in sizes {
+            make_file(&l.join(format!("d/f{s}")), s);
+        }
+    });
+    let t = Tracer::start("volatile", &[]);
+    for s in sizes {
+        append(&ov.path(&format!("d/f{s}")), b"x");
+    }
+    let tr = t.stop();
+    let dev = ov.dev();
+    assert_eq!(tr.overlay(&dev)["overlay_options"]["volatile"], true);
+    for s in sizes {
+        let ev = tr.copy_up(&dev, &format!("d/f{s}"));
+        assert_eq!(ev.len(), 1, "f{s}: {ev:#?}");
+        assert_eq!(ev[0]["bytes"], s as u64, "f{s}");
+        assert_eq!(ev[0]["trigger"], "open", "f{s}");
+    }
+    // The files and their one parent directory, copied up once.
+    assert_eq!(tr.copy_up(&dev, "d").len(), 1);
+    assert_eq!(tr.of("copy_up", &dev).len(), sizes.len() + 1);
+    let host = tr.container("host");
+    assert_eq!(host["copy_up"]["count"], sizes.len() as u64 + 1);
+    assert_eq!(host["copy_up"]["bytes"], sizes.iter().sum::<usize>() as u64);
+    assert_eq!(tr.report["drops"]["copy_up"], 0);
+}

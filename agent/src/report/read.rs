@@ -41,6 +41,9 @@ pub struct Report {
     /// Added within v1: absent in older reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_maps: Option<std::collections::BTreeMap<String, KernelMap>>,
+    /// Added within v1 (overlay modes, issue 17): kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlays: Option<Value>,
     pub containers: Vec<Container>,
 }
 
@@ -88,6 +91,21 @@ pub const ADDED_WITHIN_V1: &[&str] = &[
     "kernel_maps.ovl_ops",
     "kernel_maps.ovl_ops.entries",
     "kernel_maps.ovl_ops.max_entries",
+    // Overlay modes (issue 17); `overlays` is kept as written.
+    "overlays",
+    "overlays[].dev",
+    "overlays[].mount_point",
+    "overlays[].filesystem",
+    "overlays[].filesystem.id",
+    "overlays[].filesystem.name",
+    "overlays[].overlay_options",
+    "overlays[].overlay_options.metacopy",
+    "overlays[].overlay_options.index",
+    "overlays[].overlay_options.redirect_dir",
+    "overlays[].overlay_options.userxattr",
+    "overlays[].overlay_options.volatile",
+    "overlays[].overlay_options.nfs_export",
+    "overlays[].overlay_options.xino",
     // Image layers (issue 13); `layers` is kept as written.
     "containers[].layers",
     "containers[].layers[].index",
