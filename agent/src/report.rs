@@ -97,6 +97,17 @@ pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
     let mut copy_up = latency_block(s.copy_up_count, s.copy_up_bytes, &cu);
     copy_up["operation_latency_ns"] =
         latency_block(s.copy_up_op.len(), 0, &s.copy_up_op.to_hdr())["latency_ns"].clone();
+    copy_up["by_kind"] = crate::event::CopyUpKind::ALL
+        .iter()
+        .map(|k| {
+            let t = &s.by_kind[*k as usize];
+            (
+                k.key().to_string(),
+                json!({"count": t.count, "bytes": t.bytes, "total_ns": t.total_ns}),
+            )
+        })
+        .collect::<Map<String, Value>>()
+        .into();
     let mut writes = latency_block(w.count, w.bytes, &w_lat);
     writes["timed"] = json!(w.timed);
     json!({
@@ -186,6 +197,7 @@ pub fn event_json(
             v["op_latency_ns"] = json!(c.op_latency_ns);
             v["parents"] = json!(c.parents);
             v["data"] = json!(c.data);
+            v["copy_kind"] = json!(c.kind.key());
             v["ancestor"] = json!(c.ancestor);
             v["trigger"] = json!(trigger.unwrap_or("other"));
         }
@@ -290,6 +302,7 @@ mod tests {
                 parents: 0,
                 bytes: 3,
                 data: true,
+                kind: crate::event::CopyUpKind::Full,
                 ancestor: false,
                 stack: Vec::new(),
             }),

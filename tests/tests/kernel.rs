@@ -1157,3 +1157,109 @@ fn volatile_copy_ups_are_counted_exactly() {
     assert_eq!(host["copy_up"]["bytes"], sizes.iter().sum::<usize>() as u64);
     assert_eq!(tr.report["drops"]["copy_up"], 0);
 }
+
+/// Appends `x` to `path` from a shell of its own; its pid.
+fn append_from_shell(path: &Path) -> u32 {
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf x >> '{}'", path.display()))
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(
+        child.wait().unwrap().success(),
+        "append to {}",
+        path.display()
+    );
+    pid
+}
+
+#[test]
+#[ignore = "needs a guest kernel: run through `cargo xtask test`"]
+fn metacopy_chmod_copies_metadata_only_and_the_first_write_the_data() {
+    use std::os::unix::fs::PermissionsExt;
+    let sizes = [1usize, 4096, 300_000, 1 << 20, 8 << 20];
+    let populate = |l: &Path| {
+        for s in sizes {
+            make_file(&l.join(format!("d/f{s}")), s);
+        }
+    };
+    let meta = Overlay::with_options("metacopy", "index=off,metacopy=on", populate);
+    let full = Overlay::new("metacopy-off", populate);
+    let t = Tracer::start("metacopy", &[]);
+    for ov in [&meta, &full] {
+        for s in sizes {
+            let p = ov.path(&format!("d/f{s}"));
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    let writers: Vec<u32> = sizes
+        .iter()
+        .map(|s| append_from_shell(&meta.path(&format!("d/f{s}"))))
+        .collect();
+    let tr = t.stop();
+    let (md, fd) = (meta.dev(), full.dev());
+    assert_eq!(tr.overlay(&md)["overlay_options"]["metacopy"], true);
+    assert_eq!(tr.overlay(&fd)["overlay_options"]["metacopy"], false);
+    let (mut meta_ns, mut full_ns) = (0u64, 0u64);
+    for (s, writer) in sizes.iter().zip(&writers) {
+        let path = format!("d/f{s}");
+        // metacopy=on: the chmod copies no data, the append copies it all.
+        let ev = tr.copy_up(&md, &path);
+        assert_eq!(ev.len(), 2, "{path}: {ev:#?}");
+        let kind = |k: &str| {
+            *ev.iter()
+                .find(|e| e["copy_kind"] == k)
+                .unwrap_or_else(|| panic!("{path}: no {k}: {ev:#?}"))
+        };
+        let (m, d) = (kind("metadata_only"), kind("deferred_data"));
+        assert_eq!(m["copy_kind"], "metadata_only", "{m:#}");
+        assert_eq!(m["bytes"], 0, "{m:#}");
+        assert_eq!(m["data"], false, "{m:#}");
+        assert_eq!(m["trigger"], "setattr", "{m:#}");
+        assert_eq!(d["copy_kind"], "deferred_data", "{d:#}");
+        assert_eq!(d["bytes"], *s as u64, "{d:#}");
+        assert_eq!(d["data"], true, "{d:#}");
+        assert_eq!(d["trigger"], "open", "{d:#}");
+        assert_eq!(d["pid"], *writer, "the writer, not the chmod: {d:#}");
+        assert_eq!(d["comm"], "sh", "{d:#}");
+        assert_eq!(d["parents"], 0, "{d:#}");
+        assert!(d["latency_ns"].as_u64().unwrap() > 0, "{d:#}");
+        meta_ns += m["latency_ns"].as_u64().unwrap();
+        // The kernel really left the data for later: the upper file holds
+        // it all now.
+        let upper = meta.root.join("upper").join(&path);
+        assert_eq!(std::fs::metadata(&upper).unwrap().len(), *s as u64 + 1);
+        // metacopy=off: the chmod copies the data at once.
+        let ev = tr.copy_up(&fd, &path);
+        assert_eq!(ev.len(), 1, "{path}: {ev:#?}");
+        assert_eq!(ev[0]["copy_kind"], "full", "{:#}", ev[0]);
+        assert_eq!(ev[0]["bytes"], *s as u64);
+        assert_eq!(ev[0]["trigger"], "setattr");
+        full_ns += ev[0]["latency_ns"].as_u64().unwrap();
+    }
+    // The parent directory is a full copy-up either way.
+    for dev in [&md, &fd] {
+        let d = tr.copy_up(dev, "d");
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert_eq!(d[0]["copy_kind"], "full");
+    }
+    let n = sizes.len() as u64;
+    let total: u64 = sizes.iter().map(|&s| s as u64).sum();
+    assert_eq!(tr.of("copy_up", &md).len() as u64, 2 * n + 1);
+    assert_eq!(tr.of("copy_up", &fd).len() as u64, n + 1);
+    let host = &tr.container("host")["copy_up"];
+    assert_eq!(host["count"], 3 * n + 2);
+    assert_eq!(host["bytes"], 2 * total);
+    let k = &host["by_kind"];
+    assert_eq!(k["metadata_only"]["count"], n, "{k:#}");
+    assert_eq!(k["metadata_only"]["bytes"], 0, "{k:#}");
+    assert_eq!(k["deferred_data"]["count"], n, "{k:#}");
+    assert_eq!(k["deferred_data"]["bytes"], total, "{k:#}");
+    assert_eq!(k["full"]["count"], n + 2, "{k:#}");
+    assert_eq!(k["full"]["bytes"], total, "{k:#}");
+    assert_eq!(tr.report["drops"]["copy_up"], 0);
+    println!(
+        "chmod of {n} files ({total} bytes): metacopy=on {meta_ns} ns copying metadata, metacopy=off {full_ns} ns copying everything"
+    );
+}
