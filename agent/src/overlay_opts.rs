@@ -100,7 +100,7 @@ impl OverlayOptions {
                 .map(str::to_string)
                 .or_else(|| defaults.redirect_mode()),
             userxattr: m.has_super_opt("userxattr"),
-            volatile: m.has_super_opt("volatile"),
+            volatile: volatile(m),
             nfs_export: flag("nfs_export", defaults.nfs_export),
             xino: m.super_opt("xino").map(str::to_string).or_else(|| {
                 defaults
@@ -171,6 +171,24 @@ impl OverlayOptions {
         }
         s
     }
+}
+
+/// Whether `m` is a volatile mount. Kernels differ in how they show it
+/// (`volatile`; `fsync=volatile` where overlay has the `fsync=` option),
+/// so the sign every volatile mount leaves counts too: overlay creates
+/// `work/incompat/volatile` in its workdir while mounted volatile (and
+/// refuses to mount over a workdir that still has it). Looked at without
+/// following symlinks.
+fn volatile(m: &Mount) -> bool {
+    if m.has_super_opt("volatile") || m.super_opt("fsync") == Some("volatile") {
+        return true;
+    }
+    m.super_opt("workdir").is_some_and(|w| {
+        std::path::Path::new(w)
+            .join("work/incompat/volatile")
+            .symlink_metadata()
+            .is_ok_and(|md| md.is_dir())
+    })
 }
 
 /// The mount of overlay device `dev` (kernel encoding) in `mounts`.
@@ -294,6 +312,37 @@ mod tests {
         assert_eq!(v["metacopy"], true);
         assert_eq!(v["volatile"], true);
         assert_eq!(v["redirect_dir"], "follow");
+    }
+
+    #[test]
+    fn volatile_is_read_in_both_spellings() {
+        for opts in [",volatile", ",fsync=volatile"] {
+            assert!(
+                OverlayOptions::of(&mount(opts), &docker_defaults()).volatile,
+                "{opts}"
+            );
+        }
+        for opts in ["", ",fsync=strict", ",fsync=auto"] {
+            assert!(
+                !OverlayOptions::of(&mount(opts), &docker_defaults()).volatile,
+                "{opts}"
+            );
+        }
+    }
+
+    #[test]
+    fn volatile_is_seen_in_its_workdir_too() {
+        let w = std::env::temp_dir().join(format!("ct-ovl-work-{}", std::process::id()));
+        std::fs::create_dir_all(w.join("work/incompat/volatile")).unwrap();
+        let m = Mount::parse_line(&format!(
+            "40 20 0:52 / /m rw - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir={}",
+            w.display()
+        ))
+        .unwrap();
+        assert!(OverlayOptions::of(&m, &docker_defaults()).volatile);
+        std::fs::remove_dir_all(w.join("work/incompat")).unwrap();
+        assert!(!OverlayOptions::of(&m, &docker_defaults()).volatile);
+        std::fs::remove_dir_all(&w).unwrap();
     }
 
     #[test]

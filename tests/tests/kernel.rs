@@ -1104,8 +1104,13 @@ fn mount_options_are_recorded_per_overlay_and_listed_by_doctor() {
     assert!(line.contains("index=off"), "{line}");
     assert!(!line.contains("volatile"), "{line}");
     let line = doctor_mount_line(&text, &vol.merged);
+    let raw = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let raw = raw
+        .lines()
+        .find(|l| l.contains(vol.merged.to_str().unwrap()))
+        .unwrap_or("");
     assert!(line.starts_with("ok"), "{line}");
-    assert!(line.contains(" volatile"), "{line}");
+    assert!(line.contains(" volatile"), "{line}\nmountinfo: {raw}");
 
     let t = Tracer::start("opts", &[]);
     append(&plain.path("f"), b"x");
