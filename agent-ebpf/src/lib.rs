@@ -125,6 +125,50 @@ impl MapFull {
     }
 }
 
+/// What a copy-up copied ([`Event::copy_kind`]). With `metacopy=on` a
+/// regular file's copy-up comes in two parts: a chown/chmod/utimes copies
+/// up its inode and attributes only, marked with the `overlay.metacopy`
+/// attribute, its data staying in the lower layer; the first open for
+/// write (or truncate) later copies the data into that upper file
+/// (`ovl_copy_up_meta_inode_data`, inside a second `ovl_copy_up_one`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CopyUpKind {
+    /// The object with its data at once (every copy-up without metacopy;
+    /// directories, symlinks and opens for write with it).
+    Full = 0,
+    /// Inode and attributes only, no data (`metacopy=on`).
+    MetadataOnly = 1,
+    /// The data of a file copied up metadata-only earlier.
+    DeferredData = 2,
+}
+
+impl CopyUpKind {
+    pub const ALL: [CopyUpKind; 3] = [
+        CopyUpKind::Full,
+        CopyUpKind::MetadataOnly,
+        CopyUpKind::DeferredData,
+    ];
+
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::Full),
+            1 => Some(Self::MetadataOnly),
+            2 => Some(Self::DeferredData),
+            _ => None,
+        }
+    }
+
+    /// Its name in the JSON and the event lines.
+    pub const fn key(self) -> &'static str {
+        match self {
+            CopyUpKind::Full => "full",
+            CopyUpKind::MetadataOnly => "metadata_only",
+            CopyUpKind::DeferredData => "deferred_data",
+        }
+    }
+}
+
 /// Bits of [`Event::flags`].
 pub mod flags {
     /// Copy-up: file data was copied (the data function ran with len > 0).
@@ -197,7 +241,8 @@ pub struct Event {
     pub cause: u32,
     /// Copy-up: valid frames in `stack`.
     pub stack_len: u32,
-    pub _pad: u32,
+    /// Copy-up: [`CopyUpKind`] as u32.
+    pub copy_kind: u32,
     /// Copy-up: kernel return addresses, innermost first.
     pub stack: [u64; STACK_DEPTH],
     pub path: Path,

@@ -1,8 +1,8 @@
 //! The programs themselves (see `main.rs` for the design).
 
 use agent_ebpf::{
-    flags, hist_bucket, CgroupName, Config, Event, EventKind, MapFull, WhiteoutCause, WriteKey,
-    WriteStats, CGROUP_NAME_LEN, EVENT_KINDS, HIST_BUCKETS, MAP_FULL_KINDS, NAME_LEN,
+    flags, hist_bucket, CgroupName, Config, CopyUpKind, Event, EventKind, MapFull, WhiteoutCause,
+    WriteKey, WriteStats, CGROUP_NAME_LEN, EVENT_KINDS, HIST_BUCKETS, MAP_FULL_KINDS, NAME_LEN,
     OVERLAYFS_SUPER_MAGIC, PATH_DEPTH, RENAME_WHITEOUT, STACK_DEPTH,
 };
 use aya_ebpf::{
@@ -96,8 +96,14 @@ struct CopyObj {
     start_ns: u64,
     dentry: u64,
     bytes: u64,
+    /// `security_inode_copy_up` ran: a new upper object was made.
     did_work: u32,
+    /// The data function ran with len > 0.
     data: u32,
+    /// The new upper object was marked `overlay.metacopy` (data left in
+    /// the lower layer).
+    metacopy: u32,
+    _pad: u32,
 }
 
 const OVL_REMOVE: u32 = 1;
@@ -251,6 +257,7 @@ fn new_event(kind: EventKind, dentry: u64) -> Option<&'static mut Event> {
     ev.parents = 0;
     ev.cause = 0;
     ev.stack_len = 0;
+    ev.copy_kind = CopyUpKind::Full as u32;
     read_path(dentry, ev);
     Some(ev)
 }
@@ -425,6 +432,8 @@ pub fn ovl_copy_up_one(ctx: ProbeContext) -> u32 {
         bytes: 0,
         did_work: 0,
         data: 0,
+        metacopy: 0,
+        _pad: 0,
     };
     if COPY_OBJS.insert(&tid, &obj, 0).is_err() {
         count_map_full(MapFull::CopyObjs);
@@ -458,14 +467,28 @@ pub fn security_inode_copy_up(ctx: ProbeContext) -> u32 {
 
 /// Attached to whichever data-copy function the kernel has
 /// (`ovl_copy_up_data` on 5.10, `ovl_copy_up_file` later).
+///
+/// Also the only sign of a metacopy file's deferred data copy-up: that
+/// runs inside `ovl_copy_up_one` without `security_inode_copy_up` (the
+/// upper inode exists already), so its stack is taken here.
 #[kprobe]
 pub fn ovl_copy_up_data(ctx: ProbeContext) -> u32 {
     let len = kp_arg(&ctx, conf!(copy_data_len_arg)) as i64;
-    if let Some(p) = COPY_OBJS.get_ptr_mut(&tid()) {
-        let p = unsafe { &mut *p };
-        if len > 0 {
-            p.bytes += len as u64;
-            p.data = 1;
+    let tid = tid();
+    let Some(p) = COPY_OBJS.get_ptr_mut(&tid) else {
+        return 0;
+    };
+    let p = unsafe { &mut *p };
+    if len > 0 {
+        p.bytes += len as u64;
+        p.data = 1;
+    }
+    if p.did_work == 0 && conf!(stack_at_op_start) == 0 {
+        if let Some(op) = COPY_OPS.get_ptr_mut(&tid) {
+            let op = unsafe { &mut *op };
+            if op.stack_len == 0 {
+                take_stack(&ctx, op);
+            }
         }
     }
     0
@@ -486,7 +509,9 @@ pub fn ovl_copy_up_one_ret(ctx: RetProbeContext) -> u32 {
         Some(p) => unsafe { (*p).target == obj.dentry },
         None => false,
     };
-    if ret != 0 || obj.did_work == 0 {
+    // Work is a new upper object, or the deferred data of a metacopy
+    // file (data copied into an upper object that was already there).
+    if ret != 0 || (obj.did_work == 0 && obj.data == 0) {
         if is_target {
             let _ = COPY_OPS.remove(&tid);
         }
@@ -496,6 +521,13 @@ pub fn ovl_copy_up_one_ret(ctx: RetProbeContext) -> u32 {
         Some(ev) => ev,
         None => return 0,
     };
+    ev.copy_kind = if obj.did_work == 0 {
+        CopyUpKind::DeferredData
+    } else if obj.metacopy != 0 {
+        CopyUpKind::MetadataOnly
+    } else {
+        CopyUpKind::Full
+    } as u32;
     ev.ts_ns = end;
     ev.latency_ns = end - obj.start_ns;
     ev.bytes = obj.bytes;
@@ -654,8 +686,27 @@ fn is_opaque_xattr(name: u64) -> bool {
         || (n == 20 && &buf[..19] == b"user.overlay.opaque")
 }
 
+/// `trusted.overlay.metacopy`, or `user.overlay.metacopy` with
+/// `userxattr`: overlay marks a metadata-only copy-up with it.
+#[inline(always)]
+fn is_metacopy_xattr(name: u64) -> bool {
+    let mut buf = [0u8; 26];
+    let n = unsafe {
+        bpf_probe_read_kernel_str(buf.as_mut_ptr() as *mut c_void, 26, name as *const c_void)
+    };
+    (n == 25 && &buf[..24] == b"trusted.overlay.metacopy")
+        || (n == 22 && &buf[..21] == b"user.overlay.metacopy")
+}
+
 #[inline(always)]
 fn on_vfs_setxattr(name: u64) -> u32 {
+    // Inside an object's copy-up: is it being marked metadata-only?
+    if let Some(p) = COPY_OBJS.get_ptr_mut(&tid()) {
+        if is_metacopy_xattr(name) {
+            unsafe { (*p).metacopy = 1 };
+            return 0;
+        }
+    }
     let op = match current_ovl_op() {
         Some(op) => op,
         None => return 0,

@@ -1,6 +1,7 @@
 //! What the running kernel offers, checked before anything is attached, so
 //! that every "cannot run here" is one clear line instead of an aya error.
 
+use crate::overlay_opts::{ModuleDefaults, OverlayOptions, FUSE_OVERLAYFS};
 use crate::probes::{plan, KernelBtf, KernelSymbols, ProbeOptions};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -183,7 +184,64 @@ fn check_with(
             });
         }
     }
+    // Last: the probes' lines come first, the mounts' after them.
+    f.extend(mount_findings());
     (f, syms, btf.ok())
+}
+
+/// One finding per overlay mount in cowtrace's mount namespace: the
+/// options that change what overlay does, and whether cowtrace handles
+/// them. Never fatal: a mount cowtrace cannot fully read is still traced.
+fn mount_findings() -> Vec<Finding> {
+    let Ok(mounts) = crate::mountinfo::read_mountinfo("self") else {
+        return Vec::new();
+    };
+    let defaults = ModuleDefaults::read();
+    mount_findings_of(&mounts, &defaults)
+}
+
+fn mount_findings_of(
+    mounts: &[crate::mountinfo::Mount],
+    defaults: &ModuleDefaults,
+) -> Vec<Finding> {
+    let mut f = Vec::new();
+    for m in mounts {
+        let place = format!(
+            "{} ({}:{})",
+            crate::event::escape_str(&m.mount_point),
+            m.dev.0,
+            m.dev.1
+        );
+        if m.fstype == FUSE_OVERLAYFS {
+            f.push(Finding {
+                what: "fuse-overlayfs mount",
+                ok: false,
+                detail: format!("{place}: fuse-overlayfs copies up in a userspace daemon, out of reach of cowtrace's kernel probes: nothing in it is reported"),
+                fatal: false,
+            });
+            continue;
+        }
+        if !m.is_overlay() {
+            continue;
+        }
+        let opts = OverlayOptions::of(m, defaults);
+        let verdicts = opts.verdicts();
+        let mut detail = format!("{place}: {}", opts.summary());
+        if verdicts.is_empty() {
+            detail.push_str("; handled (as Docker mounts overlay)");
+        }
+        for (_, v) in &verdicts {
+            detail.push_str("; ");
+            detail.push_str(v);
+        }
+        f.push(Finding {
+            what: "overlay mount",
+            ok: verdicts.iter().all(|(ok, _)| *ok),
+            detail,
+            fatal: false,
+        });
+    }
+    f
 }
 
 pub fn render(findings: &[Finding]) -> String {
@@ -206,4 +264,42 @@ pub fn first_fatal(findings: &[Finding]) -> Option<String> {
         .iter()
         .find(|x| x.fatal && !x.ok)
         .map(|x| format!("{}: {}", x.what, x.detail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mountinfo::parse_mountinfo;
+
+    #[test]
+    fn each_overlay_mount_is_listed_with_its_options_and_fuse_is_named() {
+        let text = "\
+40 20 0:52 / /var/lib/docker/overlay2/a/merged rw - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w,index=off
+41 20 0:53 / /m2 rw - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w,metacopy=on,redirect_dir=on
+42 20 0:54 / /home/u/.local/share/containers/storage/overlay/b/merged rw - fuse.fuse-overlayfs fuse-overlayfs rw,user_id=1000
+43 20 8:1 / / rw - ext4 /dev/sda1 rw
+";
+        let defaults = ModuleDefaults {
+            metacopy: Some(false),
+            index: Some(false),
+            redirect_dir: Some(false),
+            redirect_always_follow: Some(true),
+            nfs_export: Some(false),
+            xino_auto: Some(false),
+        };
+        let f = mount_findings_of(&parse_mountinfo(text), &defaults);
+        assert_eq!(f.len(), 3);
+        assert!(f[0].ok && !f[0].fatal, "{}", f[0].detail);
+        assert!(
+            f[0].detail.contains("metacopy=off index=off"),
+            "{}",
+            f[0].detail
+        );
+        assert!(!f[1].ok, "redirect_dir=on is not handled: {}", f[1].detail);
+        assert!(f[1].detail.contains("metacopy=on"), "{}", f[1].detail);
+        assert!(f[1].detail.contains("redirect_dir=on"), "{}", f[1].detail);
+        assert_eq!(f[2].what, "fuse-overlayfs mount");
+        assert!(!f[2].ok && !f[2].fatal);
+        assert!(f[2].detail.contains("out of reach"), "{}", f[2].detail);
+    }
 }

@@ -1,6 +1,7 @@
 //! Kernel records decoded into the agent's own types. After this module
 //! nothing in the agent looks at wire layouts.
 
+pub use agent_ebpf::CopyUpKind;
 use agent_ebpf::{flags, Event, EventKind, WhiteoutCause};
 use std::fmt::Write as _;
 
@@ -20,6 +21,8 @@ pub struct CopyUp {
     pub parents: u32,
     pub bytes: u64,
     pub data: bool,
+    /// Whole, metadata only (`metacopy=on`), or a metacopy file's data.
+    pub kind: CopyUpKind,
     /// A parent directory copied up on the way to the operation's target.
     pub ancestor: bool,
     /// Kernel stack at the start of the operation, innermost first.
@@ -200,6 +203,7 @@ pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
             parents: ev.parents,
             bytes: ev.bytes,
             data: ev.flags & flags::DATA != 0,
+            kind: CopyUpKind::from_u32(ev.copy_kind)?,
             ancestor: ev.flags & flags::ANCESTOR != 0,
             stack: ev.stack[..(ev.stack_len as usize).min(agent_ebpf::STACK_DEPTH)].to_vec(),
         }),
@@ -243,6 +247,21 @@ mod tests {
     fn bytes(ev: &Event) -> Vec<u8> {
         let p = ev as *const Event as *const u8;
         unsafe { std::slice::from_raw_parts(p, std::mem::size_of::<Event>()) }.to_vec()
+    }
+
+    #[test]
+    fn copy_kind_is_carried_and_an_unknown_one_rejected() {
+        let mut ev = blank();
+        ev.kind = EventKind::CopyUp as u32;
+        for k in CopyUpKind::ALL {
+            ev.copy_kind = k as u32;
+            match decode(&bytes(&ev)).unwrap().kind {
+                Kind::CopyUp(c) => assert_eq!(c.kind, k),
+                other => panic!("{other:?}"),
+            }
+        }
+        ev.copy_kind = 7;
+        assert!(decode(&bytes(&ev)).is_none());
     }
 
     #[test]

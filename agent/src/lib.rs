@@ -34,6 +34,7 @@ pub mod metrics_server;
 pub mod mountinfo;
 pub mod offline;
 pub mod output;
+pub mod overlay_opts;
 pub mod privileges;
 pub mod probes;
 pub mod render;

@@ -1,7 +1,7 @@
 //! The terminal view: one line per event, a per-container summary every
 //! interval, and at exit copy-up versus write histograms and top files.
 
-use crate::event::{escape_str, KernelEvent, Kind};
+use crate::event::{escape_str, CopyUpKind, KernelEvent, Kind};
 use crate::hist::LogHist;
 use crate::stats::{Owner, OwnerStats, WriteTotals};
 use hdrhistogram::Histogram;
@@ -52,7 +52,12 @@ pub fn event_line(
 ) -> String {
     let (kind, trig, lat, bytes) = match &ev.kind {
         Kind::CopyUp(c) => {
-            let kind = if c.ancestor { "copy_up^" } else { "copy_up" };
+            let kind = match (c.kind, c.ancestor) {
+                (_, true) => "copy_up^",
+                (CopyUpKind::Full, false) => "copy_up",
+                (CopyUpKind::MetadataOnly, false) => "copy_meta",
+                (CopyUpKind::DeferredData, false) => "copy_data",
+            };
             (
                 kind,
                 trigger.unwrap_or("other"),
@@ -96,9 +101,11 @@ pub fn summary_table(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}",
+        "{:<16} {:>8} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}",
         "CONTAINER",
         "COPYUPS",
+        "META",
+        "DEFER",
         "BYTES",
         "P50",
         "P99",
@@ -122,9 +129,11 @@ pub fn summary_table(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -
         };
         let _ = writeln!(
             s,
-            "{:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}",
+            "{:<16} {:>8} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}",
             clip(&escape_str(&o.name), 16),
             st.copy_up_count,
+            st.by_kind[CopyUpKind::MetadataOnly as usize].count,
+            st.by_kind[CopyUpKind::DeferredData as usize].count,
             fmt_bytes(st.copy_up_bytes),
             pct(&st.copy_up, 0.5),
             pct(&st.copy_up, 0.99),

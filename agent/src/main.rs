@@ -684,6 +684,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             mono_to_wall,
             layers,
             per_layer: PerLayer::default(),
+            overlays: cowtrace::overlay_opts::Overlays::default(),
         },
         kernel,
         base,
@@ -862,6 +863,7 @@ impl Run<'_> {
                 &self.kernel.maps,
                 &rows,
                 (&sink.per_layer, &unchanged),
+                &sink.overlays,
             );
             sink.out.json(t, &v);
         }
@@ -942,6 +944,8 @@ struct EventSink<'a> {
     /// the answer as they wait for attribution).
     layers: Layers,
     per_layer: PerLayer,
+    /// The overlays events happened in, with their mount options.
+    overlays: cowtrace::overlay_opts::Overlays,
 }
 
 impl EventSink<'_> {
@@ -1053,6 +1057,7 @@ impl EventSink<'_> {
             _ => None,
         };
         let trigger = cause.map(|t| t.as_str());
+        self.overlays.note(ev.dev, ev.pid, fs.as_ref());
         if let Some(f) = &fs {
             let setattr = cause == Some(cowtrace::kallsyms::Trigger::Setattr);
             self.per_layer.record(&f.id, layer, ev, setattr);
@@ -1121,6 +1126,7 @@ fn build_report(
     kernel_maps: &KernelMaps,
     rows: &[Row<'_>],
     (per_layer, unchanged): (&PerLayer, &UnchangedReport),
+    overlays: &cowtrace::overlay_opts::Overlays,
 ) -> serde_json::Value {
     let started = fmt_rfc3339(base.started);
     let info = RunInfo {
@@ -1134,6 +1140,7 @@ fn build_report(
         write_sample_every: base.write_sample_every,
         monotonic_to_unix_ns: base.mono_to_wall,
         cgroup_mode: base.cgroup_mode,
+        overlays: overlays.json(),
     };
     let containers = rows
         .iter()

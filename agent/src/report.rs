@@ -29,6 +29,8 @@ pub struct RunInfo<'a> {
     pub monotonic_to_unix_ns: i64,
     /// How the host mounts its cgroups, and so how events are attributed.
     pub cgroup_mode: crate::cgroup::CgroupMode,
+    /// The overlays events happened in ([`crate::overlay_opts::Overlays::json`]).
+    pub overlays: Value,
 }
 
 /// `{count, bytes, latency_ns{...}, buckets, hdr}` for one histogram.
@@ -97,6 +99,17 @@ pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
     let mut copy_up = latency_block(s.copy_up_count, s.copy_up_bytes, &cu);
     copy_up["operation_latency_ns"] =
         latency_block(s.copy_up_op.len(), 0, &s.copy_up_op.to_hdr())["latency_ns"].clone();
+    copy_up["by_kind"] = crate::event::CopyUpKind::ALL
+        .iter()
+        .map(|k| {
+            let t = &s.by_kind[*k as usize];
+            (
+                k.key().to_string(),
+                json!({"count": t.count, "bytes": t.bytes, "total_ns": t.total_ns}),
+            )
+        })
+        .collect::<Map<String, Value>>()
+        .into();
     let mut writes = latency_block(w.count, w.bytes, &w_lat);
     writes["timed"] = json!(w.timed);
     json!({
@@ -147,6 +160,7 @@ pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
         "cgroup": {"mode": run.cgroup_mode, "attribution": run.cgroup_mode.attribution()},
         "drops": drops,
         "kernel_maps": kernel_maps,
+        "overlays": run.overlays,
         "containers": containers,
     })
 }
@@ -186,6 +200,7 @@ pub fn event_json(
             v["op_latency_ns"] = json!(c.op_latency_ns);
             v["parents"] = json!(c.parents);
             v["data"] = json!(c.data);
+            v["copy_kind"] = json!(c.kind.key());
             v["ancestor"] = json!(c.ancestor);
             v["trigger"] = json!(trigger.unwrap_or("other"));
         }
@@ -290,6 +305,7 @@ mod tests {
                 parents: 0,
                 bytes: 3,
                 data: true,
+                kind: crate::event::CopyUpKind::Full,
                 ancestor: false,
                 stack: Vec::new(),
             }),
@@ -350,6 +366,12 @@ mod tests {
             write_sample_every: 1,
             monotonic_to_unix_ns: 1_700_000_000_000_000_000,
             cgroup_mode: crate::cgroup::CgroupMode::V1,
+            overlays: json!([{
+                "dev": "0:52",
+                "mount_point": "/var/lib/docker/overlay2/x/merged",
+                "filesystem": {"id": "c0ffee", "name": "web"},
+                "overlay_options": crate::overlay_opts::OverlayOptions::default().json(),
+            }]),
         };
         let mut c = container_json(&Owner::host(), &s, &w);
         layer_sample().add_to_container_json(

@@ -77,6 +77,17 @@ pub struct OwnerStats {
     pub whiteouts: u64,
     pub opaque_dirs: u64,
     pub files: TopFiles,
+    /// Copy-ups per [`crate::event::CopyUpKind`] (indexed by its value): they add up to
+    /// `copy_up_count` and `copy_up_bytes`.
+    pub by_kind: [KindTotals; 3],
+}
+
+/// Count, bytes and summed latency of one [`crate::event::CopyUpKind`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindTotals {
+    pub count: u64,
+    pub bytes: u64,
+    pub total_ns: u64,
 }
 
 impl OwnerStats {
@@ -90,6 +101,11 @@ impl OwnerStats {
             whiteouts: 0,
             opaque_dirs: 0,
             files: TopFiles::new(file_capacity),
+            by_kind: [KindTotals {
+                count: 0,
+                bytes: 0,
+                total_ns: 0,
+            }; 3],
         }
     }
 
@@ -184,6 +200,10 @@ impl Stats {
             Kind::CopyUp(c) => {
                 s.copy_up_count += 1;
                 s.copy_up_bytes += c.bytes;
+                let k = &mut s.by_kind[c.kind as usize];
+                k.count += 1;
+                k.bytes += c.bytes;
+                k.total_ns += c.latency_ns;
                 s.copy_up.record(c.latency_ns.max(1));
                 if let Some(op) = c.op_latency_ns {
                     s.copy_up_op.record(op.max(1));
@@ -308,6 +328,7 @@ mod tests {
                 parents: 0,
                 bytes,
                 data: bytes > 0,
+                kind: crate::event::CopyUpKind::Full,
                 ancestor: false,
                 stack: Vec::new(),
             }),
@@ -331,6 +352,45 @@ mod tests {
             name: id.into(),
             image: String::new(),
         }
+    }
+
+    #[test]
+    fn copy_ups_are_split_by_kind_and_add_up() {
+        use crate::event::CopyUpKind;
+        let mut st = Stats::default();
+        let a = owner("a");
+        let with_kind = |path: &str, ns: u64, bytes: u64, k: CopyUpKind| {
+            let mut e = copy_up(path, ns, bytes);
+            if let Kind::CopyUp(c) = &mut e.kind {
+                c.kind = k;
+            }
+            e
+        };
+        st.record(&a, &with_kind("d", 7, 0, CopyUpKind::Full));
+        st.record(&a, &with_kind("d/f", 3, 0, CopyUpKind::MetadataOnly));
+        st.record(&a, &with_kind("d/f", 90, 4096, CopyUpKind::DeferredData));
+        let s = &st.owners[&a];
+        let k = |k: CopyUpKind| s.by_kind[k as usize];
+        assert_eq!(
+            k(CopyUpKind::MetadataOnly),
+            KindTotals {
+                count: 1,
+                bytes: 0,
+                total_ns: 3
+            }
+        );
+        assert_eq!(
+            k(CopyUpKind::DeferredData),
+            KindTotals {
+                count: 1,
+                bytes: 4096,
+                total_ns: 90
+            }
+        );
+        assert_eq!(k(CopyUpKind::Full).count, 1);
+        let sum = |f: fn(&KindTotals) -> u64| s.by_kind.iter().map(f).sum::<u64>();
+        assert_eq!(sum(|t| t.count), s.copy_up_count);
+        assert_eq!(sum(|t| t.bytes), s.copy_up_bytes);
     }
 
     #[test]

@@ -73,6 +73,7 @@ fn copy_up(ns: u64, bytes: u64, path: String) -> KernelEvent {
             parents: 0,
             bytes,
             data: bytes > 0,
+            kind: cowtrace::event::CopyUpKind::Full,
             ancestor: false,
             stack: Vec::new(),
         }),

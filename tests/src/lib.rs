@@ -42,7 +42,8 @@ fn mount(src: &str, target: &Path, fstype: &str, data: &str) {
 }
 
 /// A fresh tmpfs holding lower/upper/work and an overlay mounted on
-/// `merged` the way Docker mounts it (`index=off`).
+/// `merged` the way Docker mounts it (`index=off`), or with other options
+/// ([`Overlay::with_options`]).
 pub struct Overlay {
     pub root: PathBuf,
     pub lower: PathBuf,
@@ -54,10 +55,16 @@ pub struct Overlay {
 impl Overlay {
     /// `populate` fills the lower layer before the overlay is mounted.
     pub fn new(name: &str, populate: impl FnOnce(&Path)) -> Overlay {
+        Self::with_options(name, "index=off", populate)
+    }
+
+    /// As [`Overlay::new`], mounted with `options` (e.g.
+    /// `index=off,metacopy=on`) after the layer directories.
+    pub fn with_options(name: &str, options: &str, populate: impl FnOnce(&Path)) -> Overlay {
         let root = PathBuf::from(format!("/tmp/ct-{name}"));
         std::fs::create_dir_all(&root).unwrap();
         mount("tmpfs", &root, "tmpfs", "size=1g");
-        Self::layers(root, true, populate)
+        Self::layers(root, true, options, populate)
     }
 
     /// Layers on the root filesystem (ext4 in the Docker guest), as a
@@ -66,7 +73,7 @@ impl Overlay {
         let root = PathBuf::from(format!("/var/tmp/ct-{name}"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
-        Self::layers(root, false, populate)
+        Self::layers(root, false, "index=off", populate)
     }
 
     /// A fresh upper layer on the root disk over an existing `lower`
@@ -76,10 +83,10 @@ impl Overlay {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         std::os::unix::fs::symlink(lower, root.join("lower")).unwrap();
-        Self::layers(root, false, |_| {})
+        Self::layers(root, false, "index=off", |_| {})
     }
 
-    fn layers(root: PathBuf, tmpfs: bool, populate: impl FnOnce(&Path)) -> Overlay {
+    fn layers(root: PathBuf, tmpfs: bool, options: &str, populate: impl FnOnce(&Path)) -> Overlay {
         let lower = root.join("lower");
         let merged = root.join("merged");
         for d in ["lower", "upper", "work", "merged"] {
@@ -89,7 +96,7 @@ impl Overlay {
         }
         populate(&lower);
         let opts = format!(
-            "lowerdir={},upperdir={},workdir={},index=off",
+            "lowerdir={},upperdir={},workdir={},{options}",
             lower.display(),
             root.join("upper").display(),
             root.join("work").display()
@@ -169,6 +176,14 @@ impl Trace {
             .into_iter()
             .filter(|e| e["path"] == path)
             .collect()
+    }
+
+    /// The report's `overlays` entry of overlay device `dev`.
+    pub fn overlay(&self, dev: &str) -> &Value {
+        self.report["overlays"]
+            .as_array()
+            .and_then(|os| os.iter().find(|o| o["dev"] == dev))
+            .unwrap_or_else(|| panic!("no overlay {dev} in report: {:#}", self.report["overlays"]))
     }
 
     pub fn container(&self, id: &str) -> &Value {

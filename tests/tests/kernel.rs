@@ -1075,3 +1075,196 @@ fn exiting_threads_and_processes_leave_no_per_thread_state() {
     assert!(tr.container("host")["writes"]["count"].as_u64().unwrap() > 0);
     assert_eq!(tr.report["drops"]["map_full"]["copy_ops"], 0);
 }
+
+/// The `overlay mount` line `cowtrace doctor` prints for `mount_point`.
+fn doctor_mount_line(text: &str, mount_point: &Path) -> String {
+    let needle = format!("{} (", mount_point.display());
+    text.lines()
+        .find(|l| l.contains("overlay mount") && l.contains(&needle))
+        .unwrap_or_else(|| panic!("doctor lists no overlay at {needle}:\n{text}"))
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs a guest kernel: run through `cargo xtask test`"]
+fn mount_options_are_recorded_per_overlay_and_listed_by_doctor() {
+    let plain = Overlay::new("opts-plain", |l| make_file(&l.join("f"), 10));
+    let vol = Overlay::with_options("opts-vol", "index=off,volatile", |l| {
+        make_file(&l.join("f"), 20)
+    });
+    let out = std::process::Command::new(cowtrace_tests::cowtrace_bin())
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(out.status.success(), "doctor failed:\n{text}");
+    let line = doctor_mount_line(&text, &plain.merged);
+    assert!(line.starts_with("ok"), "{line}");
+    assert!(line.contains("index=off"), "{line}");
+    assert!(!line.contains("volatile"), "{line}");
+    let line = doctor_mount_line(&text, &vol.merged);
+    let raw = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let raw = raw
+        .lines()
+        .find(|l| l.contains(vol.merged.to_str().unwrap()))
+        .unwrap_or("");
+    assert!(line.starts_with("ok"), "{line}");
+    assert!(line.contains(" volatile"), "{line}\nmountinfo: {raw}");
+
+    let t = Tracer::start("opts", &[]);
+    append(&plain.path("f"), b"x");
+    append(&vol.path("f"), b"x");
+    let tr = t.stop();
+    let (pd, vd) = (plain.dev(), vol.dev());
+    for (dev, volatile) in [(&pd, false), (&vd, true)] {
+        let o = tr.overlay(dev);
+        let merged = if volatile { &vol.merged } else { &plain.merged };
+        assert_eq!(o["mount_point"], merged.to_str().unwrap(), "{o:#}");
+        assert!(o["filesystem"].is_null(), "no container's: {o:#}");
+        let opts = &o["overlay_options"];
+        assert_eq!(opts["volatile"], volatile, "{o:#}");
+        assert_eq!(opts["index"], false, "{o:#}");
+        assert_eq!(opts["userxattr"], false, "{o:#}");
+        // Debian builds overlay with metacopy off by default.
+        assert_eq!(opts["metacopy"], false, "{o:#}");
+    }
+    assert_eq!(tr.report["overlays"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+#[ignore = "needs a guest kernel: run through `cargo xtask test`"]
+fn volatile_copy_ups_are_counted_exactly() {
+    let sizes = [1usize, 4096, 300_000, 1 << 20];
+    let ov = Overlay::with_options("volatile", "index=off,volatile", |l| {
+        for s in sizes {
+            make_file(&l.join(format!("d/f{s}")), s);
+        }
+    });
+    let t = Tracer::start("volatile", &[]);
+    for s in sizes {
+        append(&ov.path(&format!("d/f{s}")), b"x");
+    }
+    let tr = t.stop();
+    let dev = ov.dev();
+    assert_eq!(tr.overlay(&dev)["overlay_options"]["volatile"], true);
+    for s in sizes {
+        let ev = tr.copy_up(&dev, &format!("d/f{s}"));
+        assert_eq!(ev.len(), 1, "f{s}: {ev:#?}");
+        assert_eq!(ev[0]["bytes"], s as u64, "f{s}");
+        assert_eq!(ev[0]["trigger"], "open", "f{s}");
+    }
+    // The files and their one parent directory, copied up once.
+    assert_eq!(tr.copy_up(&dev, "d").len(), 1);
+    assert_eq!(tr.of("copy_up", &dev).len(), sizes.len() + 1);
+    let host = tr.container("host");
+    assert_eq!(host["copy_up"]["count"], sizes.len() as u64 + 1);
+    assert_eq!(host["copy_up"]["bytes"], sizes.iter().sum::<usize>() as u64);
+    assert_eq!(tr.report["drops"]["copy_up"], 0);
+}
+
+/// Appends `x` to `path` from a shell of its own; its pid.
+fn append_from_shell(path: &Path) -> u32 {
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf x >> '{}'", path.display()))
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(
+        child.wait().unwrap().success(),
+        "append to {}",
+        path.display()
+    );
+    pid
+}
+
+#[test]
+#[ignore = "needs a guest kernel: run through `cargo xtask test`"]
+fn metacopy_chmod_copies_metadata_only_and_the_first_write_the_data() {
+    use std::os::unix::fs::PermissionsExt;
+    let sizes = [1usize, 4096, 300_000, 1 << 20, 8 << 20];
+    let populate = |l: &Path| {
+        for s in sizes {
+            make_file(&l.join(format!("d/f{s}")), s);
+        }
+    };
+    let meta = Overlay::with_options("metacopy", "index=off,metacopy=on", populate);
+    let full = Overlay::new("metacopy-off", populate);
+    let t = Tracer::start("metacopy", &[]);
+    for ov in [&meta, &full] {
+        for s in sizes {
+            let p = ov.path(&format!("d/f{s}"));
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    let writers: Vec<u32> = sizes
+        .iter()
+        .map(|s| append_from_shell(&meta.path(&format!("d/f{s}"))))
+        .collect();
+    let tr = t.stop();
+    let (md, fd) = (meta.dev(), full.dev());
+    assert_eq!(tr.overlay(&md)["overlay_options"]["metacopy"], true);
+    assert_eq!(tr.overlay(&fd)["overlay_options"]["metacopy"], false);
+    let (mut meta_ns, mut full_ns) = (0u64, 0u64);
+    for (s, writer) in sizes.iter().zip(&writers) {
+        let path = format!("d/f{s}");
+        // metacopy=on: the chmod copies no data, the append copies it all.
+        let ev = tr.copy_up(&md, &path);
+        assert_eq!(ev.len(), 2, "{path}: {ev:#?}");
+        let kind = |k: &str| {
+            *ev.iter()
+                .find(|e| e["copy_kind"] == k)
+                .unwrap_or_else(|| panic!("{path}: no {k}: {ev:#?}"))
+        };
+        let (m, d) = (kind("metadata_only"), kind("deferred_data"));
+        assert_eq!(m["copy_kind"], "metadata_only", "{m:#}");
+        assert_eq!(m["bytes"], 0, "{m:#}");
+        assert_eq!(m["data"], false, "{m:#}");
+        assert_eq!(m["trigger"], "setattr", "{m:#}");
+        assert_eq!(d["copy_kind"], "deferred_data", "{d:#}");
+        assert_eq!(d["bytes"], *s as u64, "{d:#}");
+        assert_eq!(d["data"], true, "{d:#}");
+        assert_eq!(d["trigger"], "open", "{d:#}");
+        assert_eq!(d["pid"], *writer, "the writer, not the chmod: {d:#}");
+        assert_eq!(d["comm"], "sh", "{d:#}");
+        assert_eq!(d["parents"], 0, "{d:#}");
+        assert!(d["latency_ns"].as_u64().unwrap() > 0, "{d:#}");
+        meta_ns += m["latency_ns"].as_u64().unwrap();
+        // The kernel really left the data for later: the upper file holds
+        // it all now.
+        let upper = meta.root.join("upper").join(&path);
+        assert_eq!(std::fs::metadata(&upper).unwrap().len(), *s as u64 + 1);
+        // metacopy=off: the chmod copies the data at once.
+        let ev = tr.copy_up(&fd, &path);
+        assert_eq!(ev.len(), 1, "{path}: {ev:#?}");
+        assert_eq!(ev[0]["copy_kind"], "full", "{:#}", ev[0]);
+        assert_eq!(ev[0]["bytes"], *s as u64);
+        assert_eq!(ev[0]["trigger"], "setattr");
+        full_ns += ev[0]["latency_ns"].as_u64().unwrap();
+    }
+    // The parent directory is a full copy-up either way.
+    for dev in [&md, &fd] {
+        let d = tr.copy_up(dev, "d");
+        assert_eq!(d.len(), 1, "{d:#?}");
+        assert_eq!(d[0]["copy_kind"], "full");
+    }
+    let n = sizes.len() as u64;
+    let total: u64 = sizes.iter().map(|&s| s as u64).sum();
+    assert_eq!(tr.of("copy_up", &md).len() as u64, 2 * n + 1);
+    assert_eq!(tr.of("copy_up", &fd).len() as u64, n + 1);
+    let host = &tr.container("host")["copy_up"];
+    assert_eq!(host["count"], 3 * n + 2);
+    assert_eq!(host["bytes"], 2 * total);
+    let k = &host["by_kind"];
+    assert_eq!(k["metadata_only"]["count"], n, "{k:#}");
+    assert_eq!(k["metadata_only"]["bytes"], 0, "{k:#}");
+    assert_eq!(k["deferred_data"]["count"], n, "{k:#}");
+    assert_eq!(k["deferred_data"]["bytes"], total, "{k:#}");
+    assert_eq!(k["full"]["count"], n + 2, "{k:#}");
+    assert_eq!(k["full"]["bytes"], total, "{k:#}");
+    assert_eq!(tr.report["drops"]["copy_up"], 0);
+    println!(
+        "chmod of {n} files ({total} bytes): metacopy=on {meta_ns} ns copying metadata, metacopy=off {full_ns} ns copying everything"
+    );
+}

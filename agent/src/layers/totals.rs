@@ -250,6 +250,7 @@ mod tests {
             parents: 0,
             bytes,
             data: true,
+            kind: crate::event::CopyUpKind::Full,
             ancestor: false,
             stack: Vec::new(),
         }))

@@ -44,6 +44,9 @@ pub struct Report {
     /// Added within v1: absent in older reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_maps: Option<std::collections::BTreeMap<String, KernelMap>>,
+    /// Added within v1 (overlay modes, issue 17): kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlays: Option<Value>,
     pub containers: Vec<Container>,
 }
 
@@ -101,6 +104,34 @@ pub const ADDED_WITHIN_V1: &[&str] = &[
     "kernel_maps.ovl_ops",
     "kernel_maps.ovl_ops.entries",
     "kernel_maps.ovl_ops.max_entries",
+    // Overlay modes (issue 17); `overlays` is kept as written.
+    "containers[].copy_up.by_kind",
+    "containers[].copy_up.by_kind.full",
+    "containers[].copy_up.by_kind.full.count",
+    "containers[].copy_up.by_kind.full.bytes",
+    "containers[].copy_up.by_kind.full.total_ns",
+    "containers[].copy_up.by_kind.metadata_only",
+    "containers[].copy_up.by_kind.metadata_only.count",
+    "containers[].copy_up.by_kind.metadata_only.bytes",
+    "containers[].copy_up.by_kind.metadata_only.total_ns",
+    "containers[].copy_up.by_kind.deferred_data",
+    "containers[].copy_up.by_kind.deferred_data.count",
+    "containers[].copy_up.by_kind.deferred_data.bytes",
+    "containers[].copy_up.by_kind.deferred_data.total_ns",
+    "overlays",
+    "overlays[].dev",
+    "overlays[].mount_point",
+    "overlays[].filesystem",
+    "overlays[].filesystem.id",
+    "overlays[].filesystem.name",
+    "overlays[].overlay_options",
+    "overlays[].overlay_options.metacopy",
+    "overlays[].overlay_options.index",
+    "overlays[].overlay_options.redirect_dir",
+    "overlays[].overlay_options.userxattr",
+    "overlays[].overlay_options.volatile",
+    "overlays[].overlay_options.nfs_export",
+    "overlays[].overlay_options.xino",
     // Image layers (issue 13); `layers` is kept as written.
     "containers[].layers",
     "containers[].layers[].index",
@@ -217,8 +248,19 @@ pub struct CopyUp {
     pub bytes: u64,
     pub latency_ns: Quantiles,
     pub operation_latency_ns: Quantiles,
+    /// Added within v1: absent in older reports (all `full` then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_kind: Option<std::collections::BTreeMap<String, KindTotals>>,
     pub buckets: Vec<Bucket>,
     pub hdr: String,
+}
+
+/// One entry of `copy_up.by_kind` (keyed by [`crate::event::CopyUpKind::key`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct KindTotals {
+    pub count: u64,
+    pub bytes: u64,
+    pub total_ns: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -371,6 +413,7 @@ pub fn parse(name: &str, text: &str) -> Result<Run, ReadError> {
             whiteouts: c.whiteouts.count,
             opaque_dirs: c.opaque_dirs.count,
             files,
+            by_kind: by_kind(&c.copy_up),
         };
         let writes_totals = WriteTotals {
             count: c.writes.count,
@@ -468,6 +511,31 @@ pub fn parse_events(name: &str, text: &str) -> Result<Vec<SavedEvent>, ReadError
         out.push(ev);
     }
     Ok(out)
+}
+
+/// The per-kind copy-up totals of a report's container, as the live view
+/// keeps them; a report written before they existed counts all as `full`.
+fn by_kind(c: &CopyUp) -> [crate::stats::KindTotals; 3] {
+    use crate::event::CopyUpKind;
+    let mut out = [crate::stats::KindTotals::default(); 3];
+    match &c.by_kind {
+        Some(m) => {
+            for k in CopyUpKind::ALL {
+                if let Some(t) = m.get(k.key()) {
+                    out[k as usize] = crate::stats::KindTotals {
+                        count: t.count,
+                        bytes: t.bytes,
+                        total_ns: t.total_ns,
+                    };
+                }
+            }
+        }
+        None => {
+            out[CopyUpKind::Full as usize].count = c.count;
+            out[CopyUpKind::Full as usize].bytes = c.bytes;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
