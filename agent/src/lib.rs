@@ -18,6 +18,7 @@
 
 pub mod attribution;
 pub mod btf;
+pub mod bundle;
 pub mod cgroup;
 pub mod compare;
 pub mod doctor;
@@ -26,6 +27,7 @@ pub mod hist;
 pub mod kallsyms;
 pub mod kernel_maps;
 pub mod kretprobe;
+pub mod kube;
 pub mod layers;
 pub mod live;
 pub mod metrics;

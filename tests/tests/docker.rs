@@ -441,10 +441,14 @@ impl Drop for CriContainer {
 /// `cri-containerd-<id>.scope` in the pod's slice, and systemd makes
 /// `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`
 /// around it; with cgroupfs it is `/kubepods/burstable/pod<uid>/<id>`.
-/// cowtrace attributes its copy-ups by the container id in that path.
+/// cowtrace attributes its copy-ups by the container id in that path, and
+/// names pod, namespace and container from the CRI annotations the CRI
+/// plugin writes into the container's OCI spec (set here with
+/// `ctr run --annotation`), which the agent reads from the bundle's
+/// `config.json`: in the JSON, the metrics labels and the exit summary.
 #[test]
 #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
-fn a_kubernetes_style_containerd_container_is_attributed_by_id() {
+fn a_kubernetes_style_containerd_container_is_attributed_by_id_and_pod() {
     image();
     run(
         "sh",
@@ -474,12 +478,12 @@ fn a_kubernetes_style_containerd_container_is_attributed_by_id() {
     args.extend([
         "--cgroup",
         &cgroup_arg,
-        "--label",
-        "io.kubernetes.pod.name=web",
-        "--label",
-        "io.kubernetes.pod.namespace=shop",
-        "--label",
-        "io.kubernetes.container.name=app",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-name=web",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-namespace=shop",
+        "--annotation",
+        "io.kubernetes.cri.container-name=app",
         &image,
         &id,
         "sleep",
@@ -497,7 +501,22 @@ fn a_kubernetes_style_containerd_container_is_attributed_by_id() {
         .unwrap_or_else(|| panic!("no task {id} in:\n{tasks}"));
     let (path, cgroup_id) = cgroup_of(&pid);
     assert_eq!(path, want_path);
-    let t = Tracer::start("k8s", &[]);
+    let metrics_addr = format!("127.0.0.1:{K8S_METRICS_PORT}");
+    let t = Tracer::start_args(
+        "k8s",
+        &[],
+        &[
+            "--quiet",
+            "--interval",
+            "1s",
+            "--events",
+            "/tmp/trace-k8s/events.ndjson",
+            "--json",
+            "/tmp/trace-k8s/report.json",
+            "--metrics",
+            &metrics_addr,
+        ],
+    );
     ctr(&[
         "task",
         "exec",
@@ -508,6 +527,23 @@ fn a_kubernetes_style_containerd_container_is_attributed_by_id() {
         "-c",
         "echo b >> /data/f12",
     ]);
+    // The series with the pod's labels, once an interval has taken the
+    // copy-up in.
+    let want = format!(
+        "cowtrace_whiteouts_total{{container=\"app\",container_id=\"{id}\",image=\"\",pod=\"web\",namespace=\"shop\"}} 0"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, body) = http_get(K8S_METRICS_PORT, "/metrics", "text/plain");
+        if body.lines().any(|l| l == want) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{want}` in:\n{body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     let tr = t.stop();
     let e: Vec<_> = tr
         .events
@@ -519,7 +555,18 @@ fn a_kubernetes_style_containerd_container_is_attributed_by_id() {
     assert_eq!(e[0]["container"]["id"], id.as_str(), "{}", e[0]);
     let row = tr.container(&id);
     assert_eq!(row["copy_up"]["count"], 2, "{row:#}");
+    assert_eq!(row["name"], "app", "{row:#}");
+    assert_eq!(row["pod"], "web", "{row:#}");
+    assert_eq!(row["namespace"], "shop", "{row:#}");
+    assert!(
+        tr.stderr.contains("shop/web/app ("),
+        "the exit summary does not name the pod:\n{}",
+        tr.stderr
+    );
 }
+
+/// Not [`METRICS_PORT`]: a test running beside it must not collide.
+const K8S_METRICS_PORT: u16 = 9465;
 
 /// A runtime socket that accepts and never answers stalls nothing: tracing
 /// starts, the container's copy-up is attributed by its id (no name: the
