@@ -497,7 +497,8 @@ async fn work<R: Runtime>(
         });
     };
     // The runtime API first; a container it does not know (containerd's
-    // own, the kubelet's) is described from its OCI bundle.
+    // own, the kubelet's, podman's without its API service) is described
+    // from the runtime's files.
     let spawn_describe = |rt: Option<&Arc<R>>, id: String| {
         let (rt, tx) = (rt.cloned(), answers_tx.clone());
         tokio::spawn(async move {
@@ -507,10 +508,12 @@ async fn work<R: Runtime>(
             };
             let info = match known {
                 Some(info) => Some(info),
-                None => tokio::task::spawn_blocking(move || crate::bundle::describe(&id))
-                    .await
-                    .ok()
-                    .flatten(),
+                None => tokio::task::spawn_blocking(move || {
+                    crate::bundle::describe(&id).or_else(|| crate::podman_store::describe(&id))
+                })
+                .await
+                .ok()
+                .flatten(),
             };
             if let Some(info) = info {
                 let _ = tx.send(Answer::Described(info));

@@ -35,6 +35,7 @@ pub mod metrics_server;
 pub mod mountinfo;
 pub mod offline;
 pub mod output;
+pub mod podman_store;
 pub mod privileges;
 pub mod probes;
 pub mod render;

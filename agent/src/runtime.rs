@@ -47,8 +47,8 @@ pub enum Source {
     /// The runtime API (its list and events cover the container).
     #[default]
     Engine,
-    /// The runtime's files: containerd's OCI bundle ([`crate::bundle`]).
-    /// No list or events,
+    /// The runtime's files: containerd's OCI bundle ([`crate::bundle`])
+    /// or podman's storage ([`crate::podman_store`]). No list or events,
     /// so the container is seen to end when its init pid is gone.
     Files,
 }

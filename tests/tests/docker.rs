@@ -565,6 +565,74 @@ fn a_kubernetes_style_containerd_container_is_attributed_by_id_and_pod() {
     );
 }
 
+/// Rootful podman (Debian's package), no API service running: the test
+/// image goes in with `podman load` of a `docker save`, the container runs
+/// with podman's cgroup manager for the init (`machine.slice/libpod-<id>.scope`
+/// under systemd, `/libpod_parent/libpod-<id>` with cgroupfs), and
+/// cowtrace names it and its image from podman's storage.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn a_podman_container_is_attributed_by_name_and_image() {
+    image();
+    run(
+        "sh",
+        &["-c", &format!("docker save {IMAGE} | podman load -q")],
+    );
+    let podman = |args: &[&str]| run("podman", args);
+    let _ = Command::new("podman").args(["rm", "-f", "pm"]).output();
+    let id = podman(&[
+        "run",
+        "-d",
+        "--name",
+        "pm",
+        "--network",
+        "none",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    struct Pm;
+    impl Drop for Pm {
+        fn drop(&mut self) {
+            let _ = Command::new("podman")
+                .args(["rm", "-f", "-t", "0", "pm"])
+                .output();
+        }
+    }
+    let _pm = Pm;
+    let image = podman(&["inspect", "-f", "{{.ImageName}}", "pm"]);
+    let pid = podman(&["inspect", "-f", "{{.State.Pid}}", "pm"]);
+    let (path, cgroup_id) = cgroup_of(&pid);
+    let want_path = if booted_with_systemd() {
+        format!("/machine.slice/libpod-{id}.scope")
+    } else {
+        format!("/libpod_parent/libpod-{id}")
+    };
+    assert!(
+        path.starts_with(&want_path),
+        "{path} is not under {want_path}"
+    );
+    let t = Tracer::start("podman", &[]);
+    podman(&["exec", "pm", "sh", "-c", "echo b >> /data/f3; rm /data/f4"]);
+    let tr = t.stop();
+    let cu: Vec<_> = tr
+        .events
+        .iter()
+        .filter(|e| e["type"] == "copy_up" && e["path"] == "data/f3")
+        .collect();
+    assert_eq!(cu.len(), 1, "{:#?}", tr.events);
+    assert_eq!(cu[0]["cgroup_id"], cgroup_id, "{}", cu[0]);
+    // The event is attributed by id at once; the name follows from
+    // podman's storage (the report names the container as last known).
+    assert_eq!(cu[0]["container"]["id"], id.as_str(), "{}", cu[0]);
+    let row = tr.container(&id);
+    assert_eq!(row["name"], "pm", "{row:#}");
+    assert_eq!(row["image"], image.as_str(), "{row:#}");
+    // data/ as the parent, then data/f3; the rm is a whiteout.
+    assert_eq!(row["copy_up"]["count"], 2, "{row:#}");
+    assert_eq!(row["whiteouts"]["count"], 1, "{row:#}");
+}
+
 /// Not [`METRICS_PORT`]: a test running beside it must not collide.
 const K8S_METRICS_PORT: u16 = 9465;
 
