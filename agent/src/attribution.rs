@@ -18,7 +18,7 @@
 //! answers.
 
 use crate::cgroup::{cgroup_v2_of_pid, container_id_from_cgroup_path, CgroupIndex, CgroupMode};
-use crate::runtime::{Change, ContainerInfo, DockerEngine, Runtime};
+use crate::runtime::{Change, ContainerInfo, DockerEngine, Runtime, Source};
 use crate::stats::Owner;
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
@@ -67,6 +67,7 @@ impl Entry {
                 self.info.name.clone()
             },
             image: self.info.image.clone(),
+            pod: self.info.pod.clone(),
         }
     }
 }
@@ -190,6 +191,26 @@ impl Directory {
         Some((e, dev))
     }
 
+    /// Containers described from a bundle have no lifecycle events: one
+    /// whose init is gone has ended. (A pid reused within one tick of
+    /// [`RELIST_EVERY`] keeps it running until that process ends.)
+    fn end_bundle_containers(&mut self, now: Instant) {
+        let ended: Vec<String> = self
+            .containers
+            .values()
+            .filter(|e| e.exited_at.is_none() && e.info.source == Source::Files)
+            .filter(|e| {
+                e.info
+                    .pid
+                    .is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            })
+            .map(|e| e.info.id.clone())
+            .collect();
+        for id in ended {
+            self.stopped(&id, now);
+        }
+    }
+
     /// Forget what has been gone long enough (keeping exited containers'
     /// own entries: the report names them).
     fn prune(&mut self, now: Instant) {
@@ -230,6 +251,7 @@ impl Directory {
                     id: id.clone(),
                     name: short_id(id).to_string(),
                     image: String::new(),
+                    pod: None,
                 },
             },
         }
@@ -589,10 +611,26 @@ async fn work<R: Runtime>(
             let _ = tx.send(Answer::Listed(rt.list().await));
         });
     };
-    let spawn_describe = |rt: &Arc<R>, id: String| {
-        let (rt, tx) = (rt.clone(), answers_tx.clone());
+    // The runtime API first; a container it does not know (containerd's
+    // own, the kubelet's, podman's without its API service) is described
+    // from the runtime's files.
+    let spawn_describe = |rt: Option<&Arc<R>>, id: String| {
+        let (rt, tx) = (rt.cloned(), answers_tx.clone());
         tokio::spawn(async move {
-            if let Ok(Some(info)) = rt.inspect(&id).await {
+            let known = match rt {
+                Some(rt) => rt.inspect(&id).await.ok().flatten(),
+                None => None,
+            };
+            let info = match known {
+                Some(info) => Some(info),
+                None => tokio::task::spawn_blocking(move || {
+                    crate::bundle::describe(&id).or_else(|| crate::podman_store::describe(&id))
+                })
+                .await
+                .ok()
+                .flatten(),
+            };
+            if let Some(info) = info {
                 let _ = tx.send(Answer::Described(info));
             }
         });
@@ -681,19 +719,18 @@ async fn work<R: Runtime>(
                 Some(Err(_)) | None => feed = None,
             },
             _ = relist.tick() => {
-                with(&mut |d| d.prune(Instant::now()));
+                with(&mut |d| {
+                    d.end_bundle_containers(Instant::now());
+                    d.prune(Instant::now());
+                });
                 if let (Some(rt), None) = (&runtime, &feed) {
                     feed = Some(rt.changes());
                     spawn_list(rt, &mut listing);
                 }
             }
         }
-        if let Some(rt) = &runtime {
-            for id in new_ids.drain(..) {
-                spawn_describe(rt, id);
-            }
-        } else {
-            new_ids.clear();
+        for id in new_ids.drain(..) {
+            spawn_describe(runtime.as_ref(), id);
         }
     }
 }
@@ -716,8 +753,13 @@ fn listed<R: Runtime>(
             let stale: Vec<String> = d
                 .containers
                 .values()
+                // Containers described from a runtime's files are not in
+                // the engine's list; their end is seen from their init.
                 .filter(|e| {
-                    e.exited_at.is_none() && e.described && !running.contains(e.info.id.as_str())
+                    e.exited_at.is_none()
+                        && e.described
+                        && e.info.source == Source::Engine
+                        && !running.contains(e.info.id.as_str())
                 })
                 .map(|e| e.info.id.clone())
                 .collect();

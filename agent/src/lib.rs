@@ -18,6 +18,7 @@
 
 pub mod attribution;
 pub mod btf;
+pub mod bundle;
 pub mod cgroup;
 pub mod compare;
 pub mod doctor;
@@ -27,6 +28,7 @@ pub mod kallsyms;
 pub mod kernel_maps;
 pub mod kernel_side;
 pub mod kretprobe;
+pub mod kube;
 pub mod layers;
 pub mod live;
 pub mod metrics;
@@ -35,6 +37,7 @@ pub mod mountinfo;
 pub mod offline;
 pub mod output;
 pub mod overlay_opts;
+pub mod podman_store;
 pub mod privileges;
 pub mod probes;
 pub mod render;

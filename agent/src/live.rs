@@ -71,9 +71,9 @@ pub fn event_line(
     // Names come from the runtime, i.e. from whoever named the container.
     let who = match fs {
         Some(f) if f.id != owner.id => {
-            format!("{}>{}", escape_str(&owner.name), escape_str(&f.name))
+            format!("{}>{}", escape_str(&owner.label()), escape_str(&f.label()))
         }
-        _ => escape_str(&owner.name),
+        _ => escape_str(&owner.label()),
     };
     format!(
         "{:<12} {:<16} {:>7} {:<15} {:<10} {:<8} {:>10} {:>9}  {}",
@@ -130,7 +130,7 @@ pub fn summary_table(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -
         let _ = writeln!(
             s,
             "{:<16} {:>8} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}",
-            clip(&escape_str(&o.name), 16),
+            clip(&escape_str(&o.label()), 16),
             st.copy_up_count,
             st.by_kind[CopyUpKind::MetadataOnly as usize].count,
             st.by_kind[CopyUpKind::DeferredData as usize].count,
@@ -213,7 +213,7 @@ pub fn exit_summary(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) ->
         let _ = writeln!(
             text,
             "\n{} ({}): copy-up vs write latency",
-            escape_str(&o.name),
+            escape_str(&o.label()),
             escape_str(crate::attribution::short_id(&o.id))
         );
         text.push_str(&histogram_pair(&s.copy_up.to_hdr(), &w.latency.to_hdr()));
@@ -271,6 +271,7 @@ mod tests {
             id: "x\u{202e}y".into(),
             name: "ng\u{202e}xni\x1b[2J".into(),
             image: String::new(),
+            pod: None,
         };
         let ev = crate::event::KernelEvent {
             kind: Kind::OpaqueDir,

@@ -657,6 +657,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             id: c.info.id.clone(),
             name: c.info.name.clone(),
             image: c.info.image.clone(),
+            pod: c.info.pod.clone(),
         });
     }
     let mono_to_wall = mono_offset();

@@ -89,15 +89,23 @@ struct Labels {
     container: String,
     container_id: String,
     image: String,
+    /// Kubernetes pod and namespace, when known.
+    pod: Option<(String, String)>,
 }
 
 impl Labels {
-    fn pairs(&self) -> [(&'static str, &str); 3] {
-        [
-            ("container", &self.container),
+    /// `pod` and `namespace` only for containers of a pod (an empty label
+    /// value would mean the same to Prometheus, but not to a reader).
+    fn pairs(&self) -> Vec<(&'static str, &str)> {
+        let mut pairs = vec![
+            ("container", self.container.as_str()),
             ("container_id", &self.container_id),
             ("image", &self.image),
-        ]
+        ];
+        if let Some((pod, namespace)) = &self.pod {
+            pairs.extend([("pod", pod.as_str()), ("namespace", namespace)]);
+        }
+        pairs
     }
 }
 
@@ -150,6 +158,10 @@ impl Snapshot {
                     container: escape_label(&o.name),
                     container_id: escape_label(&o.id),
                     image: escape_label(&o.image),
+                    pod: o
+                        .pod
+                        .as_ref()
+                        .map(|p| (escape_label(&p.name), escape_label(&p.namespace))),
                 },
                 copy_up: Buckets::of(&s.copy_up, COPY_UP_BUCKETS_S),
                 copy_up_bytes: s.copy_up_bytes,

@@ -116,6 +116,8 @@ pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
         "id": owner.id,
         "name": owner.name,
         "image": owner.image,
+        "pod": owner.pod.as_ref().map(|p| &p.name),
+        "namespace": owner.pod.as_ref().map(|p| &p.namespace),
         "copy_up": copy_up,
         "writes": writes,
         "whiteouts": {"count": s.whiteouts},

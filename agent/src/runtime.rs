@@ -9,6 +9,7 @@
 //! request, never more, and never on the event path (these calls run on
 //! attribution's own thread).
 
+use crate::kube::Pod;
 use anyhow::{anyhow, Context, Result};
 use bollard::query_parameters::{EventsOptions, InspectContainerOptions, ListContainersOptions};
 use bollard::{ClientVersion, Docker};
@@ -31,8 +32,25 @@ pub struct ContainerInfo {
     pub image: String,
     /// Its init process, while it runs.
     pub pid: Option<u32>,
-    /// Labels (Kubernetes' `io.kubernetes.pod.name` and friends).
+    /// Labels (Kubernetes' `io.kubernetes.pod.name` and friends), or a
+    /// bundle's annotations.
     pub labels: BTreeMap<String, String>,
+    /// Its Kubernetes pod, when its labels or annotations name one.
+    pub pod: Option<Pod>,
+    /// Who described it.
+    pub source: Source,
+}
+
+/// Where a container's description came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    /// The runtime API (its list and events cover the container).
+    #[default]
+    Engine,
+    /// The runtime's files: containerd's OCI bundle ([`crate::bundle`])
+    /// or podman's storage ([`crate::podman_store`]). No list or events,
+    /// so the container is seen to end when its init pid is gone.
+    Files,
 }
 
 /// A lifecycle change the runtime reports, by container id.
@@ -118,6 +136,15 @@ fn labels(map: Option<HashMap<String, String>>) -> BTreeMap<String, String> {
     map.unwrap_or_default().into_iter().collect()
 }
 
+/// The labels, and the pod they name (a kubelet's Docker containers).
+fn described_by_labels(labels: BTreeMap<String, String>) -> ContainerInfo {
+    ContainerInfo {
+        pod: crate::kube::names(&labels).map(|k| k.pod),
+        labels,
+        ..ContainerInfo::default()
+    }
+}
+
 impl Runtime for DockerEngine {
     fn describe(&self) -> String {
         format!("Docker Engine API at {}", self.socket.display())
@@ -155,7 +182,7 @@ impl Runtime for DockerEngine {
                         .to_string(),
                     image: c.image.unwrap_or_default(),
                     pid: None,
-                    labels: labels(c.labels),
+                    ..described_by_labels(labels(c.labels))
                 }),
             }
         }
@@ -193,7 +220,7 @@ impl Runtime for DockerEngine {
                 .to_string(),
             image: config.image.unwrap_or_default(),
             pid,
-            labels: labels(config.labels),
+            ..described_by_labels(labels(config.labels))
         }))
     }
 

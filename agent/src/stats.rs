@@ -19,6 +19,8 @@ pub struct Owner {
     pub id: String,
     pub name: String,
     pub image: String,
+    /// Its Kubernetes pod, when known.
+    pub pod: Option<crate::kube::Pod>,
 }
 
 impl PartialEq for Owner {
@@ -48,11 +50,21 @@ impl Ord for Owner {
 }
 
 impl Owner {
+    /// How people name it: `namespace/pod/container` in a pod, else its
+    /// name.
+    pub fn label(&self) -> String {
+        match &self.pod {
+            Some(p) => format!("{}/{}/{}", p.namespace, p.name, self.name),
+            None => self.name.clone(),
+        }
+    }
+
     pub fn host() -> Self {
         Owner {
             id: "host".into(),
             name: "host".into(),
             image: String::new(),
+            pod: None,
         }
     }
 }
@@ -351,6 +363,7 @@ mod tests {
             id: id.into(),
             name: id.into(),
             image: String::new(),
+            pod: None,
         }
     }
 

@@ -45,6 +45,7 @@ fn owner(i: usize) -> Owner {
         id: format!("{:016x}{:016x}{:016x}{:016x}", i, i * 7, i * 13, i * 31),
         name: format!("app-{i}-worker"),
         image: format!("registry.example/team/service-{}:v1.2.3", i % 50),
+        pod: None,
     }
 }
 

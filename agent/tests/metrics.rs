@@ -15,6 +15,16 @@ fn snapshot() -> Snapshot {
         id: "0123456789ab".into(),
         name: "we\"ird\\name\nx".into(),
         image: "img:latest".into(),
+        pod: None,
+    };
+    let in_pod = Owner {
+        id: "c0ffee".into(),
+        name: "app".into(),
+        image: String::new(),
+        pod: Some(cowtrace::kube::Pod {
+            name: "web".into(),
+            namespace: "shop".into(),
+        }),
     };
     let host = Owner::host();
     let mut s = OwnerStats::default();
@@ -34,7 +44,11 @@ fn snapshot() -> Snapshot {
     w.latency.record_n(1500, 10);
     let empty = OwnerStats::default();
     let none = WriteTotals::default();
-    let rows = vec![(&hostile, &s, &w), (&host, &empty, &none)];
+    let rows = vec![
+        (&hostile, &s, &w),
+        (&in_pod, &s, &w),
+        (&host, &empty, &none),
+    ];
     let mut snap = Snapshot::started(12, 0.8);
     snap.update(
         &rows,
@@ -54,6 +68,7 @@ fn containers_gone_long_enough_have_no_series() {
         id: "feed".into(),
         name: "gone".into(),
         image: String::new(),
+        pod: None,
     };
     let (s, w) = (OwnerStats::default(), WriteTotals::default());
     let rows = vec![(&gone, &s, &w)];
@@ -90,6 +105,14 @@ fn promtool_accepts_the_classic_exposition() {
     // The hostile name is one escaped label value, not a broken line.
     assert!(text.contains(r#"container="we\"ird\\name\nx""#), "{text}");
     assert!(text.contains("cowtrace_copy_up_seconds_count{container=\"host\""));
+    // A pod's container has pod and namespace; others have neither.
+    assert!(text.contains(
+        r#"cowtrace_whiteouts_total{container="app",container_id="c0ffee",image="",pod="web",namespace="shop"} 2"#
+    ), "{text}");
+    assert!(
+        !text.contains(r#"container="host",container_id="host",image="",pod"#),
+        "{text}"
+    );
     assert!(text.contains("cowtrace_dropped_events_total{kind=\"whiteout\"} 3"));
 }
 

@@ -419,10 +419,14 @@ impl Drop for CriContainer {
 /// `cri-containerd-<id>.scope` in the pod's slice, and systemd makes
 /// `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`
 /// around it; with cgroupfs it is `/kubepods/burstable/pod<uid>/<id>`.
-/// cowtrace attributes its copy-ups by the container id in that path.
+/// cowtrace attributes its copy-ups by the container id in that path, and
+/// names pod, namespace and container from the CRI annotations the CRI
+/// plugin writes into the container's OCI spec (set here with
+/// `ctr run --annotation`), which the agent reads from the bundle's
+/// `config.json`: in the JSON, the metrics labels and the exit summary.
 #[test]
 #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
-fn a_kubernetes_style_containerd_container_is_attributed_by_id() {
+fn a_kubernetes_style_containerd_container_is_attributed_by_id_and_pod() {
     image();
     run(
         "sh",
@@ -452,12 +456,12 @@ fn a_kubernetes_style_containerd_container_is_attributed_by_id() {
     args.extend([
         "--cgroup",
         &cgroup_arg,
-        "--label",
-        "io.kubernetes.pod.name=web",
-        "--label",
-        "io.kubernetes.pod.namespace=shop",
-        "--label",
-        "io.kubernetes.container.name=app",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-name=web",
+        "--annotation",
+        "io.kubernetes.cri.sandbox-namespace=shop",
+        "--annotation",
+        "io.kubernetes.cri.container-name=app",
         &image,
         &id,
         "sleep",
@@ -475,7 +479,22 @@ fn a_kubernetes_style_containerd_container_is_attributed_by_id() {
         .unwrap_or_else(|| panic!("no task {id} in:\n{tasks}"));
     let (path, cgroup_id) = cgroup_of(&pid);
     assert_eq!(path, want_path);
-    let t = Tracer::start("k8s", &[]);
+    let metrics_addr = format!("127.0.0.1:{K8S_METRICS_PORT}");
+    let t = Tracer::start_args(
+        "k8s",
+        &[],
+        &[
+            "--quiet",
+            "--interval",
+            "1s",
+            "--events",
+            "/tmp/trace-k8s/events.ndjson",
+            "--json",
+            "/tmp/trace-k8s/report.json",
+            "--metrics",
+            &metrics_addr,
+        ],
+    );
     ctr(&[
         "task",
         "exec",
@@ -486,6 +505,23 @@ fn a_kubernetes_style_containerd_container_is_attributed_by_id() {
         "-c",
         "echo b >> /data/f12",
     ]);
+    // The series with the pod's labels, once an interval has taken the
+    // copy-up in.
+    let want = format!(
+        "cowtrace_whiteouts_total{{container=\"app\",container_id=\"{id}\",image=\"\",pod=\"web\",namespace=\"shop\"}} 0"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, body) = http_get(K8S_METRICS_PORT, "/metrics", "text/plain");
+        if body.lines().any(|l| l == want) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{want}` in:\n{body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     let tr = t.stop();
     let e: Vec<_> = tr
         .events
@@ -497,7 +533,86 @@ fn a_kubernetes_style_containerd_container_is_attributed_by_id() {
     assert_eq!(e[0]["container"]["id"], id.as_str(), "{}", e[0]);
     let row = tr.container(&id);
     assert_eq!(row["copy_up"]["count"], 2, "{row:#}");
+    assert_eq!(row["name"], "app", "{row:#}");
+    assert_eq!(row["pod"], "web", "{row:#}");
+    assert_eq!(row["namespace"], "shop", "{row:#}");
+    assert!(
+        tr.stderr.contains("shop/web/app ("),
+        "the exit summary does not name the pod:\n{}",
+        tr.stderr
+    );
 }
+
+/// Rootful podman (Debian's package), no API service running: the test
+/// image goes in with `podman load` of a `docker save`, the container runs
+/// with podman's cgroup manager for the init (`machine.slice/libpod-<id>.scope`
+/// under systemd, `/libpod_parent/libpod-<id>` with cgroupfs), and
+/// cowtrace names it and its image from podman's storage.
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn a_podman_container_is_attributed_by_name_and_image() {
+    image();
+    run(
+        "sh",
+        &["-c", &format!("docker save {IMAGE} | podman load -q")],
+    );
+    let podman = |args: &[&str]| run("podman", args);
+    let _ = Command::new("podman").args(["rm", "-f", "pm"]).output();
+    let id = podman(&[
+        "run",
+        "-d",
+        "--name",
+        "pm",
+        "--network",
+        "none",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    struct Pm;
+    impl Drop for Pm {
+        fn drop(&mut self) {
+            let _ = Command::new("podman")
+                .args(["rm", "-f", "-t", "0", "pm"])
+                .output();
+        }
+    }
+    let _pm = Pm;
+    let image = podman(&["inspect", "-f", "{{.ImageName}}", "pm"]);
+    let pid = podman(&["inspect", "-f", "{{.State.Pid}}", "pm"]);
+    let (path, cgroup_id) = cgroup_of(&pid);
+    let want_path = if booted_with_systemd() {
+        format!("/machine.slice/libpod-{id}.scope")
+    } else {
+        format!("/libpod_parent/libpod-{id}")
+    };
+    assert!(
+        path.starts_with(&want_path),
+        "{path} is not under {want_path}"
+    );
+    let t = Tracer::start("podman", &[]);
+    podman(&["exec", "pm", "sh", "-c", "echo b >> /data/f3; rm /data/f4"]);
+    let tr = t.stop();
+    let cu: Vec<_> = tr
+        .events
+        .iter()
+        .filter(|e| e["type"] == "copy_up" && e["path"] == "data/f3")
+        .collect();
+    assert_eq!(cu.len(), 1, "{:#?}", tr.events);
+    assert_eq!(cu[0]["cgroup_id"], cgroup_id, "{}", cu[0]);
+    // The event is attributed by id at once; the name follows from
+    // podman's storage (the report names the container as last known).
+    assert_eq!(cu[0]["container"]["id"], id.as_str(), "{}", cu[0]);
+    let row = tr.container(&id);
+    assert_eq!(row["name"], "pm", "{row:#}");
+    assert_eq!(row["image"], image.as_str(), "{row:#}");
+    // data/ as the parent, then data/f3; the rm is a whiteout.
+    assert_eq!(row["copy_up"]["count"], 2, "{row:#}");
+    assert_eq!(row["whiteouts"]["count"], 1, "{row:#}");
+}
+
+/// Not [`METRICS_PORT`]: a test running beside it must not collide.
+const K8S_METRICS_PORT: u16 = 9465;
 
 /// A runtime socket that accepts and never answers stalls nothing: tracing
 /// starts, the container's copy-up is attributed by its id (no name: the

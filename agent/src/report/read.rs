@@ -132,6 +132,9 @@ pub const ADDED_WITHIN_V1: &[&str] = &[
     "overlays[].overlay_options.volatile",
     "overlays[].overlay_options.nfs_export",
     "overlays[].overlay_options.xino",
+    // Kubernetes names (issue 14).
+    "containers[].pod",
+    "containers[].namespace",
     // Image layers (issue 13); `layers` is kept as written.
     "containers[].layers",
     "containers[].layers[].index",
@@ -204,6 +207,11 @@ pub struct Container {
     pub id: String,
     pub name: String,
     pub image: String,
+    /// Kubernetes pod and namespace; absent in reports of older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     pub copy_up: CopyUp,
     pub writes: Writes,
     pub whiteouts: Count,
@@ -426,6 +434,13 @@ pub fn parse(name: &str, text: &str) -> Result<Run, ReadError> {
                 id: c.id.clone(),
                 name: c.name.clone(),
                 image: c.image.clone(),
+                pod: match (&c.pod, &c.namespace) {
+                    (Some(name), Some(namespace)) => Some(crate::kube::Pod {
+                        name: name.clone(),
+                        namespace: namespace.clone(),
+                    }),
+                    _ => None,
+                },
             },
             stats,
             writes: writes_totals,
@@ -595,8 +610,12 @@ mod tests {
         v["containers"][0]["top_files"][0]["error_ns"] = 0.into();
         v["containers"][0]["top_files_other"] =
             serde_json::json!({"count": 3, "total_ns": 9, "bytes": 12});
+        v["containers"][0]["pod"] = "web".into();
+        v["containers"][0]["namespace"] = "shop".into();
         let run = parse("r.json", &v.to_string()).unwrap();
         assert_eq!(run.report.containers[0].top_files[0].error_ns, Some(0));
+        let owner = &run.containers[0].owner;
+        assert_eq!(owner.label(), "shop/web/nginx");
         assert_eq!(
             run.report.clock,
             Some(Clock {

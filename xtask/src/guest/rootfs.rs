@@ -29,6 +29,11 @@ pub const PACKAGES: &[&str] = &[
     "busybox-static",
     // `cargo xtask bench` compares cowtrace with it.
     "bpftrace",
+    // Rootful podman (no daemon). Its containers-common needs the virtual
+    // `container-network-stack`, which debootstrap does not resolve: the
+    // CNI plugins provide it (the tests use `--network none`).
+    "podman",
+    "containernetworking-plugins",
 ];
 
 /// What a systemd Docker guest adds: systemd as /sbin/init; the D-Bus
