@@ -5,7 +5,8 @@
 //! driver, containers at `/docker/<id>`) and systemd's (Docker's systemd
 //! driver, containers in `system.slice/docker-<id>.scope` scopes that
 //! systemd creates and removes). Tests whose expectations differ between
-//! the two ask [`booted_with_systemd`].
+//! the two ask [`booted_with_systemd`]; those that cannot depend on the
+//! init are in [`any_init`] and run in the first guest only.
 
 use cowtrace_tests::engine::{build_image, docker, run};
 use cowtrace_tests::{make_file, Overlay, Tracer};
@@ -512,7 +513,7 @@ fn a_kubernetes_style_containerd_container_is_attributed_by_id_and_pod() {
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let (_, body) = http_get(K8S_METRICS_PORT, "/metrics", "text/plain");
+        let (_, body) = any_init::http_get(K8S_METRICS_PORT, "/metrics", "text/plain");
         if body.lines().any(|l| l == want) {
             break;
         }
@@ -611,7 +612,7 @@ fn a_podman_container_is_attributed_by_name_and_image() {
     assert_eq!(row["whiteouts"]["count"], 1, "{row:#}");
 }
 
-/// Not [`METRICS_PORT`]: a test running beside it must not collide.
+/// Not [`any_init::METRICS_PORT`]: a test running beside it must not collide.
 const K8S_METRICS_PORT: u16 = 9465;
 
 /// A runtime socket that accepts and never answers stalls nothing: tracing
@@ -788,636 +789,649 @@ fn short_lived_containers_are_each_attributed() {
     assert!(on_host.is_empty(), "booked to the host: {on_host:#?}");
 }
 
-/// Hostile file names built into a real image and copied up in a real
-/// container, with the live view captured: no format character (U+202E
-/// right-to-left override, zero-width space, U+2028) and no escape
-/// sequence reaches the terminal raw.
-#[test]
-#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
-fn hostile_file_names_are_escaped_in_the_live_view() {
-    use std::io::{BufRead, Read};
-    let ctx = std::path::Path::new("/tmp/cowtrace-hostile");
-    std::fs::create_dir_all(ctx).unwrap();
-    let long = |c: char| format!("{}{}", "L".repeat(120), c.to_string().repeat(101));
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!(
-            "FROM cowtrace/busybox:latest\n\
+/// Tests whose outcome cannot depend on the guest's init (how names are
+/// escaped, image layers, copy-ups that changed nothing, what Prometheus
+/// scrapes): `cargo xtask test` runs them in the first Docker guest only.
+mod any_init {
+    use super::*;
+
+    /// Hostile file names built into a real image and copied up in a real
+    /// container, with the live view captured: no format character (U+202E
+    /// right-to-left override, zero-width space, U+2028) and no escape
+    /// sequence reaches the terminal raw.
+    #[test]
+    #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+    fn hostile_file_names_are_escaped_in_the_live_view() {
+        use std::io::{BufRead, Read};
+        let ctx = std::path::Path::new("/tmp/cowtrace-hostile");
+        std::fs::create_dir_all(ctx).unwrap();
+        let long = |c: char| format!("{}{}", "L".repeat(120), c.to_string().repeat(101));
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!(
+                "FROM cowtrace/busybox:latest\n\
              RUN mkdir /data && cd /data && \
              echo 1 > \"$(printf 'evil\\342\\200\\256txt.sh')\" && \
              echo 2 > \"$(printf 'zero\\342\\200\\213width')\" && \
              echo 3 > \"$(printf 'line\\342\\200\\250sep')\" && \
              echo 4 > \"$(printf 'esc\\033[2Jname')\" && \
              echo 5 > {} && echo 6 > {}\n",
-            long('a'),
-            long('b')
-        ),
-    )
-    .unwrap();
-    build_image("cowtrace/hostile", "/tmp/cowtrace-hostile");
-    let _ = Command::new("docker")
-        .args(["rm", "-f", "hostile"])
-        .output();
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        "hostile",
-        "--network",
-        "none",
-        "cowtrace/hostile",
-        "sleep",
-        "3600",
-    ]);
-    let c = Container("hostile".into());
-    let mut child = Command::new(cowtrace_tests::cowtrace_bin())
-        .args(["--container", "hostile", "--interval", "1h"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+                long('a'),
+                long('b')
+            ),
+        )
         .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("tracing") {
-        line.clear();
-        assert!(
-            err.read_line(&mut line).unwrap() > 0,
-            "cowtrace ended before tracing"
-        );
+        build_image("cowtrace/hostile", "/tmp/cowtrace-hostile");
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "hostile"])
+            .output();
+        docker(&[
+            "run",
+            "-d",
+            "--name",
+            "hostile",
+            "--network",
+            "none",
+            "cowtrace/hostile",
+            "sleep",
+            "3600",
+        ]);
+        let c = Container("hostile".into());
+        let mut child = Command::new(cowtrace_tests::cowtrace_bin())
+            .args(["--container", "hostile", "--interval", "1h"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = out.read_to_end(&mut v);
+            v
+        });
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.starts_with("tracing") {
+            line.clear();
+            assert!(
+                err.read_line(&mut line).unwrap() > 0,
+                "cowtrace ended before tracing"
+            );
+        }
+        c.exec("for f in /data/*; do echo x >> \"$f\"; done");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let mut rest = String::new();
+        let _ = err.read_to_string(&mut rest);
+        let status = child.wait().unwrap();
+        let stdout = reader.join().unwrap();
+        let text = String::from_utf8_lossy(&stdout);
+        println!("{text}");
+        assert!(status.success(), "{status}: {rest}");
+        for (bad, what) in [
+            ('\u{202e}', "U+202E"),
+            ('\u{200b}', "U+200B"),
+            ('\u{2028}', "U+2028"),
+            ('\x1b', "ESC"),
+        ] {
+            assert!(!text.contains(bad), "raw {what} in the live view:\n{text}");
+            assert!(!rest.contains(bad), "raw {what} on stderr:\n{rest}");
+        }
+        // The two long names share their first 120 bytes: two files.
+        let cut = format!("data/{}\\…\\#", "L".repeat(63));
+        let long: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| l.contains("copy_up"))
+            .filter_map(|l| l.split("  ").last())
+            .filter(|p| p.starts_with(&cut))
+            .collect();
+        assert_eq!(long.len(), 2, "{long:?}\n{text}");
+        for shown in [
+            "data/evil\\xe2\\x80\\xaetxt.sh",
+            "data/zero\\xe2\\x80\\x8bwidth",
+            "data/line\\xe2\\x80\\xa8sep",
+            "data/esc\\x1b[2Jname",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.contains("copy_up") && l.ends_with(shown)),
+                "no copy-up line for {shown}:\n{text}"
+            );
+        }
     }
-    c.exec("for f in /data/*; do echo x >> \"$f\"; done");
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let mut rest = String::new();
-    let _ = err.read_to_string(&mut rest);
-    let status = child.wait().unwrap();
-    let stdout = reader.join().unwrap();
-    let text = String::from_utf8_lossy(&stdout);
-    println!("{text}");
-    assert!(status.success(), "{status}: {rest}");
-    for (bad, what) in [
-        ('\u{202e}', "U+202E"),
-        ('\u{200b}', "U+200B"),
-        ('\u{2028}', "U+2028"),
-        ('\x1b', "ESC"),
-    ] {
-        assert!(!text.contains(bad), "raw {what} in the live view:\n{text}");
-        assert!(!rest.contains(bad), "raw {what} on stderr:\n{rest}");
-    }
-    // The two long names share their first 120 bytes: two files.
-    let cut = format!("data/{}\\…\\#", "L".repeat(63));
-    let long: std::collections::BTreeSet<&str> = text
-        .lines()
-        .filter(|l| l.contains("copy_up"))
-        .filter_map(|l| l.split("  ").last())
-        .filter(|p| p.starts_with(&cut))
-        .collect();
-    assert_eq!(long.len(), 2, "{long:?}\n{text}");
-    for shown in [
-        "data/evil\\xe2\\x80\\xaetxt.sh",
-        "data/zero\\xe2\\x80\\x8bwidth",
-        "data/line\\xe2\\x80\\xa8sep",
-        "data/esc\\x1b[2Jname",
-    ] {
-        assert!(
-            text.lines()
-                .any(|l| l.contains("copy_up") && l.ends_with(shown)),
-            "no copy-up line for {shown}:\n{text}"
-        );
-    }
-}
 
-/// An image of three layers (the imported base, two `RUN`s) with an `ENV`
-/// between them (no layer) and a file the second `RUN` overrides.
-const LAYERED: &str = "cowtrace/layered";
+    /// An image of three layers (the imported base, two `RUN`s) with an `ENV`
+    /// between them (no layer) and a file the second `RUN` overrides.
+    const LAYERED: &str = "cowtrace/layered";
 
-fn layered_image() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let ctx = std::path::Path::new("/tmp/cowtrace-layered");
-        std::fs::create_dir_all(ctx).unwrap();
-        std::fs::write(
-            ctx.join("Dockerfile"),
-            "FROM cowtrace/busybox:latest\n\
+    fn layered_image() {
+        static BUILT: OnceLock<()> = OnceLock::new();
+        BUILT.get_or_init(|| {
+            let ctx = std::path::Path::new("/tmp/cowtrace-layered");
+            std::fs::create_dir_all(ctx).unwrap();
+            std::fs::write(
+                ctx.join("Dockerfile"),
+                "FROM cowtrace/busybox:latest\n\
              RUN mkdir -p /app/conf && echo base > /app/conf/a.conf && echo one > /app/conf/b.conf \
              && for i in $(seq 1 12); do echo $i > /app/f$i; done \
              && mkdir -p /srv/logs /srv/data && head -c 300000 /dev/zero > /srv/logs/app.log \
              && head -c 1100000 /dev/zero > /srv/data/big.bin\n\
              ENV COWTRACE_NO_LAYER=1\n\
              RUN echo override > /app/conf/b.conf && echo two > /app/conf/c.conf\n",
-        )
+            )
+            .unwrap();
+            build_image(LAYERED, "/tmp/cowtrace-layered");
+        });
+    }
+
+    /// What `docker image inspect` and `docker history` say of an image: its
+    /// diff ids (base first) and the history's instructions (oldest first,
+    /// with the size Docker shows).
+    fn image_facts(image: &str) -> (Vec<String>, Vec<(String, String)>) {
+        let diff_ids: Vec<String> = serde_json::from_str(&docker(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{json .RootFS.Layers}}",
+            image,
+        ]))
         .unwrap();
-        build_image(LAYERED, "/tmp/cowtrace-layered");
-    });
-}
-
-/// What `docker image inspect` and `docker history` say of an image: its
-/// diff ids (base first) and the history's instructions (oldest first,
-/// with the size Docker shows).
-fn image_facts(image: &str) -> (Vec<String>, Vec<(String, String)>) {
-    let diff_ids: Vec<String> = serde_json::from_str(&docker(&[
-        "image",
-        "inspect",
-        "-f",
-        "{{json .RootFS.Layers}}",
-        image,
-    ]))
-    .unwrap();
-    let mut history: Vec<(String, String)> = docker(&[
-        "history",
-        "--no-trunc",
-        "--format",
-        "{{.CreatedBy}}\t{{.Size}}",
-        image,
-    ])
-    .lines()
-    .map(|l| {
-        let (c, s) = l.rsplit_once('\t').unwrap();
-        (c.to_string(), s.to_string())
-    })
-    .collect();
-    history.reverse();
-    (diff_ids, history)
-}
-
-/// Each copy-up and whiteout names the image layer its entry came from
-/// and the instruction that made it, as `docker image inspect` and
-/// `docker history` say; the per-layer totals are exactly the events'.
-#[test]
-#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
-fn events_name_their_image_layer_and_instruction() {
-    layered_image();
-    let (diff_ids, history) = image_facts(LAYERED);
-    assert_eq!(diff_ids.len(), 3, "{diff_ids:?}");
-    // `docker history` shows the ENV (0 B) between the two RUNs.
-    let find = |needle: &str| {
-        history
-            .iter()
-            .find(|(c, _)| c.contains(needle))
-            .unwrap_or_else(|| panic!("no {needle:?} in {history:#?}"))
-            .0
-            .clone()
-    };
-    let run1 = find("echo base");
-    let run2 = find("echo override");
-    let env = find("COWTRACE_NO_LAYER");
-    let (run1_i, run2_i) = (
-        history.iter().position(|h| h.0 == run1).unwrap(),
-        history.iter().position(|h| h.0 == run2).unwrap(),
-    );
-    let env_i = history.iter().position(|h| h.0 == env).unwrap();
-    assert!(run1_i < env_i && env_i < run2_i, "{history:#?}");
-    let _ = Command::new("docker")
-        .args(["rm", "-f", "layered"])
-        .output();
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        "layered",
-        "--network",
-        "none",
-        LAYERED,
-        "sleep",
-        "3600",
-    ]);
-    let c = Container("layered".into());
-    let t = Tracer::start("layers", &["--container", "layered", "--changes"]);
-    c.exec(
-        "echo x >> /app/conf/a.conf; echo x >> /app/conf/b.conf; rm /app/f1; \
-         echo x >> /etc/passwd; echo x >> /.dockerenv; echo x > /app/new; \
-         echo x >> /srv/logs/app.log; touch /srv/data/big.bin",
-    );
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    let tr = t.stop();
-    let event = |kind: &str, path: &str| -> &Value {
-        tr.events
-            .iter()
-            .find(|e| e["type"] == kind && e["path"] == path)
-            .unwrap_or_else(|| panic!("no {kind} of {path}: {:#?}", tr.events))
-    };
-    let expect = |e: &Value, index: usize, created_by: &str| {
-        let l = &e["layer"];
-        assert_eq!(l["index"], index, "{e}");
-        assert_eq!(l["diff_id"], diff_ids[index].as_str(), "{e}");
-        assert_eq!(l["created_by"], created_by, "{e}");
-    };
-    // a.conf is the first RUN's; b.conf the second's, which overrode it
-    // (and wrote in app/conf, so the directory is the second's too).
-    expect(event("copy_up", "app/conf/a.conf"), 1, &run1);
-    expect(event("copy_up", "app/conf/b.conf"), 2, &run2);
-    expect(event("copy_up", "app/conf"), 2, &run2);
-    expect(event("copy_up", "app"), 2, &run2);
-    // A whiteout names the layer that held what was deleted.
-    expect(event("whiteout", "app/f1"), 1, &run1);
-    // The base layer (imported: the history's instruction is empty).
-    expect(event("copy_up", "etc/passwd"), 0, &history[0].0);
-    // Docker's -init layer is no image layer.
-    assert!(event("copy_up", ".dockerenv")["layer"].is_null());
-    for e in &tr.events {
-        assert!(e.get("layer").is_some(), "{e}");
-    }
-    // Per-layer totals: exactly the events'.
-    let me = named(&tr.report, "layered").expect("layered in the report");
-    assert_eq!(me["layers_unknown"], 0, "{me:#}");
-    let layers = me["layers"].as_array().unwrap();
-    for l in layers {
-        let i = l["index"].as_u64().unwrap();
-        let of = |kind: &str| -> Vec<&Value> {
-            tr.events
-                .iter()
-                .filter(|e| e["type"] == kind && e["layer"]["index"] == i)
-                .collect()
-        };
-        let ups = of("copy_up");
-        assert_eq!(l["copy_up"]["count"], ups.len() as u64, "{l:#}");
-        let bytes: u64 = ups.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
-        assert_eq!(l["copy_up"]["bytes"], bytes, "{l:#}");
-        let ns: u64 = ups.iter().map(|e| e["latency_ns"].as_u64().unwrap()).sum();
-        assert_eq!(l["copy_up"]["total_ns"], ns, "{l:#}");
-        assert_eq!(l["whiteouts"]["count"], of("whiteout").len() as u64);
-        assert_eq!(l["diff_id"], diff_ids[i as usize].as_str());
-    }
-    let indexes: Vec<u64> = layers
-        .iter()
-        .map(|l| l["index"].as_u64().unwrap())
-        .collect();
-    assert_eq!(indexes, [0, 1, 2], "{me:#}");
-    // The exit summary names the instruction behind each layer.
-    assert!(tr.stderr.contains("layers of layered"), "{}", tr.stderr);
-    assert!(tr.stderr.contains("RUN echo override"), "{}", tr.stderr);
-    // `docker diff`: every changed (C) path was reported copied up, every
-    // deleted (D) path as a whiteout.
-    let diff = docker(&["diff", "layered"]);
-    let reported = |kind: &str, path: &str| {
-        tr.events
-            .iter()
-            .any(|e| e["type"] == kind && e["path"] == path.trim_start_matches('/'))
-    };
-    for line in diff.lines() {
-        match line.split_once(' ') {
-            Some(("C", p)) => assert!(reported("copy_up", p), "{line}\n{diff}\n{:#?}", tr.events),
-            Some(("D", p)) => assert!(reported("whiteout", p), "{line}\n{diff}\n{:#?}", tr.events),
-            _ => {}
-        }
-    }
-    assert!(diff.lines().any(|l| l == "D /app/f1"), "{diff}");
-    // `--changes` lists exactly what `docker diff` does, with layers.
-    let listed: std::collections::BTreeSet<String> = tr
-        .stderr
+        let mut history: Vec<(String, String)> = docker(&[
+            "history",
+            "--no-trunc",
+            "--format",
+            "{{.CreatedBy}}\t{{.Size}}",
+            image,
+        ])
         .lines()
-        .skip_while(|l| !l.starts_with("changes in layered"))
-        .skip(1)
-        .take_while(|l| l.len() > 2 && "ACD".contains(&l[..1]) && &l[1..3] == " /")
-        .map(|l| l.split("  ").next().unwrap().to_string())
+        .map(|l| {
+            let (c, s) = l.rsplit_once('\t').unwrap();
+            (c.to_string(), s.to_string())
+        })
         .collect();
-    let diffed: std::collections::BTreeSet<String> = diff.lines().map(str::to_string).collect();
-    assert_eq!(listed, diffed, "{}", tr.stderr);
-    assert!(
-        tr.stderr
-            .lines()
-            .any(|l| l.starts_with("C /app/conf/b.conf  [layer 2: RUN echo override")),
-        "{}",
-        tr.stderr
-    );
-    // Advice: the log from the image appended to, the large file touched.
-    let advice = me["advice"].as_array().unwrap();
-    let rule = |r: &str, path: &str| {
-        advice
-            .iter()
-            .find(|a| a["rule"] == r && a["path"] == path)
-            .unwrap_or_else(|| panic!("no {r} for {path}: {advice:#?}"))
-    };
-    let log = rule("log_in_image", "srv/logs/app.log");
-    assert_eq!(log["layer"], 1);
-    assert_eq!(log["bytes"], event("copy_up", "srv/logs/app.log")["bytes"]);
-    let big = rule("large_copy_small_change", "srv/data/big.bin");
-    assert_eq!(big["bytes"], 1_100_000);
-    assert!(tr.stderr.contains("[log_in_image]"), "{}", tr.stderr);
-}
+        history.reverse();
+        (diff_ids, history)
+    }
 
-/// An entrypoint-style `chown -R` to the owner the files already have
-/// copies every file up and changes nothing: reported as copy-ups that
-/// changed nothing, per container and per layer; the files changed after
-/// it are not.
-#[test]
-#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
-fn a_chown_to_the_owner_files_have_changed_nothing() {
-    layered_image();
-    let run = |name: &str| {
-        let _ = Command::new("docker").args(["rm", "-f", name]).output();
+    /// Each copy-up and whiteout names the image layer its entry came from
+    /// and the instruction that made it, as `docker image inspect` and
+    /// `docker history` say; the per-layer totals are exactly the events'.
+    #[test]
+    #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+    fn events_name_their_image_layer_and_instruction() {
+        layered_image();
+        let (diff_ids, history) = image_facts(LAYERED);
+        assert_eq!(diff_ids.len(), 3, "{diff_ids:?}");
+        // `docker history` shows the ENV (0 B) between the two RUNs.
+        let find = |needle: &str| {
+            history
+                .iter()
+                .find(|(c, _)| c.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in {history:#?}"))
+                .0
+                .clone()
+        };
+        let run1 = find("echo base");
+        let run2 = find("echo override");
+        let env = find("COWTRACE_NO_LAYER");
+        let (run1_i, run2_i) = (
+            history.iter().position(|h| h.0 == run1).unwrap(),
+            history.iter().position(|h| h.0 == run2).unwrap(),
+        );
+        let env_i = history.iter().position(|h| h.0 == env).unwrap();
+        assert!(run1_i < env_i && env_i < run2_i, "{history:#?}");
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "layered"])
+            .output();
         docker(&[
             "run",
             "-d",
             "--name",
-            name,
+            "layered",
             "--network",
             "none",
             LAYERED,
             "sleep",
             "3600",
         ]);
-        Container(name.into())
-    };
-    let (c, other) = (run("chowner"), run("chowner2"));
-    let t = Tracer::start("unchanged", &[]);
-    c.exec("chown -R 0:0 /app && chmod 600 /app/f3 && echo x >> /app/f4");
-    // Another container of the image copies one of the same files up.
-    other.exec("chown 0:0 /app/conf/a.conf");
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    let tr = t.stop();
-    let me = named(&tr.report, "chowner").expect("chowner in the report");
-    let u = &me["copy_up_unchanged"];
-    let targets: Vec<&Value> = tr
-        .events
-        .iter()
-        .filter(|e| e["type"] == "copy_up" && e["ancestor"] == false)
-        .filter(|e| e["container"]["name"] == "chowner")
-        .collect();
-    let mut paths: Vec<&str> = targets
-        .iter()
-        .map(|e| e["path"].as_str().unwrap())
-        .collect();
-    paths.sort();
-    // busybox's chown -R goes depth first: the directories are copied up
-    // as parents of the first file (not targets of their own).
-    let mut want = vec![];
-    want.extend(["a", "b", "c"].map(|f| ["app/conf/", f, ".conf"].concat().leak() as &str));
-    want.extend((1..=12).map(|i| format!("app/f{i}").leak() as &str));
-    want.sort();
-    assert_eq!(paths, want, "chown -R copies every file up");
-    let changed = ["app/f3", "app/f4"];
-    let same: Vec<&&Value> = targets
-        .iter()
-        .filter(|e| !changed.contains(&e["path"].as_str().unwrap()))
-        .collect();
-    assert_eq!(u["count"], same.len() as u64, "{u:#}");
-    assert_eq!(u["checked"], targets.len() as u64, "{u:#}");
-    assert_eq!(u["not_checked"], 0, "{u:#}");
-    let bytes: u64 = same.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
-    let ns: u64 = same.iter().map(|e| e["latency_ns"].as_u64().unwrap()).sum();
-    assert_eq!(u["bytes"], bytes, "{u:#}");
-    assert_eq!(u["total_ns"], ns, "{u:#}");
-    let shown: Vec<&str> = u["paths"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
-    assert_eq!(shown.len(), same.len().min(10), "{u:#}");
-    for p in &shown {
-        assert!(!changed.contains(p), "{p} changed: {u:#}");
-    }
-    // Per layer: the first RUN's files and the second's.
-    for l in me["layers"].as_array().unwrap() {
-        let i = &l["index"];
-        let n = same.iter().filter(|e| &e["layer"]["index"] == i).count();
-        assert_eq!(l["copy_up_unchanged"]["count"], n as u64, "{l:#}");
-    }
-    assert!(
-        tr.stderr.contains("copy-ups changed nothing"),
-        "{}",
-        tr.stderr
-    );
-    // Advice: ownership at build time, per layer, with what changed nothing.
-    let advice = me["advice"].as_array().unwrap();
-    let own: Vec<&Value> = advice
-        .iter()
-        .filter(|a| a["rule"] == "ownership_at_build_time")
-        .collect();
-    for a in &own {
-        let i = &a["layer"];
-        let of_layer: Vec<&&Value> = targets
+        let c = Container("layered".into());
+        let t = Tracer::start("layers", &["--container", "layered", "--changes"]);
+        c.exec(
+            "echo x >> /app/conf/a.conf; echo x >> /app/conf/b.conf; rm /app/f1; \
+         echo x >> /etc/passwd; echo x >> /.dockerenv; echo x > /app/new; \
+         echo x >> /srv/logs/app.log; touch /srv/data/big.bin",
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let tr = t.stop();
+        let event = |kind: &str, path: &str| -> &Value {
+            tr.events
+                .iter()
+                .find(|e| e["type"] == kind && e["path"] == path)
+                .unwrap_or_else(|| panic!("no {kind} of {path}: {:#?}", tr.events))
+        };
+        let expect = |e: &Value, index: usize, created_by: &str| {
+            let l = &e["layer"];
+            assert_eq!(l["index"], index, "{e}");
+            assert_eq!(l["diff_id"], diff_ids[index].as_str(), "{e}");
+            assert_eq!(l["created_by"], created_by, "{e}");
+        };
+        // a.conf is the first RUN's; b.conf the second's, which overrode it
+        // (and wrote in app/conf, so the directory is the second's too).
+        expect(event("copy_up", "app/conf/a.conf"), 1, &run1);
+        expect(event("copy_up", "app/conf/b.conf"), 2, &run2);
+        expect(event("copy_up", "app/conf"), 2, &run2);
+        expect(event("copy_up", "app"), 2, &run2);
+        // A whiteout names the layer that held what was deleted.
+        expect(event("whiteout", "app/f1"), 1, &run1);
+        // The base layer (imported: the history's instruction is empty).
+        expect(event("copy_up", "etc/passwd"), 0, &history[0].0);
+        // Docker's -init layer is no image layer.
+        assert!(event("copy_up", ".dockerenv")["layer"].is_null());
+        for e in &tr.events {
+            assert!(e.get("layer").is_some(), "{e}");
+        }
+        // Per-layer totals: exactly the events'.
+        let me = named(&tr.report, "layered").expect("layered in the report");
+        assert_eq!(me["layers_unknown"], 0, "{me:#}");
+        let layers = me["layers"].as_array().unwrap();
+        for l in layers {
+            let i = l["index"].as_u64().unwrap();
+            let of = |kind: &str| -> Vec<&Value> {
+                tr.events
+                    .iter()
+                    .filter(|e| e["type"] == kind && e["layer"]["index"] == i)
+                    .collect()
+            };
+            let ups = of("copy_up");
+            assert_eq!(l["copy_up"]["count"], ups.len() as u64, "{l:#}");
+            let bytes: u64 = ups.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
+            assert_eq!(l["copy_up"]["bytes"], bytes, "{l:#}");
+            let ns: u64 = ups.iter().map(|e| e["latency_ns"].as_u64().unwrap()).sum();
+            assert_eq!(l["copy_up"]["total_ns"], ns, "{l:#}");
+            assert_eq!(l["whiteouts"]["count"], of("whiteout").len() as u64);
+            assert_eq!(l["diff_id"], diff_ids[i as usize].as_str());
+        }
+        let indexes: Vec<u64> = layers
             .iter()
-            .filter(|e| &e["layer"]["index"] == i)
+            .map(|l| l["index"].as_u64().unwrap())
             .collect();
-        assert_eq!(a["count"], of_layer.len() as u64, "{a:#}");
-        let same = of_layer
+        assert_eq!(indexes, [0, 1, 2], "{me:#}");
+        // The exit summary names the instruction behind each layer.
+        assert!(tr.stderr.contains("layers of layered"), "{}", tr.stderr);
+        assert!(tr.stderr.contains("RUN echo override"), "{}", tr.stderr);
+        // `docker diff`: every changed (C) path was reported copied up, every
+        // deleted (D) path as a whiteout.
+        let diff = docker(&["diff", "layered"]);
+        let reported = |kind: &str, path: &str| {
+            tr.events
+                .iter()
+                .any(|e| e["type"] == kind && e["path"] == path.trim_start_matches('/'))
+        };
+        for line in diff.lines() {
+            match line.split_once(' ') {
+                Some(("C", p)) => {
+                    assert!(reported("copy_up", p), "{line}\n{diff}\n{:#?}", tr.events)
+                }
+                Some(("D", p)) => {
+                    assert!(reported("whiteout", p), "{line}\n{diff}\n{:#?}", tr.events)
+                }
+                _ => {}
+            }
+        }
+        assert!(diff.lines().any(|l| l == "D /app/f1"), "{diff}");
+        // `--changes` lists exactly what `docker diff` does, with layers.
+        let listed: std::collections::BTreeSet<String> = tr
+            .stderr
+            .lines()
+            .skip_while(|l| !l.starts_with("changes in layered"))
+            .skip(1)
+            .take_while(|l| l.len() > 2 && "ACD".contains(&l[..1]) && &l[1..3] == " /")
+            .map(|l| l.split("  ").next().unwrap().to_string())
+            .collect();
+        let diffed: std::collections::BTreeSet<String> = diff.lines().map(str::to_string).collect();
+        assert_eq!(listed, diffed, "{}", tr.stderr);
+        assert!(
+            tr.stderr
+                .lines()
+                .any(|l| l.starts_with("C /app/conf/b.conf  [layer 2: RUN echo override")),
+            "{}",
+            tr.stderr
+        );
+        // Advice: the log from the image appended to, the large file touched.
+        let advice = me["advice"].as_array().unwrap();
+        let rule = |r: &str, path: &str| {
+            advice
+                .iter()
+                .find(|a| a["rule"] == r && a["path"] == path)
+                .unwrap_or_else(|| panic!("no {r} for {path}: {advice:#?}"))
+        };
+        let log = rule("log_in_image", "srv/logs/app.log");
+        assert_eq!(log["layer"], 1);
+        assert_eq!(log["bytes"], event("copy_up", "srv/logs/app.log")["bytes"]);
+        let big = rule("large_copy_small_change", "srv/data/big.bin");
+        assert_eq!(big["bytes"], 1_100_000);
+        assert!(tr.stderr.contains("[log_in_image]"), "{}", tr.stderr);
+    }
+
+    /// An entrypoint-style `chown -R` to the owner the files already have
+    /// copies every file up and changes nothing: reported as copy-ups that
+    /// changed nothing, per container and per layer; the files changed after
+    /// it are not.
+    #[test]
+    #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+    fn a_chown_to_the_owner_files_have_changed_nothing() {
+        layered_image();
+        let run = |name: &str| {
+            let _ = Command::new("docker").args(["rm", "-f", name]).output();
+            docker(&[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                "none",
+                LAYERED,
+                "sleep",
+                "3600",
+            ]);
+            Container(name.into())
+        };
+        let (c, other) = (run("chowner"), run("chowner2"));
+        let t = Tracer::start("unchanged", &[]);
+        c.exec("chown -R 0:0 /app && chmod 600 /app/f3 && echo x >> /app/f4");
+        // Another container of the image copies one of the same files up.
+        other.exec("chown 0:0 /app/conf/a.conf");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let tr = t.stop();
+        let me = named(&tr.report, "chowner").expect("chowner in the report");
+        let u = &me["copy_up_unchanged"];
+        let targets: Vec<&Value> = tr
+            .events
+            .iter()
+            .filter(|e| e["type"] == "copy_up" && e["ancestor"] == false)
+            .filter(|e| e["container"]["name"] == "chowner")
+            .collect();
+        let mut paths: Vec<&str> = targets
+            .iter()
+            .map(|e| e["path"].as_str().unwrap())
+            .collect();
+        paths.sort();
+        // busybox's chown -R goes depth first: the directories are copied up
+        // as parents of the first file (not targets of their own).
+        let mut want = vec![];
+        want.extend(["a", "b", "c"].map(|f| ["app/conf/", f, ".conf"].concat().leak() as &str));
+        want.extend((1..=12).map(|i| format!("app/f{i}").leak() as &str));
+        want.sort();
+        assert_eq!(paths, want, "chown -R copies every file up");
+        let changed = ["app/f3", "app/f4"];
+        let same: Vec<&&Value> = targets
             .iter()
             .filter(|e| !changed.contains(&e["path"].as_str().unwrap()))
-            .count();
-        assert_eq!(a["unchanged"], same as u64, "{a:#}");
+            .collect();
+        assert_eq!(u["count"], same.len() as u64, "{u:#}");
+        assert_eq!(u["checked"], targets.len() as u64, "{u:#}");
+        assert_eq!(u["not_checked"], 0, "{u:#}");
+        let bytes: u64 = same.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
+        let ns: u64 = same.iter().map(|e| e["latency_ns"].as_u64().unwrap()).sum();
+        assert_eq!(u["bytes"], bytes, "{u:#}");
+        assert_eq!(u["total_ns"], ns, "{u:#}");
+        let shown: Vec<&str> = u["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert_eq!(shown.len(), same.len().min(10), "{u:#}");
+        for p in &shown {
+            assert!(!changed.contains(p), "{p} changed: {u:#}");
+        }
+        // Per layer: the first RUN's files and the second's.
+        for l in me["layers"].as_array().unwrap() {
+            let i = &l["index"];
+            let n = same.iter().filter(|e| &e["layer"]["index"] == i).count();
+            assert_eq!(l["copy_up_unchanged"]["count"], n as u64, "{l:#}");
+        }
+        assert!(
+            tr.stderr.contains("copy-ups changed nothing"),
+            "{}",
+            tr.stderr
+        );
+        // Advice: ownership at build time, per layer, with what changed nothing.
+        let advice = me["advice"].as_array().unwrap();
+        let own: Vec<&Value> = advice
+            .iter()
+            .filter(|a| a["rule"] == "ownership_at_build_time")
+            .collect();
+        for a in &own {
+            let i = &a["layer"];
+            let of_layer: Vec<&&Value> = targets
+                .iter()
+                .filter(|e| &e["layer"]["index"] == i)
+                .collect();
+            assert_eq!(a["count"], of_layer.len() as u64, "{a:#}");
+            let same = of_layer
+                .iter()
+                .filter(|e| !changed.contains(&e["path"].as_str().unwrap()))
+                .count();
+            assert_eq!(a["unchanged"], same as u64, "{a:#}");
+        }
+        let layers_with_chown: std::collections::BTreeSet<u64> = targets
+            .iter()
+            .map(|e| e["layer"]["index"].as_u64().unwrap())
+            .collect();
+        assert_eq!(own.len(), layers_with_chown.len(), "{advice:#?}");
+        // The same image file copied up by both containers.
+        let bake = advice
+            .iter()
+            .find(|a| a["rule"] == "bake_into_image" && a["path"] == "app/conf/a.conf")
+            .unwrap_or_else(|| panic!("no bake_into_image: {advice:#?}"));
+        assert_eq!(bake["count"], 2, "{bake:#}");
+        assert!(
+            tr.stderr.contains("[ownership_at_build_time]"),
+            "{}",
+            tr.stderr
+        );
     }
-    let layers_with_chown: std::collections::BTreeSet<u64> = targets
-        .iter()
-        .map(|e| e["layer"]["index"].as_u64().unwrap())
-        .collect();
-    assert_eq!(own.len(), layers_with_chown.len(), "{advice:#?}");
-    // The same image file copied up by both containers.
-    let bake = advice
-        .iter()
-        .find(|a| a["rule"] == "bake_into_image" && a["path"] == "app/conf/a.conf")
-        .unwrap_or_else(|| panic!("no bake_into_image: {advice:#?}"));
-    assert_eq!(bake["count"], 2, "{bake:#}");
-    assert!(
-        tr.stderr.contains("[ownership_at_build_time]"),
-        "{}",
-        tr.stderr
-    );
-}
 
-/// `GET http://127.0.0.1:PORT/PATH` with `accept`: status line and body.
-fn http_get(port: u16, path_and_query: &str, accept: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    write!(
+    /// `GET http://127.0.0.1:PORT/PATH` with `accept`: status line and body.
+    pub(super) fn http_get(port: u16, path_and_query: &str, accept: &str) -> (String, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        write!(
         s,
         "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.to_string(), body.to_string())
-}
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (head.to_string(), body.to_string())
+    }
 
-/// One PromQL query against the Prometheus HTTP API: the first sample's
-/// value, if any.
-fn prom_query(q: &str) -> Option<f64> {
-    let enc: String = q
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let (head, body) = http_get(PROM_PORT, &format!("/api/v1/query?query={enc}"), "*/*");
-    assert!(head.starts_with("HTTP/1.1 200"), "{q}: {head}\n{body}");
-    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    v["data"]["result"][0]["value"][1]
-        .as_str()
-        .map(|s| s.parse().unwrap())
-}
+    /// One PromQL query against the Prometheus HTTP API: the first sample's
+    /// value, if any.
+    fn prom_query(q: &str) -> Option<f64> {
+        let enc: String = q
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (head, body) = http_get(PROM_PORT, &format!("/api/v1/query?query={enc}"), "*/*");
+        assert!(head.starts_with("HTTP/1.1 200"), "{q}: {head}\n{body}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .map(|s| s.parse().unwrap())
+    }
 
-const METRICS_PORT: u16 = 9464;
-const PROM_PORT: u16 = 9090;
+    pub(super) const METRICS_PORT: u16 = 9464;
+    const PROM_PORT: u16 = 9090;
 
-/// A real Prometheus (Debian's, copied into the guest by the harness)
-/// scrapes `--metrics`; what it stores and computes agrees with the same
-/// run's JSON: counts exact, the median within one bucket of the
-/// exposition. `promtool check metrics` accepts the classic exposition,
-/// and the endpoint goes away with the agent.
-#[test]
-#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
-fn prometheus_scrapes_what_the_json_says() {
-    use std::time::{Duration, Instant};
-    let c = Container::run("scraped");
-    let dir = std::path::Path::new("/tmp/prom");
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
+    /// A real Prometheus (Debian's, copied into the guest by the harness)
+    /// scrapes `--metrics`; what it stores and computes agrees with the same
+    /// run's JSON: counts exact, the median within one bucket of the
+    /// exposition. `promtool check metrics` accepts the classic exposition,
+    /// and the endpoint goes away with the agent.
+    #[test]
+    #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+    fn prometheus_scrapes_what_the_json_says() {
+        use std::time::{Duration, Instant};
+        let c = Container::run("scraped");
+        let dir = std::path::Path::new("/tmp/prom");
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(
         dir.join("prometheus.yml"),
         format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: cowtrace\n    static_configs:\n      - targets: ['127.0.0.1:{METRICS_PORT}']\n"
         ),
     )
     .unwrap();
-    // Where Tracer::stop reads it.
-    let json = "/tmp/trace-prom/report.json";
-    let metrics_addr = format!("127.0.0.1:{METRICS_PORT}");
-    let t = Tracer::start_args(
-        "prom",
-        &[],
-        &[
-            "--quiet",
-            "--interval",
-            "1s",
-            "--json",
-            json,
-            "--metrics",
-            &metrics_addr,
-            "--metrics-forget-after",
-            "2s",
-        ],
-    );
-    let mut prom = Command::new("/usr/local/bin/prometheus")
-        .arg("--config.file=/tmp/prom/prometheus.yml")
-        .arg("--storage.tsdb.path=/tmp/prom/data")
-        .arg(format!("--web.listen-address=127.0.0.1:{PROM_PORT}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create("/tmp/prom/prometheus.log").unwrap())
-        .spawn()
-        .expect("start prometheus");
+        // Where Tracer::stop reads it.
+        let json = "/tmp/trace-prom/report.json";
+        let metrics_addr = format!("127.0.0.1:{METRICS_PORT}");
+        let t = Tracer::start_args(
+            "prom",
+            &[],
+            &[
+                "--quiet",
+                "--interval",
+                "1s",
+                "--json",
+                json,
+                "--metrics",
+                &metrics_addr,
+                "--metrics-forget-after",
+                "2s",
+            ],
+        );
+        let mut prom = Command::new("/usr/local/bin/prometheus")
+            .arg("--config.file=/tmp/prom/prometheus.yml")
+            .arg("--storage.tsdb.path=/tmp/prom/data")
+            .arg(format!("--web.listen-address=127.0.0.1:{PROM_PORT}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create("/tmp/prom/prometheus.log").unwrap())
+            .spawn()
+            .expect("start prometheus");
 
-    // Ten copy-ups of files from the image (and their parent, data/), two
-    // whiteouts.
-    c.exec("for i in $(seq 1 10); do echo b >> /data/f$i; done; rm /data/f11 /data/f12");
-    let sel = "{container=\"scraped\"}";
-    let count_q = format!("cowtrace_copy_up_seconds_count{sel}");
-    // Scraped once the agent's interval has taken the numbers in, and
-    // stable: two scrapes agree with the endpoint's own exposition.
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let stored = loop {
-        let (_, body) = http_get(METRICS_PORT, "/metrics", "text/plain");
-        let exposed = body
-            .lines()
-            .find(|l| l.starts_with("cowtrace_copy_up_seconds_count{container=\"scraped\""))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok());
-        let up = prom_query("up{job=\"cowtrace\"}");
-        let stored = prom_query(&count_q);
-        if up == Some(1.0) && exposed == Some(11.0) && stored == exposed {
-            break stored.unwrap();
-        }
-        assert!(
+        // Ten copy-ups of files from the image (and their parent, data/), two
+        // whiteouts.
+        c.exec("for i in $(seq 1 10); do echo b >> /data/f$i; done; rm /data/f11 /data/f12");
+        let sel = "{container=\"scraped\"}";
+        let count_q = format!("cowtrace_copy_up_seconds_count{sel}");
+        // Scraped once the agent's interval has taken the numbers in, and
+        // stable: two scrapes agree with the endpoint's own exposition.
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let stored = loop {
+            let (_, body) = http_get(METRICS_PORT, "/metrics", "text/plain");
+            let exposed = body
+                .lines()
+                .find(|l| l.starts_with("cowtrace_copy_up_seconds_count{container=\"scraped\""))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok());
+            let up = prom_query("up{job=\"cowtrace\"}");
+            let stored = prom_query(&count_q);
+            if up == Some(1.0) && exposed == Some(11.0) && stored == exposed {
+                break stored.unwrap();
+            }
+            assert!(
             Instant::now() < deadline,
             "Prometheus never stored the run's numbers: up {up:?}, stored {stored:?}, exposed {exposed:?}\n{}",
             std::fs::read_to_string("/tmp/prom/prometheus.log").unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    let whiteouts = prom_query(&format!("cowtrace_whiteouts_total{sel}"));
-    let bytes = prom_query(&format!("cowtrace_copy_up_bytes_total{sel}"));
-    let median = prom_query(&format!(
-        "histogram_quantile(0.5, sum by (le) (cowtrace_copy_up_seconds_bucket{sel}))"
-    ))
-    .expect("a median");
-    let info = prom_query("cowtrace_build_info");
-    let probes = prom_query("cowtrace_probes_attached").unwrap_or(0.0);
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let whiteouts = prom_query(&format!("cowtrace_whiteouts_total{sel}"));
+        let bytes = prom_query(&format!("cowtrace_copy_up_bytes_total{sel}"));
+        let median = prom_query(&format!(
+            "histogram_quantile(0.5, sum by (le) (cowtrace_copy_up_seconds_bucket{sel}))"
+        ))
+        .expect("a median");
+        let info = prom_query("cowtrace_build_info");
+        let probes = prom_query("cowtrace_probes_attached").unwrap_or(0.0);
 
-    // The classic exposition passes promtool's lint; OpenMetrics comes
-    // when asked for.
-    let (head, classic) = http_get(METRICS_PORT, "/metrics", "text/plain");
-    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
-    std::fs::write("/tmp/prom/classic.txt", &classic).unwrap();
-    let check = Command::new("sh")
-        .args([
-            "-c",
-            "/usr/local/bin/promtool check metrics < /tmp/prom/classic.txt",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "promtool check metrics: {}{}\n{classic}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let (head, om) = http_get(
-        METRICS_PORT,
-        "/metrics",
-        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
-    );
-    assert!(head.contains("application/openmetrics-text"), "{head}");
-    assert!(om.ends_with("# EOF\n"), "{om}");
-
-    // Once the container is gone (and the grace has passed) its series go.
-    docker(&["rm", "-f", "scraped"]);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, body) = http_get(METRICS_PORT, "/metrics", "text/plain");
-        if !body.contains("container=\"scraped\"") {
-            break;
-        }
+        // The classic exposition passes promtool's lint; OpenMetrics comes
+        // when asked for.
+        let (head, classic) = http_get(METRICS_PORT, "/metrics", "text/plain");
+        assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+        std::fs::write("/tmp/prom/classic.txt", &classic).unwrap();
+        let check = Command::new("sh")
+            .args([
+                "-c",
+                "/usr/local/bin/promtool check metrics < /tmp/prom/classic.txt",
+            ])
+            .output()
+            .unwrap();
         assert!(
-            Instant::now() < deadline,
-            "the exited container's series stayed:\n{body}"
+            check.status.success(),
+            "promtool check metrics: {}{}\n{classic}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
         );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        let (head, om) = http_get(
+            METRICS_PORT,
+            "/metrics",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        );
+        assert!(head.contains("application/openmetrics-text"), "{head}");
+        assert!(om.ends_with("# EOF\n"), "{om}");
 
-    let tr = t.stop();
-    let _ = prom.kill();
-    let _ = prom.wait();
-    let mine = named(&tr.report, "scraped").expect("scraped in the report");
-    assert_eq!(
-        stored,
-        mine["copy_up"]["count"].as_f64().unwrap(),
-        "{mine:#}"
-    );
-    assert_eq!(whiteouts, mine["whiteouts"]["count"].as_f64(), "{mine:#}");
-    assert_eq!(bytes, mine["copy_up"]["bytes"].as_f64(), "{mine:#}");
-    assert_eq!(info, Some(1.0));
-    assert!(probes > 0.0);
-    // histogram_quantile interpolates inside the bucket holding the median:
-    // the JSON's median lies in that bucket (1% for the histograms' own
-    // resolution).
-    let p50_s = mine["copy_up"]["latency_ns"]["p50"].as_f64().unwrap() / 1e9;
-    let bounds = cowtrace::metrics::COPY_UP_BUCKETS_S;
-    let i = bounds
-        .iter()
-        .position(|&b| median <= b)
-        .unwrap_or(bounds.len());
-    let lo = if i == 0 { 0.0 } else { bounds[i - 1] };
-    let hi = bounds.get(i).copied().unwrap_or(f64::MAX);
-    assert!(
-        p50_s >= lo * 0.99 && p50_s <= hi * 1.01,
-        "Prometheus median {median} s in ({lo}, {hi}], JSON p50 {p50_s} s"
-    );
-    // Gone with the agent.
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT)).is_err(),
-        "the metrics port is still open after cowtrace ended"
-    );
+        // Once the container is gone (and the grace has passed) its series go.
+        docker(&["rm", "-f", "scraped"]);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, body) = http_get(METRICS_PORT, "/metrics", "text/plain");
+            if !body.contains("container=\"scraped\"") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the exited container's series stayed:\n{body}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+
+        let tr = t.stop();
+        let _ = prom.kill();
+        let _ = prom.wait();
+        let mine = named(&tr.report, "scraped").expect("scraped in the report");
+        assert_eq!(
+            stored,
+            mine["copy_up"]["count"].as_f64().unwrap(),
+            "{mine:#}"
+        );
+        assert_eq!(whiteouts, mine["whiteouts"]["count"].as_f64(), "{mine:#}");
+        assert_eq!(bytes, mine["copy_up"]["bytes"].as_f64(), "{mine:#}");
+        assert_eq!(info, Some(1.0));
+        assert!(probes > 0.0);
+        // histogram_quantile interpolates inside the bucket holding the median:
+        // the JSON's median lies in that bucket (1% for the histograms' own
+        // resolution).
+        let p50_s = mine["copy_up"]["latency_ns"]["p50"].as_f64().unwrap() / 1e9;
+        let bounds = cowtrace::metrics::COPY_UP_BUCKETS_S;
+        let i = bounds
+            .iter()
+            .position(|&b| median <= b)
+            .unwrap_or(bounds.len());
+        let lo = if i == 0 { 0.0 } else { bounds[i - 1] };
+        let hi = bounds.get(i).copied().unwrap_or(f64::MAX);
+        assert!(
+            p50_s >= lo * 0.99 && p50_s <= hi * 1.01,
+            "Prometheus median {median} s in ({lo}, {hi}], JSON p50 {p50_s} s"
+        );
+        // Gone with the agent.
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT)).is_err(),
+            "the metrics port is still open after cowtrace ended"
+        );
+    }
 }
 
 /// The agent as a container, as deploy/kubernetes/daemonset.yaml runs it:
