@@ -937,6 +937,7 @@ mod tests {
             id: id.into(),
             name: format!("{id}-name"),
             image: String::new(),
+            pod: None,
         }
     }
 
