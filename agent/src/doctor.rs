@@ -279,14 +279,7 @@ mod tests {
 42 20 0:54 / /home/u/.local/share/containers/storage/overlay/b/merged rw - fuse.fuse-overlayfs fuse-overlayfs rw,user_id=1000
 43 20 8:1 / / rw - ext4 /dev/sda1 rw
 ";
-        let defaults = ModuleDefaults {
-            metacopy: Some(false),
-            index: Some(false),
-            redirect_dir: Some(false),
-            redirect_always_follow: Some(true),
-            nfs_export: Some(false),
-            xino_auto: Some(false),
-        };
+        let defaults = crate::overlay_opts::tests::docker_defaults();
         let f = mount_findings_of(&parse_mountinfo(text), &defaults);
         assert_eq!(f.len(), 3);
         assert!(f[0].ok && !f[0].fatal, "{}", f[0].detail);

@@ -272,7 +272,7 @@ impl Overlays {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn mount(opts: &str) -> Mount {
@@ -282,7 +282,9 @@ mod tests {
         .unwrap()
     }
 
-    fn docker_defaults() -> ModuleDefaults {
+    /// The overlay module's defaults on Debian's kernels (what Docker's
+    /// mounts inherit); doctor's tests use them too.
+    pub(crate) fn docker_defaults() -> ModuleDefaults {
         ModuleDefaults {
             metacopy: Some(false),
             index: Some(false),
