@@ -430,3 +430,45 @@ pub mod engine {
         docker(&["build", "-q", "--network", "none", "-t", tag, ctx]);
     }
 }
+
+/// A runtime API socket that accepts every connection and never answers,
+/// holding each one open: the agent's requests to it end only at the
+/// agent's own deadline ([`cowtrace::runtime::REQUEST_DEADLINE`]).
+pub struct HungApi {
+    accepted: mpsc::Receiver<std::time::Instant>,
+}
+
+impl HungApi {
+    pub fn bind(path: &str) -> Self {
+        let _ = std::fs::remove_file(path);
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        let (tx, accepted) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in listener.incoming().flatten() {
+                held.push(s);
+                if tx.send(std::time::Instant::now()).is_err() {
+                    break;
+                }
+            }
+        });
+        HungApi { accepted }
+    }
+
+    /// Waits for the agent's next request (a new connection) and says
+    /// when it came. Earlier connections are forgotten first.
+    pub fn next_request(&self, limit: Duration) -> std::time::Instant {
+        while self.accepted.try_recv().is_ok() {}
+        self.accepted
+            .recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("the agent asked the hung API nothing for {limit:?}"))
+    }
+
+    /// Whether `end`, the end of a run, came before the request made at
+    /// `asked` could have given up: a run whose end waited for its
+    /// request in flight ends at `asked + REQUEST_DEADLINE` or later. This
+    /// is the failure's own signature, not a speed bound.
+    pub fn ended_before_the_deadline(asked: std::time::Instant, end: std::time::Instant) -> bool {
+        end < asked + cowtrace::runtime::REQUEST_DEADLINE
+    }
+}

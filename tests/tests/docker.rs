@@ -622,20 +622,11 @@ const K8S_METRICS_PORT: u16 = 9465;
 #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
 fn a_runtime_that_never_answers_stalls_nothing() {
     use std::io::{BufRead, BufReader};
-    use std::os::unix::net::UnixListener;
     use std::time::{Duration, Instant};
     let c = Container::run("hang-victim");
     let id = docker(&["inspect", "-f", "{{.Id}}", "hang-victim"]);
     let sock = "/tmp/hang.sock";
-    let _ = std::fs::remove_file(sock);
-    let listener = UnixListener::bind(sock).unwrap();
-    std::thread::spawn(move || {
-        // Accept, read nothing, answer nothing, keep every connection open.
-        let mut held = Vec::new();
-        for s in listener.incoming().flatten() {
-            held.push(s);
-        }
-    });
+    let api = cowtrace_tests::HungApi::bind(sock);
     let dir = std::path::Path::new("/tmp/trace-hang");
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
@@ -661,7 +652,8 @@ fn a_runtime_that_never_answers_stalls_nothing() {
         }
     }
     c.exec("echo b >> /data/f1");
-    std::thread::sleep(Duration::from_secs(3));
+    // The signal goes the moment a request is in flight.
+    let asked = api.next_request(Duration::from_secs(30));
     let t0 = Instant::now();
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     // The report and the summary come before the probes are detached
@@ -675,18 +667,22 @@ fn a_runtime_that_never_answers_stalls_nothing() {
             break;
         }
         if summary_after.is_none() && line.contains("cowtrace summary") {
-            summary_after = Some(t0.elapsed());
+            summary_after = Some(Instant::now());
         }
         rest.push_str(&line);
     }
     let status = child.wait().unwrap();
     let exited_after = t0.elapsed();
-    eprintln!("SIGINT to summary: {summary_after:?}, to exit: {exited_after:?}");
+    eprintln!(
+        "request to SIGINT: {:?}, SIGINT to summary: {:?}, to exit: {exited_after:?}",
+        t0 - asked,
+        summary_after.map(|s| s - t0)
+    );
     assert!(status.success(), "{status}\n{seen}{rest}");
-    let took = summary_after.unwrap_or_else(|| panic!("no summary:\n{seen}{rest}"));
+    let summary_at = summary_after.unwrap_or_else(|| panic!("no summary:\n{seen}{rest}"));
     assert!(
-        took < Duration::from_secs(2),
-        "the end took {took:?} with a runtime that never answers\n{seen}{rest}"
+        cowtrace_tests::HungApi::ended_before_the_deadline(asked, summary_at),
+        "the end waited for the request in flight to a runtime that never answers\n{seen}{rest}"
     );
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();

@@ -666,11 +666,14 @@ fn sighup_ends_with_complete_outputs_and_no_probes_left() {
     assert_eq!(e[0]["ts_ns"].as_i64().unwrap() + off, t_ev);
 }
 
-/// Copy-ups and whiteouts from several threads without pause; the end
-/// must still come within 2 s of the signal, with complete JSON.
+/// Copy-ups and whiteouts from several threads without pause, kept going
+/// until cowtrace has exited: the end must come while the storm goes on
+/// (an agent that drained until the ring buffer was empty would never
+/// end), with complete JSON. No wall-clock bound: the times are printed,
+/// and the only limit is the 60 s after which the test calls it a hang.
 #[test]
 #[ignore = "needs a guest kernel: run through `cargo xtask test`"]
-fn the_end_comes_within_2s_under_an_event_storm() {
+fn the_end_comes_during_an_event_storm() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     let n = 3000;
@@ -683,57 +686,72 @@ fn the_end_comes_within_2s_under_an_event_storm() {
     });
     let t = Tracer::start("storm", &[]);
     let stop = Arc::new(AtomicBool::new(false));
+    // Every operation, and those of the first pass: one copy-up or one
+    // whiteout each.
     let made = Arc::new(AtomicU64::new(0));
+    let first_pass = Arc::new(AtomicU64::new(0));
     let hs: Vec<_> = (0..3)
         .map(|th| {
             let dir = ov.path(&format!("t{th}"));
             let stop = stop.clone();
             let made = made.clone();
+            let first_pass = first_pass.clone();
+            // The first pass copies up (or whites out) every file; later
+            // passes append again (writes) or re-create and remove (a
+            // whiteout each time), so the storm lasts until it is stopped.
             std::thread::spawn(move || {
-                for i in 0..n {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
+                for pass in 0.. {
+                    for i in 0..n {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let p = dir.join(format!("f{i}"));
+                        if th == 2 {
+                            if pass > 0 {
+                                let _ = std::fs::write(&p, b"y");
+                            }
+                            let _ = std::fs::remove_file(p);
+                        } else {
+                            append(&p, b"z");
+                        }
+                        made.fetch_add(1, Ordering::Relaxed);
+                        if pass == 0 {
+                            first_pass.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                    let p = dir.join(format!("f{i}"));
-                    if th == 2 {
-                        let _ = std::fs::remove_file(p);
-                    } else {
-                        append(&p, b"z");
-                    }
-                    made.fetch_add(1, Ordering::Relaxed);
                 }
             })
         })
         .collect();
     std::thread::sleep(std::time::Duration::from_secs(3));
     let before = made.load(Ordering::Relaxed);
+    let cow_before = first_pass.load(Ordering::Relaxed);
     let t0 = std::time::Instant::now();
     t.signal(libc::SIGINT);
     let mut t = t;
     // The summary is printed after the final JSON is written.
     let reported = t.wait_for_line("--- cowtrace summary", std::time::Duration::from_secs(60));
     let report_took = t0.elapsed();
+    let at_report = made.load(Ordering::Relaxed);
     let status = t.wait_for(std::time::Duration::from_secs(60));
     let exit_took = t0.elapsed();
+    let at_exit = made.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     hs.into_iter().for_each(|h| h.join().unwrap());
     let status = status.expect("cowtrace still running 60 s after SIGINT");
     let stderr = t.rest_of_stderr();
     println!(
-        "storm: {before} events made before the signal; final report after {report_took:?}, \
+        "storm: {before} events made before the signal, {at_report} at the final report, \
+         {at_exit} at exit; final report after {report_took:?}, \
          exit (probes detached) after {exit_took:?}"
     );
-    assert!(reported, "no summary: {stderr}");
+    assert!(reported, "no summary within 60 s of the signal: {stderr}");
     assert!(before > 100, "no storm: {before}");
+    // The storm was still going when the report was written: the end did
+    // not wait for the events to stop.
     assert!(
-        report_took < std::time::Duration::from_secs(2),
-        "final report after {report_took:?}\n{stderr}"
-    );
-    // Detaching waits for the kernel (RCU grace periods, trampoline
-    // updates); under TCG with the storm going on it took 2.6 s.
-    assert!(
-        exit_took < std::time::Duration::from_secs(10),
-        "exit after {exit_took:?}\n{stderr}"
+        at_report > before,
+        "no event was made between the signal and the report\n{stderr}"
     );
     let tr = t.outputs(status, stderr);
     assert!(tr.status.success(), "{}", tr.stderr);
@@ -744,8 +762,11 @@ fn the_end_comes_within_2s_under_an_event_storm() {
         .iter()
         .map(|k| tr.report["drops"][k].as_u64().unwrap())
         .sum();
-    println!("storm: {seen} in the report, {dropped} counted as dropped");
-    assert!(seen >= before / 2, "{seen} of {before}");
+    println!(
+        "storm: {seen} copy-ups and whiteouts in the report, {cow_before} made before the signal, \
+         {dropped} counted as dropped"
+    );
+    assert!(seen >= cow_before / 2, "{seen} of {cow_before}");
     assert_no_probes_left();
 }
 
@@ -794,15 +815,15 @@ fn a_second_signal_ends_at_once_after_detaching() {
     );
     let t0 = std::time::Instant::now();
     t.signal(libc::SIGINT);
-    let status = t.wait_for(std::time::Duration::from_secs(10));
+    // Without the second signal it would never end: ending at all is the
+    // test. What it still waits for is the kernel detaching its probes as
+    // the process exits (1.5 to 2.3 s measured under TCG); the limit only
+    // tells a hang from a slow guest.
+    let status = t.wait_for(std::time::Duration::from_secs(60));
     let took = t0.elapsed();
     let stderr = t.rest_of_stderr();
     let status = status.unwrap_or_else(|| panic!("a second SIGINT did not end cowtrace: {stderr}"));
-    // Without the second signal it would never end. What it still waits
-    // for is the kernel detaching its probes as the process exits (1.5 to
-    // 2.3 s measured under TCG).
     println!("second signal: ended after {took:?}");
-    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("second signal"), "{stderr}");
     assert_no_probes_left();
@@ -815,35 +836,32 @@ fn a_second_signal_ends_at_once_after_detaching() {
 fn a_hung_runtime_api_does_not_delay_the_end() {
     let ov = Overlay::new("hung", |l| make_file(&l.join("f"), 10));
     let sock = "/tmp/hung-docker.sock";
-    let _ = std::fs::remove_file(sock);
-    // Connections complete in the backlog and are never answered.
-    let _listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    let api = cowtrace_tests::HungApi::bind(sock);
     let host = format!("DOCKER_HOST=unix://{sock}");
     let t = Tracer::start_with("hung", &["env", &host], &[]);
-    // The first event on this overlay asks the runtime whose it is: the
-    // agent now waits on the hung API (5 s read timeout).
+    // The first event on this overlay asks the runtime whose it is; the
+    // signal goes the moment a request is in flight.
     append(&ov.path("f"), b"x");
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    let asked = api.next_request(std::time::Duration::from_secs(30));
     let t0 = std::time::Instant::now();
     t.signal(libc::SIGINT);
     let mut t = t;
     // The summary is printed after the final JSON is written.
     let reported = t.wait_for_line("--- cowtrace summary", std::time::Duration::from_secs(30));
-    let report_took = t0.elapsed();
-    let status = t.wait_for(std::time::Duration::from_secs(30));
+    let reported_at = std::time::Instant::now();
+    let status = t.wait_for(std::time::Duration::from_secs(60));
     let exit_took = t0.elapsed();
     let stderr = t.rest_of_stderr();
     let status = status.unwrap_or_else(|| panic!("still running: {stderr}"));
-    println!("hung API: final report after {report_took:?}, exit after {exit_took:?}");
+    println!(
+        "hung API: signal {:?} after the request, final report after {:?}, exit after {exit_took:?}",
+        t0 - asked,
+        reported_at - t0
+    );
     assert!(reported, "no summary: {stderr}");
     assert!(
-        report_took < std::time::Duration::from_secs(2),
-        "final report after {report_took:?}\n{stderr}"
-    );
-    // Then the kernel detaches the probes (seconds on a loaded TCG guest).
-    assert!(
-        exit_took < std::time::Duration::from_secs(10),
-        "exit after {exit_took:?}\n{stderr}"
+        cowtrace_tests::HungApi::ended_before_the_deadline(asked, reported_at),
+        "the final report waited for the request in flight\n{stderr}"
     );
     let tr = t.outputs(status, stderr);
     assert!(tr.status.success(), "{}", tr.stderr);
