@@ -47,6 +47,19 @@ pub enum EventKind {
 pub const EVENT_KINDS: u32 = 3;
 
 impl EventKind {
+    pub const ALL: [EventKind; EVENT_KINDS as usize] =
+        [EventKind::CopyUp, EventKind::Whiteout, EventKind::OpaqueDir];
+
+    /// Its key in the JSON (`drops.<key>`, each event's `kind`), the
+    /// metrics and the kernel's diagnostics: one table for all of them.
+    pub const fn key(self) -> &'static str {
+        match self {
+            EventKind::CopyUp => "copy_up",
+            EventKind::Whiteout => "whiteout",
+            EventKind::OpaqueDir => "opaque_dir",
+        }
+    }
+
     pub fn from_u32(v: u32) -> Option<Self> {
         match v {
             0 => Some(Self::CopyUp),

@@ -19,6 +19,7 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
+use aya_log_ebpf::warn;
 use core::ffi::c_void;
 
 #[no_mangle]
@@ -215,13 +216,29 @@ fn stopped() -> bool {
     matches!(STOP.get(0), Some(v) if *v != 0)
 }
 
+// Diagnostics (aya-log): said on the agent's stderr with `--verbose`,
+// skipped at the cost of one global load otherwise (the agent sets
+// `AYA_LOG_LEVEL` to 0). Only the first loss of each kind on each CPU is
+// said: the counters, not the log, are the record of every loss, and a
+// full map must not turn into a flood of log records.
+
 #[inline(always)]
 fn count_drop(kind: EventKind) {
     if stopped() {
         return;
     }
     if let Some(p) = DROPS.get_ptr_mut(kind as u32) {
-        unsafe { *p += 1 };
+        let n = unsafe {
+            *p += 1;
+            *p
+        };
+        if n == 1 {
+            warn!(
+                &(),
+                "ring buffer full: a {} event dropped (counted in drops; first on this CPU)",
+                kind.key()
+            );
+        }
     }
 }
 
@@ -231,7 +248,18 @@ fn count_map_full(kind: MapFull) {
         return;
     }
     if let Some(p) = MAP_FULL.get_ptr_mut(kind as u32) {
-        unsafe { *p += 1 };
+        let n = unsafe {
+            *p += 1;
+            *p
+        };
+        if n == 1 {
+            warn!(
+                &(),
+                "map {} full: an insert refused (counted in drops.map_full.{}; first on this CPU)",
+                kind.map_name(),
+                kind.key()
+            );
+        }
     }
 }
 

@@ -56,10 +56,11 @@ pub struct KernelEvent {
 impl KernelEvent {
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
-            Kind::CopyUp(_) => "copy_up",
-            Kind::Whiteout { .. } => "whiteout",
-            Kind::OpaqueDir => "opaque_dir",
+            Kind::CopyUp(_) => EventKind::CopyUp,
+            Kind::Whiteout { .. } => EventKind::Whiteout,
+            Kind::OpaqueDir => EventKind::OpaqueDir,
         }
+        .key()
     }
 
     /// The path for display and JSON: control characters, format

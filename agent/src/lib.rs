@@ -17,6 +17,7 @@
 //! kernel before anything is attached.
 
 pub mod attribution;
+pub mod bpf_log;
 pub mod btf;
 pub mod bundle;
 pub mod cgroup;

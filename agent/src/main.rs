@@ -262,6 +262,7 @@ fn probe_options(cli: &Cli, filter: bool) -> ProbeOptions {
         filter,
         write_keys: cli.write_keys,
         write_sample_shift: cli.write_sample.trailing_zeros(),
+        bpf_log: cli.verbose,
     }
 }
 
@@ -572,9 +573,12 @@ fn attach(
     followed: &[Entry],
     stages: &mut Stages,
 ) -> Result<(KernelSide, cowtrace::attribution::KernelCgroupNames), Failure> {
-    let probes = Probes::attach(syms, &btf, &opts.probe).map_err(Failure::Runtime)?;
+    let mut probes = Probes::attach(syms, &btf, &opts.probe).map_err(Failure::Runtime)?;
     for (stage, took) in &probes.stages {
         stages.took(stage, *took);
+    }
+    if opts.probe.bpf_log {
+        cowtrace::bpf_log::start(&mut probes.ebpf).map_err(Failure::Runtime)?;
     }
     stages.done("eBPF object loaded and attached, in all");
     // BTF is only needed to attach; give its memory back.
@@ -1162,8 +1166,11 @@ fn update_metrics(
     forgotten: &std::collections::HashSet<String>,
 ) {
     // The JSON's `drops`: per event kind, then per map that was full.
-    let kinds = ["copy_up", "whiteout", "opaque_dir"];
-    let mut drops: Vec<(String, u64)> = kinds.into_iter().map(String::from).zip(drops).collect();
+    let mut drops: Vec<(String, u64)> = agent_ebpf::EventKind::ALL
+        .iter()
+        .map(|k| k.key().to_string())
+        .zip(drops)
+        .collect();
     drops.extend(
         agent_ebpf::MapFull::ALL
             .iter()

@@ -50,6 +50,8 @@ pub struct ProbeOptions {
     pub write_keys: Option<u32>,
     /// Time one write in `2^write_sample_shift` (all are counted).
     pub write_sample_shift: u32,
+    /// The programs' diagnostics (aya-log) on: `--verbose`.
+    pub bpf_log: bool,
 }
 
 /// The kernel's function symbols, read once from /proc/kallsyms: which
@@ -471,7 +473,16 @@ impl Probes {
         lap("layout from BTF", &mut stages);
         let aya_btf = btf.loader.as_ref();
         let mut loader = EbpfLoader::new();
-        loader.btf(aya_btf).override_global("CONFIG", &cfg, true);
+        // aya-log's level: 0 turns every diagnostic off in the kernel.
+        let log_level: u8 = if opts.bpf_log {
+            aya_log::Level::Warn as u8
+        } else {
+            0
+        };
+        loader
+            .btf(aya_btf)
+            .override_global("CONFIG", &cfg, true)
+            .override_global(aya_log::LEVEL, &log_level, true);
         if let Some(n) = opts.write_keys {
             loader.map_max_entries("WRITES", n);
         }

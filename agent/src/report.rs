@@ -132,11 +132,10 @@ pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
 }
 
 pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
-    let kinds = ["copy_up", "whiteout", "opaque_dir"];
-    let mut drops: Map<String, Value> = kinds
+    let mut drops: Map<String, Value> = agent_ebpf::EventKind::ALL
         .iter()
         .zip(run.drops)
-        .map(|(k, n)| (k.to_string(), json!(n)))
+        .map(|(k, n)| (k.key().to_string(), json!(n)))
         .collect();
     let map_full: Map<String, Value> = agent_ebpf::MapFull::ALL
         .iter()

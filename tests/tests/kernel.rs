@@ -1019,8 +1019,9 @@ fn a_full_write_map_is_counted_in_drops() {
     let a = Overlay::new("mapfull-a", |_| {});
     let b = Overlay::new("mapfull-b", |_| {});
     // One (cgroup, overlay) pair fits: this process's writes into `a`
-    // take it, its writes into `b` find the map full.
-    let t = Tracer::start("mapfull", &["--write-keys", "1"]);
+    // take it, its writes into `b` find the map full. With --verbose the
+    // programs say so themselves (aya-log), once per CPU.
+    let t = Tracer::start("mapfull", &["--write-keys", "1", "--verbose"]);
     let block = [1u8; 4096];
     for (ov, n) in [(&a, 10), (&b, 7)] {
         let mut f = std::fs::File::create(ov.path("log")).unwrap();
@@ -1043,6 +1044,32 @@ fn a_full_write_map_is_counted_in_drops() {
         "{}",
         tr.stderr
     );
+    let said: Vec<_> = tr
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("cowtrace: bpf warn: map WRITES full"))
+        .collect();
+    // The writer may move between CPUs: one line per CPU it was refused on.
+    assert!(
+        !said.is_empty() && said.len() <= 7,
+        "the programs' diagnostics: {said:?}\n{}",
+        tr.stderr
+    );
+}
+
+/// Without --verbose the programs' diagnostics are off in the kernel.
+#[test]
+#[ignore = "needs a guest kernel: run through `cargo xtask test`"]
+fn the_programs_diagnostics_are_off_without_verbose() {
+    let a = Overlay::new("quiet-a", |_| {});
+    let b = Overlay::new("quiet-b", |_| {});
+    let t = Tracer::start("quiet", &["--write-keys", "1"]);
+    for ov in [&a, &b] {
+        std::fs::write(ov.path("log"), [1u8; 4096]).unwrap();
+    }
+    let tr = t.stop();
+    assert_eq!(tr.report["drops"]["map_full"]["writes"], 1);
+    assert!(!tr.stderr.contains("cowtrace: bpf"), "{}", tr.stderr);
 }
 
 #[test]
