@@ -207,6 +207,26 @@ pub enum WhiteoutCause {
     Rename = 2,
 }
 
+impl WhiteoutCause {
+    /// Its name in the JSON (`cause`) and the live view.
+    pub const fn key(self) -> &'static str {
+        match self {
+            WhiteoutCause::Unlink => "unlink",
+            WhiteoutCause::Rmdir => "rmdir",
+            WhiteoutCause::Rename => "rename",
+        }
+    }
+
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::Unlink),
+            1 => Some(Self::Rmdir),
+            2 => Some(Self::Rename),
+            _ => None,
+        }
+    }
+}
+
 /// A dentry's path relative to its overlay mount root, leaf first:
 /// `names[0]` is the object's own name, `names[depth-1]` the child of the
 /// root. Each name is NUL-terminated (a name of `NAME_LEN` bytes or more

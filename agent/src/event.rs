@@ -1,15 +1,15 @@
 //! Kernel records decoded into the agent's own types. After this module
 //! nothing in the agent looks at wire layouts.
 
-pub use agent_ebpf::CopyUpKind;
-use agent_ebpf::{flags, Event, EventKind, WhiteoutCause};
+use agent_ebpf::{flags, Event, EventKind};
+pub use agent_ebpf::{CopyUpKind, WhiteoutCause};
 use std::fmt::Write as _;
 
 /// What happened, with the kind-specific facts.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kind {
     CopyUp(CopyUp),
-    Whiteout { cause: &'static str },
+    Whiteout { cause: WhiteoutCause },
     OpaqueDir,
 }
 
@@ -40,7 +40,7 @@ pub struct KernelEvent {
     pub cgroup_id: u64,
     /// Overlay device, kernel encoding (major << 20 | minor).
     pub dev: u32,
-    pub file_type: &'static str,
+    pub file_type: FileType,
     /// Raw path bytes relative to the overlay root (may be invalid UTF-8);
     /// a cut name holds its first bytes only (see `names_cut`).
     pub path: Vec<u8>,
@@ -160,16 +160,45 @@ fn cstr(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
-fn file_type(mode: u32) -> &'static str {
-    match mode & 0o170000 {
-        0o100000 => "file",
-        0o040000 => "dir",
-        0o120000 => "symlink",
-        0o020000 => "chardev",
-        0o060000 => "blockdev",
-        0o010000 => "fifo",
-        0o140000 => "socket",
-        _ => "unknown",
+/// What kind of object an event is about, from its inode's mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileType {
+    File,
+    Dir,
+    Symlink,
+    CharDev,
+    BlockDev,
+    Fifo,
+    Socket,
+    Unknown,
+}
+
+impl FileType {
+    pub fn of_mode(mode: u32) -> Self {
+        match mode & 0o170000 {
+            0o100000 => FileType::File,
+            0o040000 => FileType::Dir,
+            0o120000 => FileType::Symlink,
+            0o020000 => FileType::CharDev,
+            0o060000 => FileType::BlockDev,
+            0o010000 => FileType::Fifo,
+            0o140000 => FileType::Socket,
+            _ => FileType::Unknown,
+        }
+    }
+
+    /// Its name in the JSON (`file_type`).
+    pub const fn key(self) -> &'static str {
+        match self {
+            FileType::File => "file",
+            FileType::Dir => "dir",
+            FileType::Symlink => "symlink",
+            FileType::CharDev => "chardev",
+            FileType::BlockDev => "blockdev",
+            FileType::Fifo => "fifo",
+            FileType::Socket => "socket",
+            FileType::Unknown => "unknown",
+        }
     }
 }
 
@@ -209,11 +238,9 @@ pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
             stack: ev.stack[..(ev.stack_len as usize).min(agent_ebpf::STACK_DEPTH)].to_vec(),
         }),
         EventKind::Whiteout => Kind::Whiteout {
-            cause: match ev.cause {
-                c if c == WhiteoutCause::Rmdir as u32 => "rmdir",
-                c if c == WhiteoutCause::Rename as u32 => "rename",
-                _ => "unlink",
-            },
+            // A cause this agent does not know is a record it cannot
+            // trust: rejected like an unknown kind.
+            cause: WhiteoutCause::from_u32(ev.cause)?,
         },
         EventKind::OpaqueDir => Kind::OpaqueDir,
     };
@@ -226,9 +253,9 @@ pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
         cgroup_id: ev.cgroup_id,
         dev: ev.dev,
         file_type: if ev.flags & flags::DIR != 0 {
-            "dir"
+            FileType::Dir
         } else {
-            file_type(ev.mode)
+            FileType::of_mode(ev.mode)
         },
         path,
         path_cut: ev.flags & flags::PATH_CUT != 0,
@@ -278,7 +305,7 @@ mod tests {
         ev.mode = 0o100644;
         let e = decode(&bytes(&ev)).unwrap();
         assert_eq!(e.path, b"a/b/c/f");
-        assert_eq!(e.file_type, "file");
+        assert_eq!(e.file_type, FileType::File);
         match e.kind {
             Kind::CopyUp(c) => {
                 assert_eq!(c.parents, 3);
@@ -338,8 +365,13 @@ mod tests {
         ev.path.names[0][0] = b'z';
         let e = decode(&bytes(&ev)).unwrap();
         assert_eq!(e.path_display(), "\\…/z");
-        assert_eq!(e.file_type, "dir");
-        assert_eq!(e.kind, Kind::Whiteout { cause: "rmdir" });
+        assert_eq!(e.file_type, FileType::Dir);
+        assert_eq!(
+            e.kind,
+            Kind::Whiteout {
+                cause: WhiteoutCause::Rmdir
+            }
+        );
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub fn event_line(
                 fmt_bytes(c.bytes),
             )
         }
-        Kind::Whiteout { cause } => ("whiteout", *cause, "-".into(), "-".into()),
+        Kind::Whiteout { cause } => ("whiteout", cause.key(), "-".into(), "-".into()),
         Kind::OpaqueDir => ("opaque", "mkdir", "-".into(), "-".into()),
     };
     // Names come from the runtime, i.e. from whoever named the container.
@@ -281,7 +281,7 @@ mod tests {
             comm: "sh".into(),
             cgroup_id: 0,
             dev: 0,
-            file_type: "dir",
+            file_type: crate::event::FileType::Dir,
             path: b"d".to_vec(),
             path_cut: false,
             names_cut: vec![false],

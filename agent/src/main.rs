@@ -679,6 +679,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     let mut run = Run {
         cli: &cli,
         sink: EventSink {
+            undecodable: [0; 3],
             pid_filter: &cli.pids,
             attribution,
             held: std::collections::VecDeque::new(),
@@ -833,6 +834,9 @@ impl Run<'_> {
         let last = matches!(moment, Moment::End { .. });
         self.kernel.read_writes();
         let mut drops = self.kernel.read_drops();
+        for (a, b) in drops.iter_mut().zip(self.sink.undecodable) {
+            *a += b;
+        }
         if let Moment::End { lost } = moment {
             for (a, b) in drops.iter_mut().zip(lost) {
                 *a += b;
@@ -951,6 +955,9 @@ struct EventSink<'a> {
     per_layer: PerLayer,
     /// The overlays events happened in, with their mount options.
     overlays: cowtrace::overlay_opts::Overlays,
+    /// Records of a known kind that did not decode (a kernel side and
+    /// agent out of step: never expected, never silent), reported as drops.
+    undecodable: Drops,
 }
 
 impl EventSink<'_> {
@@ -964,9 +971,7 @@ impl EventSink<'_> {
         let mut n = 0u32;
         let mut more = false;
         while let Some(item) = rb.next() {
-            if let Some(ev) = decode(&item) {
-                self.admit(ev, now);
-            }
+            self.take(&item, now);
             n = n.wrapping_add(1);
             if n.is_multiple_of(64) && (Instant::now() > until || shutdown::requested()) {
                 more = true;
@@ -995,12 +1000,22 @@ impl EventSink<'_> {
                 }
                 continue;
             }
-            if let Some(ev) = decode(&item) {
-                self.admit(ev, Instant::now());
-            }
+            self.take(&item, Instant::now());
         }
         self.release(Instant::now(), false);
         lost
+    }
+
+    /// Decodes one record and queues it, or counts it as dropped.
+    fn take(&mut self, record: &[u8], now: Instant) {
+        match decode(record) {
+            Some(ev) => self.admit(ev, now),
+            None => {
+                if let Some(k) = cowtrace::event::record_kind(record) {
+                    self.undecodable[k as usize] += 1;
+                }
+            }
+        }
     }
 
     /// Queues an event for attribution (in arrival order).

@@ -190,7 +190,7 @@ pub fn event_json(
         "tid": ev.tid,
         "comm": ev.comm,
         "path": ev.path_display(),
-        "file_type": ev.file_type,
+        "file_type": ev.file_type.key(),
         "dev": format!("{}:{}", ev.dev >> 20, ev.dev & 0xfffff),
         "cgroup_id": ev.cgroup_id,
     });
@@ -206,7 +206,7 @@ pub fn event_json(
             v["trigger"] = json!(trigger.unwrap_or("other"));
         }
         Kind::Whiteout { cause } => {
-            v["cause"] = json!(cause);
+            v["cause"] = json!(cause.key());
         }
         Kind::OpaqueDir => {}
     }
@@ -316,7 +316,7 @@ mod tests {
             comm: "t".into(),
             cgroup_id: 1,
             dev: 0,
-            file_type: "file",
+            file_type: crate::event::FileType::File,
             path: b"etc/x".to_vec(),
             path_cut: false,
             names_cut: Vec::new(),

@@ -350,7 +350,7 @@ mod tests {
             comm: "t".into(),
             cgroup_id: 1,
             dev: 0,
-            file_type: "file",
+            file_type: crate::event::FileType::File,
             path: path.as_bytes().to_vec(),
             path_cut: false,
             names_cut: Vec::new(),
@@ -414,7 +414,9 @@ mod tests {
         st.record(&a, &copy_up("y", 50, 2));
         st.record(&a, &copy_up("y", 50, 2));
         let mut w = copy_up("gone", 0, 0);
-        w.kind = Kind::Whiteout { cause: "unlink" };
+        w.kind = Kind::Whiteout {
+            cause: crate::event::WhiteoutCause::Unlink,
+        };
         st.record(&a, &w);
         let s = &st.owners[&a];
         assert_eq!((s.copy_up_count, s.copy_up_bytes, s.whiteouts), (3, 5, 1));

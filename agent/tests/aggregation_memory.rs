@@ -58,7 +58,7 @@ fn event(kind: Kind, path: String) -> KernelEvent {
         comm: "worker".into(),
         cgroup_id: 1,
         dev: 0,
-        file_type: "file",
+        file_type: cowtrace::event::FileType::File,
         path: path.into_bytes(),
         path_cut: false,
         names_cut: Vec::new(),
@@ -128,7 +128,12 @@ fn feed(stats: &mut Stats, containers: usize, paths_per: usize, seed: u64) -> Ve
             if rng.next().is_multiple_of(8) {
                 stats.record(
                     o,
-                    &event(Kind::Whiteout { cause: "unlink" }, format!("tmp/x{p}")),
+                    &event(
+                        Kind::Whiteout {
+                            cause: cowtrace::event::WhiteoutCause::Unlink,
+                        },
+                        format!("tmp/x{p}"),
+                    ),
                 );
                 e.whiteouts += 1;
             }

@@ -235,7 +235,7 @@ mod tests {
             comm: "t".into(),
             cgroup_id: 1,
             dev: 0,
-            file_type: "file",
+            file_type: crate::event::FileType::File,
             path: b"x".to_vec(),
             path_cut: false,
             names_cut: Vec::new(),
@@ -271,7 +271,14 @@ mod tests {
         let mut p = PerLayer::default();
         p.record("c", &l1, &up(100, 10), false);
         p.record("c", &l1, &up(300, 20), true);
-        p.record("c", &l0, &ev(Kind::Whiteout { cause: "unlink" }), false);
+        p.record(
+            "c",
+            &l0,
+            &ev(Kind::Whiteout {
+                cause: crate::event::WhiteoutCause::Unlink,
+            }),
+            false,
+        );
         p.record("c", &LayerAnswer::NoLayer, &up(5, 5), false);
         p.record(
             "c",
