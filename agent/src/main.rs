@@ -841,6 +841,8 @@ impl Run<'_> {
             for (a, b) in drops.iter_mut().zip(lost) {
                 *a += b;
             }
+            // The programs' last diagnostics (--verbose), before the summary.
+            cowtrace::bpf_log::flush();
             // A short last wait for attribution (of held events and of the
             // writers).
             let writers: Vec<u64> = self.kernel.writes().keys().map(|k| k.cgroup_id).collect();
