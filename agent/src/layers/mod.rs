@@ -14,6 +14,7 @@ pub mod advice;
 pub mod changes;
 pub mod image;
 pub mod lookup;
+pub mod pending;
 pub mod totals;
 pub mod unchanged;
 pub mod worker;
