@@ -222,4 +222,21 @@ mod tests {
         assert!(compare(&l, &u, b"d/f").is_err());
         std::fs::remove_dir_all(root).unwrap();
     }
+
+    #[test]
+    fn content_is_compared_to_the_last_byte_whatever_the_size() {
+        for len in [1usize, 2, (64 << 10) - 1, 64 << 10, (64 << 10) + 1, 200_000] {
+            let a: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            assert!(same_content(&mut &a[..], &mut &a[..], len as u64).unwrap());
+            for at in [0, len / 2, len - 1] {
+                let mut b = a.clone();
+                b[at] ^= 1;
+                assert!(
+                    !same_content(&mut &a[..], &mut &b[..], len as u64).unwrap(),
+                    "{len} bytes, differing at {at}"
+                );
+            }
+        }
+        assert!(same_content(&mut &b""[..], &mut &b""[..], 0).unwrap());
+    }
 }
