@@ -73,6 +73,26 @@ pub enum Unknown {
     TooSlow,
 }
 
+impl Unknown {
+    /// Every reason, in the order of `layers_unknown_why`.
+    pub const ALL: [Unknown; 4] = [
+        Unknown::PathCut,
+        Unknown::NoLayerData,
+        Unknown::LookupFailed,
+        Unknown::TooSlow,
+    ];
+
+    /// Its key in the JSON's `layers_unknown_why`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unknown::PathCut => "path_cut",
+            Unknown::NoLayerData => "no_layer_data",
+            Unknown::LookupFailed => "lookup_failed",
+            Unknown::TooSlow => "too_slow",
+        }
+    }
+}
+
 impl LayerAnswer {
     /// The event's `layer` field: the layer, or `null`.
     pub fn event_json(&self) -> Value {

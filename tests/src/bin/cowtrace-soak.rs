@@ -245,6 +245,13 @@ fn run(out: &Path, containers: usize, files: usize, parallel: usize) -> Result<b
     let layers_unknown: u64 = soak_rows()
         .filter_map(|c| c["layers_unknown"].as_u64())
         .sum();
+    let mut layers_unknown_why = serde_json::Map::new();
+    for why in ["path_cut", "no_layer_data", "lookup_failed", "too_slow"] {
+        let n: u64 = soak_rows()
+            .filter_map(|c| c["layers_unknown_why"][why].as_u64())
+            .sum();
+        layers_unknown_why.insert(why.to_string(), n.into());
+    }
     let layer_copy_ups: u64 = soak_rows()
         .filter_map(|c| c["layers"].as_array())
         .flatten()
@@ -256,6 +263,7 @@ fn run(out: &Path, containers: usize, files: usize, parallel: usize) -> Result<b
         "distinct_paths": containers * files,
         "copy_ups_reported": copied,
         "layers_unknown": layers_unknown,
+        "layers_unknown_why": layers_unknown_why.clone(),
         "copy_ups_with_layer": layer_copy_ups,
         "agent_peak_rss_kib": hwm,
         "agent_rss_at_end_kib": rss,
@@ -277,7 +285,10 @@ fn run(out: &Path, containers: usize, files: usize, parallel: usize) -> Result<b
         hwm as f64 / 1024.0
     );
     println!("soak: drops {}", v["drops"]);
-    println!("soak: layers_unknown {layers_unknown}, copy-ups with their layer {layer_copy_ups}");
+    println!(
+        "soak: layers_unknown {layers_unknown} {}, copy-ups with their layer {layer_copy_ups}",
+        Value::Object(layers_unknown_why)
+    );
     let mut ok = true;
     if !wrong.is_empty() {
         println!(
