@@ -100,6 +100,50 @@ fn sha256_hex(id: &str) -> Option<&str> {
     (h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())).then_some(h)
 }
 
+/// An image's layers by the directory name the layer store gives each
+/// (its cache id), and how many layers the image has. The same for every
+/// container of the image: read once per image ([`ImageCache`]).
+#[derive(Debug, Default)]
+pub struct LayerDirs {
+    by_dir: HashMap<String, Arc<LayerRef>>,
+    layers: usize,
+}
+
+/// Images' [`LayerDirs`], by graph driver and image id, so that a
+/// container costs the runtime one request (its inspect), not three reads
+/// more per container of an image already seen. An entry holds an
+/// image's layer refs: about 200 bytes per layer plus its instruction's
+/// text (at most 127 layers).
+#[derive(Default)]
+pub struct ImageCache {
+    map: HashMap<String, Arc<LayerDirs>>,
+}
+
+/// Images whose [`LayerDirs`] are kept; past it, all are forgotten (and
+/// read again when a container of theirs is inspected).
+pub const MAX_IMAGES: usize = 64;
+
+impl ImageCache {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn get(&self, key: &str) -> Option<Arc<LayerDirs>> {
+        self.map.get(key).cloned()
+    }
+
+    fn put(&mut self, key: String, dirs: Arc<LayerDirs>) {
+        if self.map.len() >= MAX_IMAGES {
+            self.map.clear();
+        }
+        self.map.insert(key, dirs);
+    }
+}
+
 /// Matches lower directories to layers. `cache_id` says which directory
 /// name the layer store gives a chain id.
 pub fn assemble(
@@ -108,6 +152,16 @@ pub fn assemble(
     created_by: &[Option<String>],
     cache_id: impl Fn(&str) -> Option<String>,
 ) -> ImageLayers {
+    place(lower_dirs, &layer_dirs(diff_ids, created_by, cache_id))
+}
+
+/// An image's [`LayerDirs`]. `cache_id` says which directory name the
+/// layer store gives a chain id.
+pub fn layer_dirs(
+    diff_ids: &[String],
+    created_by: &[Option<String>],
+    cache_id: impl Fn(&str) -> Option<String>,
+) -> LayerDirs {
     let chains = chain_ids(diff_ids);
     let mut by_dir: HashMap<String, Arc<LayerRef>> = HashMap::new();
     for (i, (chain, diff)) in chains.iter().zip(diff_ids).enumerate() {
@@ -122,6 +176,14 @@ pub fn assemble(
             );
         }
     }
+    LayerDirs {
+        by_dir,
+        layers: diff_ids.len(),
+    }
+}
+
+/// Matches a container's lower directories to its image's layers.
+pub fn place(lower_dirs: &[PathBuf], dirs: &LayerDirs) -> ImageLayers {
     let lowers = lower_dirs
         .iter()
         .take(MAX_LOWERS)
@@ -132,7 +194,7 @@ pub fn assemble(
                 .parent()
                 .and_then(|p| p.file_name())
                 .and_then(|n| n.to_str())
-                .and_then(|n| by_dir.get(n).cloned()),
+                .and_then(|n| dirs.by_dir.get(n).cloned()),
         })
         .collect();
     ImageLayers {
@@ -182,8 +244,14 @@ pub async fn data_root(client: &Docker) -> Result<PathBuf> {
 }
 
 /// A container's lower layers, from the runtime and its layer store under
-/// `root`. An error says why they cannot be known.
-pub async fn fetch(client: &Docker, root: &Path, container_id: &str) -> Result<ImageLayers> {
+/// `root` (its image's read once, kept in `images`). An error says why
+/// they cannot be known.
+pub async fn fetch(
+    client: &Docker,
+    root: &Path,
+    container_id: &str,
+    images: &mut ImageCache,
+) -> Result<ImageLayers> {
     let c = deadline("inspecting a container", async {
         Ok(client
             .inspect_container(container_id, None::<InspectContainerOptions>)
@@ -207,13 +275,38 @@ pub async fn fetch(client: &Docker, root: &Path, container_id: &str) -> Result<I
     let image_id = c
         .image
         .ok_or_else(|| anyhow!("the runtime names no image"))?;
+    let store = root.join("image").join(&driver.name);
+    let cached = format!("{}/{image_id}", driver.name);
+    let dirs = match images.get(&cached) {
+        Some(d) => d,
+        None => {
+            let d = Arc::new(read_layer_dirs(client, &store, &image_id).await?);
+            images.put(cached, d.clone());
+            d
+        }
+    };
+    let upper = driver.data.get("UpperDir").and_then(|d| plain_absolute(d));
+    let mut layers = place(&lower_dirs, &dirs);
+    if layers.lowers.iter().all(|l| l.layer.is_none()) && dirs.layers > 0 {
+        bail!(
+            "no lower directory of the container is a layer of its image in {}",
+            store.join("layerdb/sha256").display()
+        );
+    }
+    layers.upper = upper;
+    layers.image_id = Some(image_id);
+    Ok(layers)
+}
+
+/// An image's [`LayerDirs`], from the runtime (its diff ids) and the
+/// layer store at `store` (its history and each layer's directory).
+async fn read_layer_dirs(client: &Docker, store: &Path, image_id: &str) -> Result<LayerDirs> {
     let image = deadline("inspecting an image", async {
-        Ok(client.inspect_image(&image_id).await?)
+        Ok(client.inspect_image(image_id).await?)
     })
     .await?;
     let diff_ids = image.root_fs.and_then(|r| r.layers).unwrap_or_default();
-    let store = root.join("image").join(&driver.name);
-    let history = match sha256_hex(&image_id) {
+    let history = match sha256_hex(image_id) {
         Some(h) => {
             #[derive(serde::Deserialize)]
             struct Config {
@@ -231,23 +324,13 @@ pub async fn fetch(client: &Docker, root: &Path, container_id: &str) -> Result<I
     };
     let created_by = instructions(&history, diff_ids.len());
     let layerdb = store.join("layerdb/sha256");
-    let upper = driver.data.get("UpperDir").and_then(|d| plain_absolute(d));
-    let mut layers = assemble(&lower_dirs, &diff_ids, &created_by, |chain| {
+    Ok(layer_dirs(&diff_ids, &created_by, |chain| {
         let h = sha256_hex(chain)?;
         let id = read_small(&layerdb.join(h).join("cache-id")).ok()?;
         let id = id.trim();
         // A directory name, nothing more.
         (!id.is_empty() && !id.contains('/') && !id.starts_with('.')).then(|| id.to_string())
-    });
-    if layers.lowers.iter().all(|l| l.layer.is_none()) && !diff_ids.is_empty() {
-        bail!(
-            "no lower directory of the container is a layer of its image in {}",
-            layerdb.display()
-        );
-    }
-    layers.upper = upper;
-    layers.image_id = Some(image_id);
-    Ok(layers)
+    }))
 }
 
 #[cfg(test)]

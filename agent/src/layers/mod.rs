@@ -14,6 +14,7 @@ pub mod advice;
 pub mod changes;
 pub mod image;
 pub mod lookup;
+pub mod pending;
 pub mod totals;
 pub mod unchanged;
 pub mod worker;
@@ -70,6 +71,26 @@ pub enum Unknown {
     LookupFailed,
     /// No answer before the event had to go out.
     TooSlow,
+}
+
+impl Unknown {
+    /// Every reason, in the order of `layers_unknown_why`.
+    pub const ALL: [Unknown; 4] = [
+        Unknown::PathCut,
+        Unknown::NoLayerData,
+        Unknown::LookupFailed,
+        Unknown::TooSlow,
+    ];
+
+    /// Its key in the JSON's `layers_unknown_why`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unknown::PathCut => "path_cut",
+            Unknown::NoLayerData => "no_layer_data",
+            Unknown::LookupFailed => "lookup_failed",
+            Unknown::TooSlow => "too_slow",
+        }
+    }
 }
 
 impl LayerAnswer {

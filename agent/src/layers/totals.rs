@@ -6,7 +6,7 @@
 //! with paths.
 
 use super::worker::{Sums, UnchangedReport, UnchangedTotals};
-use super::{LayerAnswer, LayerRef};
+use super::{LayerAnswer, LayerRef, Unknown};
 use crate::event::{escape_str, KernelEvent, Kind};
 use crate::hist::LogHist;
 use crate::live::{fmt_bytes, fmt_ns};
@@ -37,6 +37,8 @@ pub struct ContainerLayers {
     pub layers: BTreeMap<u32, (Arc<LayerRef>, LayerTotals)>,
     /// Events in this container's filesystem whose layer is not known.
     pub unknown: u64,
+    /// The same by reason, indexed like [`Unknown::ALL`].
+    pub unknown_why: [u64; 4],
 }
 
 /// Every container's layers, by container id.
@@ -56,8 +58,9 @@ impl PerLayer {
         let layer = match answer {
             LayerAnswer::Layer(l) => l,
             LayerAnswer::NoLayer => return,
-            LayerAnswer::Unknown(_) => {
+            LayerAnswer::Unknown(why) => {
                 c.unknown += 1;
+                c.unknown_why[*why as usize] += 1;
                 return;
             }
         };
@@ -120,6 +123,17 @@ impl PerLayer {
         let (layers, unknown) = self.json(container_id, unchanged);
         v["layers"] = layers;
         v["layers_unknown"] = unknown;
+        let why = self
+            .containers
+            .get(container_id)
+            .map(|c| c.unknown_why)
+            .unwrap_or_default();
+        v["layers_unknown_why"] = Unknown::ALL
+            .iter()
+            .zip(why)
+            .map(|(u, n)| (u.as_str().to_string(), json!(n)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
         let none = UnchangedTotals::default();
         let u = unchanged.get(container_id).unwrap_or(&none);
         let mut block = sums_json(Some(&u.sums));
@@ -224,7 +238,6 @@ pub fn cut(s: &str, n: usize) -> String {
 mod tests {
     use super::*;
     use crate::event::CopyUp;
-    use crate::layers::Unknown;
 
     fn ev(kind: Kind) -> KernelEvent {
         KernelEvent {
@@ -288,6 +301,13 @@ mod tests {
         );
         let (layers, unknown) = p.json("c", &UnchangedReport::new());
         assert_eq!(unknown, 1);
+        let mut v = json!({});
+        p.add_to_container_json("c", &UnchangedReport::new(), &mut v);
+        assert_eq!(v["layers_unknown"], 1);
+        assert_eq!(
+            v["layers_unknown_why"],
+            json!({"path_cut": 0, "no_layer_data": 0, "lookup_failed": 0, "too_slow": 1})
+        );
         assert_eq!(layers[0]["index"], 0);
         assert_eq!(layers[0]["whiteouts"]["count"], 1);
         assert_eq!(layers[0]["copy_up"]["count"], 0);

@@ -12,21 +12,25 @@
 //! ([`super::unchanged`]) whenever a report is about to be written.
 //!
 //! Memory is bounded: at most [`MAX_CONTAINERS`] containers' layers are
-//! kept, at most [`MAX_PENDING`] questions and answers wait, at most
-//! [`MAX_TRACKED`] copy-ups are remembered (the others are counted as
-//! not checked).
+//! kept; a question and its answer are kept only while a held event waits
+//! on them ([`super::pending`]), at most [`MAX_PENDING`] at once; the
+//! worker skips questions every asker gave up on; at most [`MAX_TRACKED`]
+//! copy-ups are remembered (the others are counted as not checked).
 
 use super::advice::{self, Advice, Rule};
 use super::changes::{self, ChangeList};
-use super::image::{self, ImageLayers};
+use super::image::{self, ImageCache, ImageLayers};
 use super::lookup::{topmost_holding, Found};
+use super::pending::{Pending, Want};
 use super::unchanged::{compare, sizes, Verdict};
 use super::{LayerAnswer, LayerRef, Unknown};
 use crate::event::{escape_bytes, KernelEvent, Kind};
 use crate::runtime::DockerEngine;
 use crate::stats::Owner;
-use bollard::query_parameters::ListContainersOptions;
+use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use bollard::Docker;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,9 +40,14 @@ use tokio::sync::mpsc;
 /// Containers whose layers are kept; past it, all are forgotten (and
 /// fetched again when asked about).
 pub const MAX_CONTAINERS: usize = 256;
-/// Questions in flight and answers not taken yet; past it, they are
-/// forgotten (an event whose answer is forgotten goes out as unknown).
-pub const MAX_PENDING: usize = 65_536;
+/// Questions some held event waits on (answered or not). Each costs its
+/// key (a 64-byte container id and the path, at most 16 names of 64
+/// bytes, as the kernel reports them) plus about 150 bytes of strings'
+/// and the map's overhead: about 250 bytes for a typical path, 1.2 KiB at
+/// most, so 4 MiB typical and 20 MiB at worst. Past it, a new question
+/// is not asked and its event goes out at once as unknown (`TooSlow`,
+/// counted in `layers_unknown`). Held events bound it before that.
+pub const MAX_PENDING: usize = 16_384;
 /// Copy-ups remembered to be checked for changing nothing, all
 /// containers together.
 pub const MAX_TRACKED: usize = 16_384;
@@ -85,7 +94,9 @@ pub struct UnchangedTotals {
     pub sums: Sums,
     /// Copy-ups checked (those whose lower and upper could be compared).
     pub checked: u64,
-    /// Copy-ups not checked: past [`MAX_TRACKED`], or a side unreadable.
+    /// Copy-ups not checked: past [`MAX_TRACKED`], a side unreadable, or
+    /// their event gave up waiting for its layer before the worker came
+    /// to it.
     pub not_checked: u64,
     /// The first [`UNCHANGED_PATHS`], escaped as event paths are.
     pub paths: Vec<String>,
@@ -98,9 +109,9 @@ pub struct UnchangedTotals {
 /// Every container's [`UnchangedTotals`], by container id.
 pub type UnchangedReport = HashMap<String, UnchangedTotals>;
 
-#[derive(Default)]
 struct Shared {
-    answers: HashMap<Key, LayerAnswer>,
+    /// Questions held events wait on, and their answers.
+    pending: Pending<Key, LayerAnswer>,
     unchanged: Arc<UnchangedReport>,
     /// Bumped each time `unchanged` is published.
     generation: u64,
@@ -108,11 +119,38 @@ struct Shared {
     tracked: usize,
 }
 
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            pending: Pending::new(MAX_PENDING),
+            unchanged: Arc::default(),
+            generation: 0,
+            tracked: 0,
+        }
+    }
+}
+
+/// What asking about an event's layer gave.
+#[derive(Debug)]
+pub enum Asked {
+    /// Known without a question: no container's overlay, or a cut path.
+    Now(LayerAnswer),
+    /// The event waits on a question: [`Layers::take`] until it has the
+    /// answer, or [`Layers::give_up`], exactly once either way.
+    Waiting(Ticket),
+}
+
+/// One event's interest in its question.
+#[derive(Debug)]
+pub struct Ticket {
+    /// The container whose root filesystem the event happened in.
+    container: String,
+}
+
 /// The event path's side.
 pub struct Layers {
     shared: Arc<Mutex<Shared>>,
     requests: mpsc::UnboundedSender<Request>,
-    asked: HashSet<Key>,
 }
 
 impl Layers {
@@ -140,7 +178,6 @@ impl Layers {
         Layers {
             shared,
             requests: tx,
-            asked: HashSet::new(),
         }
     }
 
@@ -148,47 +185,65 @@ impl Layers {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The layer behind `ev` in the root filesystem of `fs` (the container
-    /// whose overlay it is, if any), or None while the worker looks.
-    pub fn lookup(&mut self, fs: Option<&Owner>, ev: &KernelEvent) -> Option<LayerAnswer> {
+    /// Asks which layer is behind `ev` in the root filesystem of `fs`
+    /// (the container whose overlay it is, if any). Asked as soon as the
+    /// event's filesystem is known, not when it reaches the front of the
+    /// held events: the worker answers the questions of all held events
+    /// meanwhile, not one per pass of the event loop.
+    pub fn ask(&mut self, fs: Option<&Owner>, ev: &KernelEvent) -> Asked {
         let Some(fs) = fs else {
-            return Some(LayerAnswer::NoLayer);
+            return Asked::Now(LayerAnswer::NoLayer);
         };
         if fs.id == Owner::host().id {
-            return Some(LayerAnswer::NoLayer);
+            return Asked::Now(LayerAnswer::NoLayer);
         }
         if ev.path_cut || ev.names_cut.iter().any(|&c| c) {
-            return Some(LayerAnswer::Unknown(Unknown::PathCut));
+            return Asked::Now(LayerAnswer::Unknown(Unknown::PathCut));
         }
         let key = (fs.id.clone(), ev.path.clone());
-        let answered = self.lock().answers.remove(&key);
-        if let Some(a) = answered {
-            self.asked.remove(&key);
-            return Some(a);
+        let want = self.lock().pending.want(key.clone());
+        match want {
+            Want::Full => return Asked::Now(LayerAnswer::Unknown(Unknown::TooSlow)),
+            Want::Joined => {}
+            Want::Ask => {
+                // Only an operation's target is worth checking for changing
+                // nothing (a parent directory is copied up for its child).
+                let cost = match &ev.kind {
+                    Kind::CopyUp(c) if !c.ancestor => Some(Cost {
+                        latency_ns: c.latency_ns,
+                        bytes: c.bytes,
+                    }),
+                    _ => None,
+                };
+                // The worker is gone only when the process is ending.
+                let _ = self.requests.send(Request::Lookup(key, cost));
+            }
         }
-        if self.asked.len() >= MAX_PENDING {
-            self.asked.clear();
-        }
-        if self.asked.insert(key.clone()) {
-            // Only an operation's target is worth checking for changing
-            // nothing (a parent directory is copied up for its child).
-            let cost = match &ev.kind {
-                Kind::CopyUp(c) if !c.ancestor => Some(Cost {
-                    latency_ns: c.latency_ns,
-                    bytes: c.bytes,
-                }),
-                _ => None,
-            };
-            // The worker is gone only when the process is ending.
-            let _ = self.requests.send(Request::Lookup(key, cost));
-        }
-        None
+        Asked::Waiting(Ticket {
+            container: fs.id.clone(),
+        })
     }
 
-    /// The answer to give an event that waited long enough.
-    pub fn too_slow(&mut self, fs: Option<&Owner>, ev: &KernelEvent) -> LayerAnswer {
-        self.lookup(fs, ev)
+    /// The answer `ticket` (asked for `ev`) waits on, if in (its interest
+    /// then ends).
+    pub fn take(&mut self, ticket: &Ticket, ev: &KernelEvent) -> Option<LayerAnswer> {
+        let key = (ticket.container.clone(), ev.path.clone());
+        self.lock().pending.take(&key)
+    }
+
+    /// Ends the wait of an event that waited long enough: its answer if it
+    /// came meanwhile, else unknown (too slow).
+    pub fn give_up(&mut self, ticket: Ticket, ev: &KernelEvent) -> LayerAnswer {
+        let key = (ticket.container, ev.path.clone());
+        self.lock()
+            .pending
+            .give_up(&key)
             .unwrap_or(LayerAnswer::Unknown(Unknown::TooSlow))
+    }
+
+    /// Questions some event waits on (for tests and the end).
+    pub fn open_questions(&self) -> usize {
+        self.lock().pending.len()
     }
 
     /// Asks for the copy-ups to be checked again (for the next report).
@@ -199,13 +254,13 @@ impl Layers {
     /// Asks for a check and waits for it, at most `limit` (the final
     /// report); the last result either way.
     pub fn evaluate_and_wait(&self, limit: Duration) -> Arc<UnchangedReport> {
-        let (before, tracked) = {
+        let (before, tracked, open) = {
             let s = self.lock();
-            (s.generation, s.tracked)
+            (s.generation, s.tracked, s.pending.len())
         };
         // Nothing to check and no question open: no need to wait (a
         // runtime that never answers must not delay the end).
-        if tracked == 0 && self.asked.is_empty() {
+        if tracked == 0 && open == 0 {
             return self.unchanged();
         }
         self.evaluate();
@@ -254,6 +309,8 @@ struct Worker {
     client: Option<Docker>,
     root: Option<PathBuf>,
     containers: HashMap<String, Known>,
+    /// Each image's layers, read once for all its containers.
+    images: ImageCache,
     tracked: Vec<Tracked>,
     /// Copy-ups past [`MAX_TRACKED`], per container.
     untracked: HashMap<String, u64>,
@@ -271,7 +328,7 @@ impl Worker {
             self.root = image::data_root(client).await.ok();
         }
         let fetched = match &self.root {
-            Some(root) => image::fetch(client, root, id).await.ok(),
+            Some(root) => image::fetch(client, root, id, &mut self.images).await.ok(),
             None => None,
         };
         if self.containers.len() >= MAX_CONTAINERS {
@@ -335,10 +392,7 @@ async fn answer_waiting(
     let mut evaluate = false;
     while let Ok(r) = requests.try_recv() {
         match r {
-            Request::Lookup(key, cost) => {
-                let a = w.answer(&key, cost).await;
-                put(shared, key, a, w.shared_tracked);
-            }
+            Request::Lookup(key, cost) => lookup(w, shared, key, cost).await,
             Request::Evaluate => evaluate = true,
             Request::Changes(id, reply) => {
                 let _ = reply.send(w.changes(&id).await);
@@ -510,6 +564,7 @@ async fn work(
         client: engine.map(|e| e.client().clone()),
         root: None,
         containers: HashMap::new(),
+        images: ImageCache::default(),
         tracked: Vec::new(),
         untracked: HashMap::new(),
     };
@@ -531,25 +586,155 @@ async fn work(
     if pending_evaluation {
         evaluate(&mut w, &shared, &mut requests).await;
     }
-    while let Some(r) = requests.recv().await {
-        match r {
-            Request::Lookup(key, cost) => {
-                let a = w.answer(&key, cost).await;
-                put(&shared, key, a, w.shared_tracked);
-            }
-            Request::Evaluate => evaluate(&mut w, &shared, &mut requests).await,
-            Request::Changes(id, reply) => {
-                let _ = reply.send(w.changes(&id).await);
+    let mut created = match &w.client {
+        Some(c) => created(c),
+        None => futures_util::stream::empty().boxed(),
+    }
+    .fuse();
+    loop {
+        tokio::select! {
+            r = requests.recv() => match r {
+                Some(Request::Lookup(key, cost)) => lookup(&mut w, &shared, key, cost).await,
+                Some(Request::Evaluate) => evaluate(&mut w, &shared, &mut requests).await,
+                Some(Request::Changes(id, reply)) => {
+                    let _ = reply.send(w.changes(&id).await);
+                }
+                None => break,
+            },
+            // A container just created: its layers are fetched while it
+            // starts, not when its first copy-ups are already waiting.
+            Some(id) = created.next() => {
+                w.layers_of(&id).await;
             }
         }
     }
 }
 
-fn put(shared: &Mutex<Shared>, key: Key, a: LayerAnswer, tracked: usize) {
-    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
-    s.tracked = tracked;
-    if s.answers.len() >= MAX_PENDING {
-        s.answers.clear();
+/// Ids of containers as the runtime creates them (ends when the runtime's
+/// event feed does).
+fn created(client: &Docker) -> BoxStream<'static, String> {
+    let filters = HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        ("event".to_string(), vec!["create".to_string()]),
+    ]);
+    client
+        .events(Some(EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .take_while(|m| std::future::ready(m.is_ok()))
+        .filter_map(|m| async move { m.ok()?.actor?.id })
+        .boxed()
+}
+
+/// Answers one question, unless every event that asked it gave up
+/// meanwhile: then the answer could only be dropped, and a worker that is
+/// behind would stay behind answering questions nobody waits on. A
+/// copy-up skipped that way is counted as not checked.
+async fn lookup(w: &mut Worker, shared: &Mutex<Shared>, key: Key, cost: Option<Cost>) {
+    if !lock(shared).pending.wanted(&key) {
+        if cost.is_some() {
+            w.shared_tracked += 1;
+            *w.untracked.entry(key.0).or_default() += 1;
+            lock(shared).tracked = w.shared_tracked;
+        }
+        return;
     }
-    s.answers.insert(key, a);
+    let a = w.answer(&key, cost).await;
+    let mut s = lock(shared);
+    s.tracked = w.shared_tracked;
+    s.pending.answer(&key, a);
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(path: &str) -> KernelEvent {
+        KernelEvent {
+            kind: Kind::OpaqueDir,
+            ts_ns: 0,
+            pid: 1,
+            tid: 1,
+            comm: "t".into(),
+            cgroup_id: 1,
+            dev: 0,
+            file_type: "dir",
+            path: path.as_bytes().to_vec(),
+            path_cut: false,
+            names_cut: vec![false; path.split('/').count()],
+            ino: 0,
+        }
+    }
+
+    fn container() -> Owner {
+        Owner {
+            id: "c".repeat(64),
+            name: "c".into(),
+            image: "i".into(),
+            pod: None,
+        }
+    }
+
+    /// The real worker thread. No runtime answers on the machine running
+    /// unit tests for a container id nobody has, so the answer is "no
+    /// layer data", after a lookup through the worker either way.
+    #[test]
+    fn given_up_questions_leave_nothing_behind_and_a_waiting_event_is_answered() {
+        let mut layers = Layers::start();
+        let c = container();
+        // Every event gives up before any answer (the soak's case): no
+        // question or answer is kept for any of them.
+        for i in 0..20_000 {
+            let e = ev(&format!("data/d{}/f{i}", i % 40));
+            let Asked::Waiting(t) = layers.ask(Some(&c), &e) else {
+                panic!("a container's event waits for its layer");
+            };
+            let _ = layers.give_up(t, &e);
+        }
+        assert_eq!(layers.open_questions(), 0);
+        // Two events on one path wait on one question and both get the
+        // answer; then nothing is left.
+        let e = ev("etc/passwd");
+        let (Asked::Waiting(a), Asked::Waiting(b)) =
+            (layers.ask(Some(&c), &e), layers.ask(Some(&c), &e))
+        else {
+            panic!("a container's event waits for its layer");
+        };
+        assert_eq!(layers.open_questions(), 1);
+        let answer = loop {
+            if let Some(x) = layers.take(&a, &e) {
+                break x;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(answer, LayerAnswer::Unknown(Unknown::NoLayerData));
+        assert_eq!(layers.take(&b, &e), Some(answer));
+        assert_eq!(layers.open_questions(), 0);
+    }
+
+    #[test]
+    fn what_needs_no_question_is_answered_at_once() {
+        let mut layers = Layers::start();
+        let e = ev("a/b");
+        assert!(matches!(
+            layers.ask(None, &e),
+            Asked::Now(LayerAnswer::NoLayer)
+        ));
+        assert!(matches!(
+            layers.ask(Some(&Owner::host()), &e),
+            Asked::Now(LayerAnswer::NoLayer)
+        ));
+        let mut cut = ev("a/b");
+        cut.names_cut[1] = true;
+        assert!(matches!(
+            layers.ask(Some(&container()), &cut),
+            Asked::Now(LayerAnswer::Unknown(Unknown::PathCut))
+        ));
+        assert_eq!(layers.open_questions(), 0);
+    }
 }

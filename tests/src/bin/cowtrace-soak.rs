@@ -235,11 +235,36 @@ fn run(out: &Path, containers: usize, files: usize, parallel: usize) -> Result<b
         .filter(|c| c["name"].as_str().is_some_and(|n| n.starts_with("soak-")))
         .filter_map(|c| c["copy_up"]["count"].as_u64())
         .sum();
+    // Events whose image layer could not be told (gave up waiting for
+    // the layer worker, or the runtime had no layer data), and copy-ups
+    // booked to a layer.
+    let soak_rows = || {
+        rows.iter()
+            .filter(|c| c["name"].as_str().is_some_and(|n| n.starts_with("soak-")))
+    };
+    let layers_unknown: u64 = soak_rows()
+        .filter_map(|c| c["layers_unknown"].as_u64())
+        .sum();
+    let mut layers_unknown_why = serde_json::Map::new();
+    for why in ["path_cut", "no_layer_data", "lookup_failed", "too_slow"] {
+        let n: u64 = soak_rows()
+            .filter_map(|c| c["layers_unknown_why"][why].as_u64())
+            .sum();
+        layers_unknown_why.insert(why.to_string(), n.into());
+    }
+    let layer_copy_ups: u64 = soak_rows()
+        .filter_map(|c| c["layers"].as_array())
+        .flatten()
+        .filter_map(|l| l["copy_up"]["count"].as_u64())
+        .sum();
     let result = json!({
         "containers": containers,
         "files_per_container": files,
         "distinct_paths": containers * files,
         "copy_ups_reported": copied,
+        "layers_unknown": layers_unknown,
+        "layers_unknown_why": layers_unknown_why.clone(),
+        "copy_ups_with_layer": layer_copy_ups,
         "agent_peak_rss_kib": hwm,
         "agent_rss_at_end_kib": rss,
         "agent_rss_after_attach_kib": idle_hwm,
@@ -260,6 +285,10 @@ fn run(out: &Path, containers: usize, files: usize, parallel: usize) -> Result<b
         hwm as f64 / 1024.0
     );
     println!("soak: drops {}", v["drops"]);
+    println!(
+        "soak: layers_unknown {layers_unknown} {}, copy-ups with their layer {layer_copy_ups}",
+        Value::Object(layers_unknown_why)
+    );
     let mut ok = true;
     if !wrong.is_empty() {
         println!(
