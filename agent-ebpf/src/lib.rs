@@ -42,9 +42,14 @@ pub enum EventKind {
     CopyUp = 0,
     Whiteout = 1,
     OpaqueDir = 2,
+    /// A lower directory (or metacopy file) renamed with
+    /// `redirect_dir=on`: overlay records the move in an
+    /// `overlay.redirect` attribute of its upper copy instead of copying
+    /// the tree.
+    Redirect = 3,
 }
 /// Number of [`EventKind`]s (size of the `DROPS` map).
-pub const EVENT_KINDS: u32 = 3;
+pub const EVENT_KINDS: u32 = 4;
 
 impl EventKind {
     pub fn from_u32(v: u32) -> Option<Self> {
@@ -52,6 +57,7 @@ impl EventKind {
             0 => Some(Self::CopyUp),
             1 => Some(Self::Whiteout),
             2 => Some(Self::OpaqueDir),
+            3 => Some(Self::Redirect),
             _ => None,
         }
     }
@@ -183,6 +189,10 @@ pub mod flags {
     /// The path was cut at the top: deeper than [`crate::PATH_DEPTH`]
     /// components. (A name cut is [`crate::Path::name_cut`].)
     pub const PATH_CUT: u32 = 1 << 4;
+    /// Copy-up: the object being unlinked or removed itself, copied up
+    /// first so that `index=on` can keep its link count (overlay's
+    /// `ovl_nlink_start`), not its parent.
+    pub const REMOVED: u32 = 1 << 5;
 }
 
 /// Why a whiteout was made ([`Event::cause`]).
@@ -243,6 +253,12 @@ pub struct Event {
     pub stack_len: u32,
     /// Copy-up: [`CopyUpKind`] as u32.
     pub copy_kind: u32,
+    /// Copy-up: the object's link count in overlay when its copy-up began:
+    /// the lower file's where overlay keeps its hard links together
+    /// (`index=on`, or a single link), 1 for a lower hard link that
+    /// `index=off` breaks (the copy gets one name); 1 for a directory.
+    pub links: u32,
+    pub _pad: u32,
     /// Copy-up: kernel return addresses, innermost first.
     pub stack: [u64; STACK_DEPTH],
     pub path: Path,
@@ -366,6 +382,7 @@ pub struct Config {
     pub dentry_d_sb: u32,
     pub inode_i_mode: u32,
     pub inode_i_ino: u32,
+    pub inode_i_nlink: u32,
     pub inode_i_sb: u32,
     pub sb_s_dev: u32,
     pub sb_s_magic: u32,

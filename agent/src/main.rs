@@ -976,8 +976,8 @@ impl EventSink<'_> {
     /// Like [`Self::drain`], but only until `deadline`; the records left
     /// are taken without being handled and counted per kind (returned, to
     /// be reported as drops).
-    fn drain_until(&mut self, rb: &mut RingBuf<MapData>, deadline: Instant) -> [u64; 3] {
-        let mut lost = [0u64; 3];
+    fn drain_until(&mut self, rb: &mut RingBuf<MapData>, deadline: Instant) -> Drops {
+        let mut lost: Drops = Default::default();
         let mut n = 0u32;
         let mut late = false;
         while let Some(item) = rb.next() {
@@ -1054,6 +1054,11 @@ impl EventSink<'_> {
 
     fn handle(&mut self, owner: &Owner, fs: Option<Owner>, layer: &LayerAnswer, ev: &KernelEvent) {
         let cause = match &ev.kind {
+            // The kernel knows this one; the stack would show the remove
+            // and say "parent".
+            cowtrace::event::Kind::CopyUp(c) if c.removed => {
+                Some(cowtrace::kallsyms::Trigger::Remove)
+            }
             cowtrace::event::Kind::CopyUp(c) => Some(self.symbols.classify_copy_up(&c.stack)),
             _ => None,
         };
@@ -1162,7 +1167,7 @@ fn update_metrics(
     forgotten: &std::collections::HashSet<String>,
 ) {
     // The JSON's `drops`: per event kind, then per map that was full.
-    let kinds = ["copy_up", "whiteout", "opaque_dir"];
+    let kinds = ["copy_up", "whiteout", "opaque_dir", "redirect"];
     let mut drops: Vec<(String, u64)> = kinds.into_iter().map(String::from).zip(drops).collect();
     drops.extend(
         agent_ebpf::MapFull::ALL
