@@ -42,13 +42,22 @@ pub enum EventKind {
     CopyUp = 0,
     Whiteout = 1,
     OpaqueDir = 2,
+    /// A lower directory (or metacopy file) renamed with
+    /// `redirect_dir=on`: overlay records the move in an
+    /// `overlay.redirect` attribute of its upper copy instead of copying
+    /// the tree.
+    Redirect = 3,
 }
 /// Number of [`EventKind`]s (size of the `DROPS` map).
-pub const EVENT_KINDS: u32 = 3;
+pub const EVENT_KINDS: u32 = 4;
 
 impl EventKind {
-    pub const ALL: [EventKind; EVENT_KINDS as usize] =
-        [EventKind::CopyUp, EventKind::Whiteout, EventKind::OpaqueDir];
+    pub const ALL: [EventKind; EVENT_KINDS as usize] = [
+        EventKind::CopyUp,
+        EventKind::Whiteout,
+        EventKind::OpaqueDir,
+        EventKind::Redirect,
+    ];
 
     /// Its key in the JSON (`drops.<key>`, each event's `kind`), the
     /// metrics and the kernel's diagnostics: one table for all of them.
@@ -57,6 +66,7 @@ impl EventKind {
             EventKind::CopyUp => "copy_up",
             EventKind::Whiteout => "whiteout",
             EventKind::OpaqueDir => "opaque_dir",
+            EventKind::Redirect => "redirect",
         }
     }
 
@@ -65,6 +75,7 @@ impl EventKind {
             0 => Some(Self::CopyUp),
             1 => Some(Self::Whiteout),
             2 => Some(Self::OpaqueDir),
+            3 => Some(Self::Redirect),
             _ => None,
         }
     }
@@ -196,6 +207,10 @@ pub mod flags {
     /// The path was cut at the top: deeper than [`crate::PATH_DEPTH`]
     /// components. (A name cut is [`crate::Path::name_cut`].)
     pub const PATH_CUT: u32 = 1 << 4;
+    /// Copy-up: the object being unlinked or removed itself, copied up
+    /// first so that `index=on` can keep its link count (overlay's
+    /// `ovl_nlink_start`), not its parent.
+    pub const REMOVED: u32 = 1 << 5;
 }
 
 /// Why a whiteout was made ([`Event::cause`]).
@@ -276,6 +291,12 @@ pub struct Event {
     pub stack_len: u32,
     /// Copy-up: [`CopyUpKind`] as u32.
     pub copy_kind: u32,
+    /// Copy-up: the object's link count in overlay when its copy-up began:
+    /// the lower file's where overlay keeps its hard links together
+    /// (`index=on`, or a single link), 1 for a lower hard link that
+    /// `index=off` breaks (the copy gets one name); 1 for a directory.
+    pub links: u32,
+    pub _pad: u32,
     /// Copy-up: kernel return addresses, innermost first.
     pub stack: [u64; STACK_DEPTH],
     pub path: Path,
@@ -399,6 +420,7 @@ pub struct Config {
     pub dentry_d_sb: u32,
     pub inode_i_mode: u32,
     pub inode_i_ino: u32,
+    pub inode_i_nlink: u32,
     pub inode_i_sb: u32,
     pub sb_s_dev: u32,
     pub sb_s_magic: u32,

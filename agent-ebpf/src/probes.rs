@@ -88,6 +88,10 @@ struct CopyOp {
     target: u64,
     parents: u32,
     stack_len: u32,
+    /// The operation copies up the object an overlay remove is removing
+    /// (see [`flags::REMOVED`]).
+    removed: u32,
+    _pad: u32,
     stack: [u64; STACK_DEPTH],
 }
 
@@ -104,7 +108,8 @@ struct CopyObj {
     /// The new upper object was marked `overlay.metacopy` (data left in
     /// the lower layer).
     metacopy: u32,
-    _pad: u32,
+    /// The overlay inode's link count at entry (see [`Event::links`]).
+    links: u32,
 }
 
 const OVL_REMOVE: u32 = 1;
@@ -118,6 +123,10 @@ struct OvlOp {
     is_dir: u32,
     dentry: u64,
     dentry2: u64,
+    /// Rename: redirects set so far (an exchange sets one on each side,
+    /// `old`'s first).
+    redirects: u32,
+    _pad: u32,
 }
 
 #[repr(C)]
@@ -190,6 +199,17 @@ fn dentry_ino(dentry: u64) -> u64 {
         return 0;
     }
     read::<u64>(inode, conf!(inode_i_ino))
+}
+
+/// The link count of the dentry's inode (overlay's own inode for an
+/// overlay dentry: see [`Event::links`] for what it holds).
+#[inline(always)]
+fn dentry_nlink(dentry: u64) -> u32 {
+    let inode: u64 = read(dentry, conf!(dentry_d_inode));
+    if inode == 0 {
+        return 0;
+    }
+    read::<u32>(inode, conf!(inode_i_nlink))
 }
 
 #[inline(always)]
@@ -286,6 +306,7 @@ fn new_event(kind: EventKind, dentry: u64) -> Option<&'static mut Event> {
     ev.cause = 0;
     ev.stack_len = 0;
     ev.copy_kind = CopyUpKind::Full as u32;
+    ev.links = 0;
     read_path(dentry, ev);
     Some(ev)
 }
@@ -403,11 +424,18 @@ pub fn ovl_copy_up_flags(ctx: ProbeContext) -> u32 {
         let _ = COPY_OPS.remove(&tid);
         return 0;
     }
+    // With `index=on` (and for every lower object with `nfs_export=on`)
+    // overlay copies up the object being removed before whiting it out,
+    // to keep its link count in the index (`ovl_nlink_start`, called by
+    // `ovl_do_remove` after the parent's copy-up).
+    let removed = matches!(current_ovl_op(), Some(o) if o.kind == OVL_REMOVE && o.dentry == dentry);
     let op = CopyOp {
         start_ns: now(),
         target: dentry,
         parents: 0,
         stack_len: 0,
+        removed: removed as u32,
+        _pad: 0,
         stack: [0; STACK_DEPTH],
     };
     if COPY_OPS.insert(&tid, &op, 0).is_err() {
@@ -461,7 +489,7 @@ pub fn ovl_copy_up_one(ctx: ProbeContext) -> u32 {
         did_work: 0,
         data: 0,
         metacopy: 0,
-        _pad: 0,
+        links: dentry_nlink(dentry),
     };
     if COPY_OBJS.insert(&tid, &obj, 0).is_err() {
         count_map_full(MapFull::CopyObjs);
@@ -559,6 +587,7 @@ pub fn ovl_copy_up_one_ret(ctx: RetProbeContext) -> u32 {
     ev.ts_ns = end;
     ev.latency_ns = end - obj.start_ns;
     ev.bytes = obj.bytes;
+    ev.links = obj.links;
     if obj.data != 0 {
         ev.flags |= flags::DATA;
     }
@@ -570,6 +599,9 @@ pub fn ovl_copy_up_one_ret(ctx: RetProbeContext) -> u32 {
             ev.op_latency_ns = end - op.start_ns;
             ev.parents = op.parents;
             ev.flags |= flags::OP_TARGET;
+            if op.removed != 0 {
+                ev.flags |= flags::REMOVED;
+            }
         } else {
             op.parents += 1;
             ev.flags |= flags::ANCESTOR;
@@ -596,6 +628,8 @@ fn begin_ovl_op(kind: u32, dentry: u64, dentry2: u64, is_dir: u32) -> u32 {
         is_dir,
         dentry,
         dentry2,
+        redirects: 0,
+        _pad: 0,
     };
     if OVL_OPS.insert(&tid(), &op, 0).is_err() {
         count_map_full(MapFull::OvlOps);
@@ -626,6 +660,23 @@ pub fn ovl_do_remove(ctx: ProbeContext) -> u32 {
     let dentry = kp_arg(&ctx, conf!(do_remove_dentry_arg));
     let is_dir = kp_arg(&ctx, conf!(do_remove_is_dir_arg)) as u8 != 0;
     begin_ovl_op(OVL_REMOVE, dentry, 0, is_dir as u32)
+}
+
+/// The end of an overlay remove's work on its object (also of a rename's
+/// and a link's, which are left alone). With `index=on` the last name of
+/// an indexed inode gone, overlay cleans up its index entry from here
+/// (`ovl_cleanup_index`), and with `nfs_export=on` leaves a whiteout in
+/// the index directory (`work/index`) through `ovl_cleanup_and_whiteout`:
+/// that is overlay's bookkeeping, not a name removed from a lower layer,
+/// so the remove's entry ends here, before it (a name with a lower object
+/// got its whiteout already; one without, an upper-only hard link of an
+/// indexed file, gets none).
+#[kprobe]
+pub fn ovl_nlink_end(_ctx: ProbeContext) -> u32 {
+    if matches!(current_ovl_op(), Some(o) if o.kind == OVL_REMOVE) {
+        end_ovl_op();
+    }
+    0
 }
 
 #[kprobe]
@@ -714,6 +765,18 @@ fn is_opaque_xattr(name: u64) -> bool {
         || (n == 20 && &buf[..19] == b"user.overlay.opaque")
 }
 
+/// `trusted.overlay.redirect`, or `user.overlay.redirect` with
+/// `userxattr`: overlay records a renamed lower directory's origin in it.
+#[inline(always)]
+fn is_redirect_xattr(name: u64) -> bool {
+    let mut buf = [0u8; 26];
+    let n = unsafe {
+        bpf_probe_read_kernel_str(buf.as_mut_ptr() as *mut c_void, 26, name as *const c_void)
+    };
+    (n == 25 && &buf[..24] == b"trusted.overlay.redirect")
+        || (n == 22 && &buf[..21] == b"user.overlay.redirect")
+}
+
 /// `trusted.overlay.metacopy`, or `user.overlay.metacopy` with
 /// `userxattr`: overlay marks a metadata-only copy-up with it.
 #[inline(always)]
@@ -739,6 +802,26 @@ fn on_vfs_setxattr(name: u64) -> u32 {
         Some(op) => op,
         None => return 0,
     };
+    // `ovl_set_redirect` in `ovl_rename`: the renamed object (still under
+    // its old name) gets a redirect instead of its tree being copied.
+    if op.kind == OVL_RENAME && is_redirect_xattr(name) {
+        let renamed = if op.redirects == 0 {
+            op.dentry
+        } else {
+            op.dentry2
+        };
+        if let Some(p) = OVL_OPS.get_ptr_mut(&tid()) {
+            unsafe { (*p).redirects += 1 };
+        }
+        if let Some(ev) = new_event(EventKind::Redirect, renamed) {
+            let is_dir = dentry_mode(renamed) & 0o170000 == 0o040000;
+            if is_dir {
+                ev.flags |= flags::DIR;
+            }
+            submit(ev);
+        }
+        return 0;
+    }
     if !is_opaque_xattr(name) {
         return 0;
     }

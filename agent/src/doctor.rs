@@ -288,7 +288,11 @@ mod tests {
             "{}",
             f[0].detail
         );
-        assert!(!f[1].ok, "redirect_dir=on is not handled: {}", f[1].detail);
+        assert!(
+            f[1].ok,
+            "metacopy and redirect_dir=on are handled: {}",
+            f[1].detail
+        );
         assert!(f[1].detail.contains("metacopy=on"), "{}", f[1].detail);
         assert!(f[1].detail.contains("redirect_dir=on"), "{}", f[1].detail);
         assert_eq!(f[2].what, "fuse-overlayfs mount");

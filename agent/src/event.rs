@@ -9,8 +9,13 @@ use std::fmt::Write as _;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kind {
     CopyUp(CopyUp),
-    Whiteout { cause: WhiteoutCause },
+    Whiteout {
+        cause: WhiteoutCause,
+    },
     OpaqueDir,
+    /// A lower directory (or metacopy file) renamed with
+    /// `redirect_dir=on`: recorded as a redirect, its tree not copied.
+    Redirect,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +30,12 @@ pub struct CopyUp {
     pub kind: CopyUpKind,
     /// A parent directory copied up on the way to the operation's target.
     pub ancestor: bool,
+    /// The object an unlink or rmdir removes, copied up first by
+    /// `index=on` to keep its link count (not the removal's parent).
+    pub removed: bool,
+    /// Its link count in overlay when the copy-up began (see
+    /// `agent_ebpf::Event::links`).
+    pub links: u32,
     /// Kernel stack at the start of the operation, innermost first.
     pub stack: Vec<u64>,
 }
@@ -59,6 +70,7 @@ impl KernelEvent {
             Kind::CopyUp(_) => EventKind::CopyUp,
             Kind::Whiteout { .. } => EventKind::Whiteout,
             Kind::OpaqueDir => EventKind::OpaqueDir,
+            Kind::Redirect => EventKind::Redirect,
         }
         .key()
     }
@@ -235,6 +247,8 @@ pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
             data: ev.flags & flags::DATA != 0,
             kind: CopyUpKind::from_u32(ev.copy_kind)?,
             ancestor: ev.flags & flags::ANCESTOR != 0,
+            removed: ev.flags & flags::REMOVED != 0,
+            links: ev.links,
             stack: ev.stack[..(ev.stack_len as usize).min(agent_ebpf::STACK_DEPTH)].to_vec(),
         }),
         EventKind::Whiteout => Kind::Whiteout {
@@ -243,6 +257,7 @@ pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
             cause: WhiteoutCause::from_u32(ev.cause)?,
         },
         EventKind::OpaqueDir => Kind::OpaqueDir,
+        EventKind::Redirect => Kind::Redirect,
     };
     Some(KernelEvent {
         kind,
@@ -289,6 +304,34 @@ mod tests {
             }
         }
         ev.copy_kind = 7;
+        assert!(decode(&bytes(&ev)).is_none());
+    }
+
+    #[test]
+    fn link_count_removal_and_redirect_are_carried() {
+        let mut ev = blank();
+        ev.kind = EventKind::CopyUp as u32;
+        ev.flags = flags::OP_TARGET | flags::REMOVED;
+        ev.links = 3;
+        match decode(&bytes(&ev)).unwrap().kind {
+            Kind::CopyUp(c) => {
+                assert_eq!(c.links, 3);
+                assert!(c.removed);
+            }
+            other => panic!("{other:?}"),
+        }
+        ev.flags = flags::OP_TARGET;
+        match decode(&bytes(&ev)).unwrap().kind {
+            Kind::CopyUp(c) => assert!(!c.removed),
+            other => panic!("{other:?}"),
+        }
+        ev.kind = EventKind::Redirect as u32;
+        ev.flags = flags::DIR;
+        let e = decode(&bytes(&ev)).unwrap();
+        assert_eq!(e.kind, Kind::Redirect);
+        assert_eq!(e.kind_name(), "redirect");
+        assert_eq!(e.file_type, FileType::Dir);
+        ev.kind = agent_ebpf::EVENT_KINDS;
         assert!(decode(&bytes(&ev)).is_none());
     }
 

@@ -234,6 +234,9 @@ pub enum Trigger {
     Link,
     /// create, mkdir, mknod, symlink, unlink, rmdir: the parent directory
     ParentOfCreateOrRemove,
+    /// unlink or rmdir of the object itself, which `index=on` copies up
+    /// first to keep its link count (known from the kernel, not the stack)
+    Remove,
     /// ioctls such as chattr, or not recognised
     Other,
 }
@@ -248,6 +251,7 @@ impl Trigger {
             Trigger::Rename => "rename",
             Trigger::Link => "link",
             Trigger::ParentOfCreateOrRemove => "parent",
+            Trigger::Remove => "remove",
             Trigger::Other => "other",
         }
     }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use tokio::io::unix::AsyncFd;
 
 /// Drops per event kind (`agent_ebpf::EventKind` order).
-pub type Drops = [u64; 3];
+pub type Drops = [u64; agent_ebpf::EVENT_KINDS as usize];
 
 /// The run's side of the kernel: attached probes, the event ring, the
 /// write histograms, the counters and the filters.
@@ -121,7 +121,7 @@ impl KernelSide {
 
     /// Events the kernel could not deliver so far, per kind.
     pub fn read_drops(&self) -> Drops {
-        let mut d = [0u64; 3];
+        let mut d = [0u64; agent_ebpf::EVENT_KINDS as usize];
         for (i, slot) in d.iter_mut().enumerate() {
             if let Ok(v) = self.drops.get(&(i as u32), 0) {
                 *slot = v.iter().sum();

@@ -67,6 +67,7 @@ pub fn event_line(
         }
         Kind::Whiteout { cause } => ("whiteout", cause.key(), "-".into(), "-".into()),
         Kind::OpaqueDir => ("opaque", "mkdir", "-".into(), "-".into()),
+        Kind::Redirect => ("redirect", "rename", "-".into(), "-".into()),
     };
     // Names come from the runtime, i.e. from whoever named the container.
     let who = match fs {

@@ -679,7 +679,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     let mut run = Run {
         cli: &cli,
         sink: EventSink {
-            undecodable: [0; 3],
+            undecodable: [0; agent_ebpf::EVENT_KINDS as usize],
             pid_filter: &cli.pids,
             attribution,
             held: std::collections::VecDeque::new(),
@@ -998,8 +998,8 @@ impl EventSink<'_> {
     /// Like [`Self::drain`], but only until `deadline`; the records left
     /// are taken without being handled and counted per kind (returned, to
     /// be reported as drops).
-    fn drain_until(&mut self, rb: &mut RingBuf<MapData>, deadline: Instant) -> [u64; 3] {
-        let mut lost = [0u64; 3];
+    fn drain_until(&mut self, rb: &mut RingBuf<MapData>, deadline: Instant) -> Drops {
+        let mut lost: Drops = Default::default();
         let mut n = 0u32;
         let mut late = false;
         while let Some(item) = rb.next() {
@@ -1129,6 +1129,11 @@ impl EventSink<'_> {
 
     fn handle(&mut self, owner: &Owner, fs: Option<Owner>, layer: &LayerAnswer, ev: &KernelEvent) {
         let cause = match &ev.kind {
+            // The kernel knows this one; the stack would show the remove
+            // and say "parent".
+            cowtrace::event::Kind::CopyUp(c) if c.removed => {
+                Some(cowtrace::kallsyms::Trigger::Remove)
+            }
             cowtrace::event::Kind::CopyUp(c) => Some(self.symbols.classify_copy_up(&c.stack)),
             _ => None,
         };

@@ -120,6 +120,7 @@ struct Series {
     write_latency: Buckets,
     whiteouts: u64,
     opaque_dirs: u64,
+    redirects: u64,
 }
 
 /// What `/metrics` shows: taken by the event loop, read by the server.
@@ -170,6 +171,7 @@ impl Snapshot {
                 write_latency: Buckets::of(&w.latency, WRITE_BUCKETS_S),
                 whiteouts: s.whiteouts,
                 opaque_dirs: s.opaque_dirs,
+                redirects: s.redirects,
             })
             .collect();
         self.drops = drops.to_vec();
@@ -311,6 +313,13 @@ impl Collector for SnapshotCollector {
             "Directories made opaque (image directories replaced).",
             |s| s.opaque_dirs,
         )?;
+        per_container_counter(
+            &mut encoder,
+            &snap.series,
+            "cowtrace_redirects",
+            "Image directories renamed as a redirect (redirect_dir=on), their tree not copied.",
+            |s| s.redirects,
+        )?;
         {
             let mut family = encoder.encode_descriptor(
                 "cowtrace_dropped_events",
@@ -404,6 +413,7 @@ pub fn to_classic_text(om: &str) -> String {
 mod tests {
     use super::*;
     use crate::hist::LogHist;
+    use crate::stats::Owner;
 
     #[test]
     fn a_histogram_bucket_goes_to_the_first_bound_at_or_above_it() {
@@ -431,6 +441,24 @@ mod tests {
         assert_eq!(Format::from_accept(Some(prom)), Format::OpenMetrics);
         assert_eq!(Format::from_accept(Some("*/*")), Format::Classic);
         assert_eq!(Format::from_accept(None), Format::Classic);
+    }
+
+    #[test]
+    fn redirects_are_a_counter_per_container() {
+        let owner = Owner::host();
+        let stats = crate::stats::OwnerStats {
+            redirects: 2,
+            ..Default::default()
+        };
+        let w = crate::stats::WriteTotals::default();
+        let mut snap = Snapshot::started(1, 0.1);
+        snap.update(&[(&owner, &stats, &w)], &[], &HashSet::new());
+        let text = encode(&snap, Format::Classic);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("cowtrace_redirects_total{"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.ends_with(" 2"), "{line}");
     }
 
     #[test]

@@ -131,10 +131,10 @@ impl OverlayOptions {
             v.push((true, "metacopy=on: chown/chmod copy up metadata only (reported as metadata_only, 0 bytes); the data follows on the first open for write (reported as deferred_data)".into()));
         }
         if self.index == Some(true) || self.nfs_export == Some(true) {
-            v.push((false, "index=on: copy-ups counted, but hard-linked lower files and whiteouts through the index directory are not verified".into()));
+            v.push((true, "index=on: a hard-linked lower file is copied up once for all its names (links in the event); an unlinked indexed file is copied up first (trigger remove); index-directory cleanups are not whiteouts".into()));
         }
         if matches!(self.redirect_dir.as_deref(), Some("on")) {
-            v.push((false, "redirect_dir=on: renaming a lower directory copies nothing and is not reported as a redirect".into()));
+            v.push((true, "redirect_dir=on: renaming a lower directory is reported as a redirect (its tree is not copied)".into()));
         }
         if self.userxattr {
             v.push((false, "userxattr (rootless): user.overlay.* attributes are recognised, attribution to rootless containers is not verified".into()));
@@ -367,7 +367,9 @@ pub(crate) mod tests {
         let v = all.verdicts();
         assert_eq!(v.len(), 5, "{v:?}");
         assert!(v.iter().any(|(ok, l)| *ok && l.starts_with("metacopy")));
-        assert!(v.iter().any(|(ok, l)| !*ok && l.starts_with("index")));
+        assert!(v.iter().any(|(ok, l)| *ok && l.starts_with("index")));
+        assert!(v.iter().any(|(ok, l)| *ok && l.starts_with("redirect_dir")));
+        assert!(v.iter().any(|(ok, l)| !*ok && l.starts_with("userxattr")));
     }
 
     #[test]

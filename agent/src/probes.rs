@@ -190,6 +190,8 @@ pub fn layout(btf: &KernelBtf) -> Result<Config> {
         dentry_d_sb: off("dentry", "d_sb")?,
         inode_i_mode: off("inode", "i_mode")?,
         inode_i_ino: off("inode", "i_ino")?,
+        // In an anonymous union with `__i_nlink`.
+        inode_i_nlink: off("inode", "i_nlink")?,
         inode_i_sb: off("inode", "i_sb")?,
         sb_s_dev: off("super_block", "s_dev")?,
         sb_s_magic: off("super_block", "s_magic")?,
@@ -362,6 +364,15 @@ static POINTS: &[Point] = &[
         // No return probe: see the program's comment.
         kind: PointKind::Kprobe {
             entry: "ovl_do_remove",
+        },
+    },
+    Point {
+        role: "remove_end",
+        // A remove's end, before `index=on` cleans up its index entry
+        // (see the program's comment).
+        candidates: &["ovl_nlink_end"],
+        kind: PointKind::Kprobe {
+            entry: "ovl_nlink_end",
         },
     },
     Point {

@@ -19,7 +19,7 @@ pub struct RunInfo<'a> {
     pub started: &'a str,
     pub duration_s: f64,
     pub probes: Value,
-    pub drops: [u64; 3],
+    pub drops: crate::kernel_side::Drops,
     /// Inserts the kernel's maps refused, per [`agent_ebpf::MapFull`] kind.
     pub map_full: crate::kernel_maps::MapFullCounts,
     /// How full those maps are now.
@@ -122,6 +122,7 @@ pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
         "writes": writes,
         "whiteouts": {"count": s.whiteouts},
         "opaque_dirs": {"count": s.opaque_dirs},
+        "redirects": {"count": s.redirects},
         "copy_up_vs_write": {
             "p50_ratio": ratio(&cu, &w_lat, 0.5),
             "p99_ratio": ratio(&cu, &w_lat, 0.99),
@@ -203,12 +204,13 @@ pub fn event_json(
             v["data"] = json!(c.data);
             v["copy_kind"] = json!(c.kind.key());
             v["ancestor"] = json!(c.ancestor);
+            v["links"] = json!(c.links);
             v["trigger"] = json!(trigger.unwrap_or("other"));
         }
         Kind::Whiteout { cause } => {
             v["cause"] = json!(cause.key());
         }
-        Kind::OpaqueDir => {}
+        Kind::OpaqueDir | Kind::Redirect => {}
     }
     v
 }
@@ -308,6 +310,8 @@ mod tests {
                 data: true,
                 kind: crate::event::CopyUpKind::Full,
                 ancestor: false,
+                removed: false,
+                links: 1,
                 stack: Vec::new(),
             }),
             ts_ns: 0,
@@ -354,7 +358,7 @@ mod tests {
             started: "2026-11-27T00:00:00Z",
             duration_s: 1.0,
             probes: json!([{"role": "write", "function": "vfs_write", "method": "fentry+fexit"}]),
-            drops: [0, 0, 0],
+            drops: [0; agent_ebpf::EVENT_KINDS as usize],
             map_full: [0; agent_ebpf::MAP_FULL_KINDS as usize],
             kernel_maps: agent_ebpf::MapFull::ALL
                 .iter()

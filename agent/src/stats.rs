@@ -88,6 +88,8 @@ pub struct OwnerStats {
     pub copy_up_op: LogHist,
     pub whiteouts: u64,
     pub opaque_dirs: u64,
+    /// Renames recorded as redirects (`redirect_dir=on`).
+    pub redirects: u64,
     pub files: TopFiles,
     /// Copy-ups per [`crate::event::CopyUpKind`] (indexed by its value): they add up to
     /// `copy_up_count` and `copy_up_bytes`.
@@ -112,6 +114,7 @@ impl OwnerStats {
             copy_up_op: LogHist::new(),
             whiteouts: 0,
             opaque_dirs: 0,
+            redirects: 0,
             files: TopFiles::new(file_capacity),
             by_kind: [KindTotals {
                 count: 0,
@@ -224,6 +227,7 @@ impl Stats {
             }
             Kind::Whiteout { .. } => s.whiteouts += 1,
             Kind::OpaqueDir => s.opaque_dirs += 1,
+            Kind::Redirect => s.redirects += 1,
         }
     }
 
@@ -342,6 +346,8 @@ mod tests {
                 data: bytes > 0,
                 kind: crate::event::CopyUpKind::Full,
                 ancestor: false,
+                removed: false,
+                links: 1,
                 stack: Vec::new(),
             }),
             ts_ns: 0,

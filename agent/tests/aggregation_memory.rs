@@ -76,6 +76,8 @@ fn copy_up(ns: u64, bytes: u64, path: String) -> KernelEvent {
             data: bytes > 0,
             kind: cowtrace::event::CopyUpKind::Full,
             ancestor: false,
+            removed: false,
+            links: 1,
             stack: Vec::new(),
         }),
         path,

@@ -1313,3 +1313,249 @@ fn metacopy_chmod_copies_metadata_only_and_the_first_write_the_data() {
         "chmod of {n} files ({total} bytes): metacopy=on {meta_ns} ns copying metadata, metacopy=off {full_ns} ns copying everything"
     );
 }
+
+/// Lower layer of the `index` test: a file with three names, a file with
+/// one, a file with two names and one with one to unlink, an empty
+/// directory to remove.
+fn populate_links(l: &Path) {
+    make_file(&l.join("d/h1"), 300_000);
+    std::fs::hard_link(l.join("d/h1"), l.join("d/h2")).unwrap();
+    std::fs::hard_link(l.join("d/h1"), l.join("d/h3")).unwrap();
+    make_file(&l.join("d/solo"), 4096);
+    make_file(&l.join("rm/r1"), 1000);
+    std::fs::hard_link(l.join("rm/r1"), l.join("rm/r2")).unwrap();
+    make_file(&l.join("rm/single"), 10);
+    std::fs::create_dir(l.join("e")).unwrap();
+}
+
+/// What the `index` test expects of one overlay: each copy-up as (path,
+/// bytes, links, trigger), and the whiteouts.
+struct LinkExpect {
+    copy_ups: &'static [(&'static str, u64, u64, &'static str)],
+    whiteouts: &'static [(&'static str, &'static str)],
+}
+
+/// Expectations from fs/overlayfs of 5.10, 6.1, 6.12 and 7.2 (the same
+/// logic in each; quoted lines are from util.c, copy_up.c, dir.c and
+/// inode.c):
+///
+/// - `ovl_need_index()` (util.c): `if (ovl_index_all(sb)) return true;`
+///   (nfs_export) and `if (!d_is_dir(lower) && d_inode(lower)->i_nlink > 1)
+///   return true;`: with index=on a hard-linked lower file is copied up
+///   into `work/index` (`ovl_do_copy_up`: `if (ovl_need_index(c->dentry))
+///   ... to_index = true;`) and linked to its name (`ovl_link_up`).
+/// - `ovl_get_inode()` (inode.c): hashed by its lower inode
+///   (`ovl_hash_bylower`: index on), every name of it is one overlay inode
+///   with `nlink = realinode->i_nlink` (3 for d/h1); so the second name's
+///   `ovl_copy_up_one` finds `ovl_dentry_upper()` set and only runs
+///   `ovl_link_up()`: no new object, no data, no copy-up reported. With
+///   index=off (`(upper || !ovl_indexdir(sb)) && ... i_nlink > 1` ->
+///   `return false`) each name is a `new_inode()` of one link, copied up
+///   on its own: the link is broken.
+/// - `ovl_nlink_start()` (util.c), called by `ovl_do_remove()` after the
+///   parent's copy-up: `if (ovl_need_index(dentry) &&
+///   !ovl_dentry_has_upper_alias(dentry)) err = ovl_copy_up(dentry);`:
+///   an indexed lower object is copied up before its whiteout (trigger
+///   `remove`): rm/r1 with index=on; rm/r1, rm/single and the directory
+///   e too with nfs_export=on.
+/// - `ovl_nlink_end()` -> `ovl_cleanup_index()`: the last name gone,
+///   `if (ovl_index_all(sb)) err = ovl_cleanup_and_whiteout(..., index);
+///   else err = ovl_cleanup(dir, index);`: a whiteout in `work/index`
+///   with nfs_export=on, overlay's bookkeeping, not a removed name.
+fn link_expectations(options: &str) -> LinkExpect {
+    let whiteouts: &'static [(&str, &str)] = &[
+        ("rm/r1", "unlink"),
+        ("rm/r2", "unlink"),
+        ("rm/single", "unlink"),
+        ("e", "rmdir"),
+    ];
+    let copy_ups: &'static [(&str, u64, u64, &str)] = match options {
+        "index=on" => &[
+            ("d", 0, 1, "open"),
+            ("d/h1", 300_000, 3, "open"),
+            ("d/solo", 4096, 1, "open"),
+            ("rm", 0, 1, "parent"),
+            ("rm/r1", 1000, 2, "remove"),
+        ],
+        "index=on,nfs_export=on" => &[
+            ("d", 0, 1, "open"),
+            ("d/h1", 300_000, 3, "open"),
+            ("d/solo", 4096, 1, "open"),
+            ("rm", 0, 1, "parent"),
+            ("rm/r1", 1000, 2, "remove"),
+            ("rm/single", 10, 1, "remove"),
+            ("e", 0, 1, "remove"),
+        ],
+        _ => &[
+            ("d", 0, 1, "open"),
+            ("d/h1", 300_000, 1, "open"),
+            ("d/h2", 300_000, 1, "open"),
+            ("d/solo", 4096, 1, "open"),
+            ("rm", 0, 1, "parent"),
+        ],
+    };
+    LinkExpect {
+        copy_ups,
+        whiteouts,
+    }
+}
+
+#[test]
+#[ignore = "needs a guest kernel: run through `cargo xtask test`"]
+fn index_on_copies_hard_links_up_once_and_removes_through_the_index_exactly() {
+    let modes = ["index=on", "index=on,nfs_export=on", "index=off"];
+    let ovs: Vec<Overlay> = modes
+        .iter()
+        .enumerate()
+        .map(|(i, o)| Overlay::with_options(&format!("index{i}"), o, populate_links))
+        .collect();
+    let t = Tracer::start("index", &[]);
+    for ov in &ovs {
+        append(&ov.path("d/h1"), b"x");
+        append(&ov.path("d/h2"), b"y");
+        append(&ov.path("d/solo"), b"z");
+        for f in ["rm/r1", "rm/r2", "rm/single"] {
+            std::fs::remove_file(ov.path(f)).unwrap();
+        }
+        std::fs::remove_dir(ov.path("e")).unwrap();
+    }
+    let tr = t.stop();
+    let (mut count, mut bytes, mut whiteouts) = (0u64, 0u64, 0u64);
+    for (ov, mode) in ovs.iter().zip(modes) {
+        let dev = ov.dev();
+        let opts = &tr.overlay(&dev)["overlay_options"];
+        let indexed = mode != "index=off";
+        // Not fallen back to index=off (a filesystem without file handles).
+        assert_eq!(opts["index"], indexed, "{mode}: {opts:#}");
+        assert_eq!(opts["nfs_export"], mode.contains("nfs_export"), "{mode}");
+        let want = link_expectations(mode);
+        let got = tr.of("copy_up", &dev);
+        for (path, b, links, trigger) in want.copy_ups {
+            let ev = tr.copy_up(&dev, path);
+            assert_eq!(ev.len(), 1, "{mode} {path}: {got:#?}");
+            let e = ev[0];
+            assert_eq!(e["bytes"], *b, "{mode} {path}: {e:#}");
+            assert_eq!(e["links"], *links, "{mode} {path}: {e:#}");
+            assert_eq!(e["trigger"], *trigger, "{mode} {path}: {e:#}");
+            assert_eq!(e["copy_kind"], "full", "{mode} {path}: {e:#}");
+            bytes += b;
+        }
+        assert_eq!(got.len(), want.copy_ups.len(), "{mode}: {got:#?}");
+        count += got.len() as u64;
+        let wh = tr.of("whiteout", &dev);
+        for (path, cause) in want.whiteouts {
+            let w: Vec<_> = wh.iter().filter(|e| e["path"] == *path).collect();
+            assert_eq!(w.len(), 1, "{mode} {path}: {wh:#?}");
+            assert_eq!(w[0]["cause"], *cause, "{mode} {path}");
+        }
+        assert_eq!(wh.len(), want.whiteouts.len(), "{mode}: {wh:#?}");
+        whiteouts += wh.len() as u64;
+        assert!(tr.of("redirect", &dev).is_empty(), "{mode}");
+        // The kernel really kept the names together, or broke them: both
+        // appends went into one upper file with index=on, two without.
+        let size = |p: &str| std::fs::metadata(ov.path(p)).unwrap().len();
+        let ino = |p: &str| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(ov.root.join("upper").join(p))
+                .unwrap()
+                .ino()
+        };
+        if indexed {
+            assert_eq!(size("d/h3"), 300_002, "{mode}");
+            assert_eq!(ino("d/h1"), ino("d/h2"), "{mode}");
+        } else {
+            assert_eq!(
+                (size("d/h1"), size("d/h2"), size("d/h3")),
+                (300_001, 300_001, 300_000)
+            );
+            assert_ne!(ino("d/h1"), ino("d/h2"));
+        }
+        let index_dir = ov.root.join("work/index");
+        let entries = std::fs::read_dir(&index_dir).map_or(0, |d| d.count());
+        println!("{mode}: {} entries in work/index", entries);
+        if indexed {
+            assert!(entries >= 1, "{mode}: d/h1's index entry");
+        }
+    }
+    let host = tr.container("host");
+    assert_eq!(host["copy_up"]["count"], count);
+    assert_eq!(host["copy_up"]["bytes"], bytes);
+    assert_eq!(host["whiteouts"]["count"], whiteouts);
+    assert_eq!(host["redirects"]["count"], 0);
+    assert_eq!(tr.report["drops"]["copy_up"], 0);
+    assert_eq!(tr.report["drops"]["whiteout"], 0);
+}
+
+/// The value of extended attribute `name` of `path` (not followed).
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let (p, n) = (cstr(path), CString::new(name).unwrap());
+    let mut buf = vec![0u8; 4096];
+    let r = unsafe {
+        libc::lgetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
+    };
+    (r >= 0).then(|| buf[..r as usize].to_vec())
+}
+
+#[test]
+#[ignore = "needs a guest kernel: run through `cargo xtask test`"]
+fn redirect_dir_on_reports_a_renamed_lower_directory_as_a_redirect() {
+    let populate = |l: &Path| {
+        make_file(&l.join("ld/a"), 100);
+        make_file(&l.join("ld/b"), 5000);
+        make_file(&l.join("ld/sub/c"), 10);
+    };
+    let on = Overlay::with_options("redirect", "index=off,redirect_dir=on", populate);
+    let off = Overlay::with_options("redirect-off", "index=off,redirect_dir=off", populate);
+    let t = Tracer::start("redirect", &[]);
+    std::fs::rename(on.path("ld"), on.path("moved")).unwrap();
+    // dir.c ovl_rename(): `if (!ovl_can_move(old)) goto out;` with
+    // err = -EXDEV, before any copy-up (`mv` then copies the tree itself).
+    let err = std::fs::rename(off.path("ld"), off.path("moved")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EXDEV), "{err}");
+    let tr = t.stop();
+    let (dev, off_dev) = (on.dev(), off.dev());
+    assert_eq!(tr.overlay(&dev)["overlay_options"]["redirect_dir"], "on");
+    // ovl_rename(): `err = ovl_copy_up(old);` copies the directory alone;
+    // then `if (ovl_type_merge_or_lower(old)) err = ovl_set_redirect(old,
+    // samedir);` sets `trusted.overlay.redirect`; then ovl_do_rename()
+    // with `flags |= RENAME_WHITEOUT` (ovl_lower_positive(old)) whites
+    // out the old name.
+    let rd = tr.of("redirect", &dev);
+    assert_eq!(rd.len(), 1, "{rd:#?}");
+    assert_eq!(rd[0]["path"], "ld", "{:#}", rd[0]);
+    assert_eq!(rd[0]["file_type"], "dir", "{:#}", rd[0]);
+    let cu = tr.of("copy_up", &dev);
+    assert_eq!(cu.len(), 1, "only the directory itself: {cu:#?}");
+    assert_eq!(cu[0]["path"], "ld");
+    assert_eq!(cu[0]["file_type"], "dir");
+    assert_eq!(cu[0]["bytes"], 0);
+    assert_eq!(cu[0]["trigger"], "rename", "{:#}", cu[0]);
+    let wh = tr.of("whiteout", &dev);
+    assert_eq!(wh.len(), 1, "{wh:#?}");
+    assert_eq!(wh[0]["path"], "ld");
+    assert_eq!(wh[0]["cause"], "rename");
+    assert_eq!(wh[0]["file_type"], "dir");
+    assert!(tr.of("opaque_dir", &dev).is_empty());
+    // What the kernel did: a redirect on the moved upper directory, none
+    // of its tree copied, the tree still seen through it.
+    let upper = on.root.join("upper/moved");
+    assert_eq!(
+        xattr(&upper, "trusted.overlay.redirect").as_deref(),
+        Some(&b"ld"[..])
+    );
+    assert_eq!(std::fs::read_dir(&upper).unwrap().count(), 0);
+    assert_eq!(std::fs::metadata(on.path("moved/sub/c")).unwrap().len(), 10);
+    // redirect_dir=off: refused, nothing done, nothing reported.
+    for kind in ["copy_up", "whiteout", "redirect", "opaque_dir"] {
+        assert!(tr.of(kind, &off_dev).is_empty(), "{kind}");
+    }
+    let host = tr.container("host");
+    assert_eq!(host["redirects"]["count"], 1);
+    assert_eq!(host["copy_up"]["count"], 1);
+    assert_eq!(tr.report["drops"]["redirect"], 0);
+}

@@ -51,6 +51,11 @@ impl PerLayer {
     /// Books one event of the filesystem of container `fs_id`; `setattr`:
     /// a copy-up caused by a chown or chmod.
     pub fn record(&mut self, fs_id: &str, answer: &LayerAnswer, ev: &KernelEvent, setattr: bool) {
+        // A redirect copies nothing (its directory's own copy-up, if any,
+        // is booked as one): no layer cost, no layer entry.
+        if ev.kind == Kind::Redirect {
+            return;
+        }
         let c = match self.containers.get_mut(fs_id) {
             Some(c) => c,
             None => self.containers.entry(fs_id.to_string()).or_default(),
@@ -81,6 +86,7 @@ impl PerLayer {
             }
             Kind::Whiteout { .. } => t.whiteouts += 1,
             Kind::OpaqueDir => t.opaque_dirs += 1,
+            Kind::Redirect => {}
         }
     }
 
@@ -265,6 +271,8 @@ mod tests {
             data: true,
             kind: crate::event::CopyUpKind::Full,
             ancestor: false,
+            removed: false,
+            links: 1,
             stack: Vec::new(),
         }))
     }

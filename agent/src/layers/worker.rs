@@ -663,7 +663,7 @@ mod tests {
             comm: "t".into(),
             cgroup_id: 1,
             dev: 0,
-            file_type: "dir",
+            file_type: crate::event::FileType::Dir,
             path: path.as_bytes().to_vec(),
             path_cut: false,
             names_cut: vec![false; path.split('/').count()],

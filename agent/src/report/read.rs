@@ -105,6 +105,9 @@ pub const ADDED_WITHIN_V1: &[&str] = &[
     "kernel_maps.ovl_ops.entries",
     "kernel_maps.ovl_ops.max_entries",
     // Overlay modes (issue 17); `overlays` is kept as written.
+    "drops.redirect",
+    "containers[].redirects",
+    "containers[].redirects.count",
     "containers[].copy_up.by_kind",
     "containers[].copy_up.by_kind.full",
     "containers[].copy_up.by_kind.full.count",
@@ -195,6 +198,9 @@ pub struct Drops {
     pub copy_up: u64,
     pub whiteout: u64,
     pub opaque_dir: u64,
+    /// Added with `redirect_dir=on` support (issue 17).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<u64>,
     /// Added within v1: inserts refused by full kernel maps, keyed by
     /// [`agent_ebpf::MapFull::key`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,7 +209,7 @@ pub struct Drops {
 
 impl Drops {
     pub fn total(&self) -> u64 {
-        self.copy_up + self.whiteout + self.opaque_dir
+        self.copy_up + self.whiteout + self.opaque_dir + self.redirect.unwrap_or(0)
     }
 }
 
@@ -221,6 +227,9 @@ pub struct Container {
     pub writes: Writes,
     pub whiteouts: Count,
     pub opaque_dirs: Count,
+    /// Added with `redirect_dir=on` support (issue 17).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirects: Option<Count>,
     pub copy_up_vs_write: Ratios,
     pub top_files: Vec<TopFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -425,6 +434,7 @@ pub fn parse(name: &str, text: &str) -> Result<Run, ReadError> {
             copy_up_op: LogHist::new(),
             whiteouts: c.whiteouts.count,
             opaque_dirs: c.opaque_dirs.count,
+            redirects: c.redirects.as_ref().map_or(0, |r| r.count),
             files,
             by_kind: by_kind(&c.copy_up),
         };
