@@ -1018,6 +1018,9 @@ impl EventSink<'_> {
                 None => break,
             };
             let fs = match self.attribution.filesystem_of(ev.dev) {
+                // Its container is being described: the overlay may be its
+                // root (podman's and containerd's, seen first by cgroup).
+                Some(None) if !waited && self.attribution.describing(&by_cgroup.id) => break,
                 Some(fs) => fs,
                 None if waited => None,
                 None => break,

@@ -21,6 +21,7 @@ use super::changes::{self, ChangeList};
 use super::image::{self, ImageLayers};
 use super::lookup::{topmost_holding, Found};
 use super::unchanged::{compare, sizes, Verdict};
+use super::{mounted, storage};
 use super::{LayerAnswer, LayerRef, Unknown};
 use crate::event::{escape_bytes, KernelEvent, Kind};
 use crate::runtime::DockerEngine;
@@ -266,14 +267,7 @@ impl Worker {
             Some(Known::Failed(at)) if at.elapsed() < RETRY_AFTER => return None,
             _ => {}
         }
-        let client = self.client.as_ref()?;
-        if self.root.is_none() {
-            self.root = image::data_root(client).await.ok();
-        }
-        let fetched = match &self.root {
-            Some(root) => image::fetch(client, root, id).await.ok(),
-            None => None,
-        };
+        let fetched = self.fetch(id).await;
         if self.containers.len() >= MAX_CONTAINERS {
             self.containers.clear();
         }
@@ -286,6 +280,34 @@ impl Worker {
             Some(Known::Layers(l)) => Some(l.clone()),
             _ => None,
         }
+    }
+
+    /// Container `id`'s layers from whichever runtime keeps it: the
+    /// engine's API and layer store; else podman's containers-storage;
+    /// else, for a container described from its OCI bundle (containerd),
+    /// the lower directories of its init's root overlay, by position only.
+    /// An engine that knows the container but cannot say its layers, or
+    /// does not answer, gives no guess by position (its own layers, such
+    /// as Docker's `-init`, would be counted as the image's).
+    async fn fetch(&mut self, id: &str) -> Option<ImageLayers> {
+        if let Some(client) = &self.client {
+            if self.root.is_none() {
+                self.root = image::data_root(client).await.ok();
+            }
+            let root = self.root.as_ref()?;
+            match image::fetch(client, root, id).await {
+                Ok(l) => return Some(l),
+                Err(e) if e.is::<image::UnknownToEngine>() => {}
+                Err(_) => return None,
+            }
+        }
+        match storage::fetch(std::path::Path::new(storage::STORAGE_ROOT), id) {
+            Ok(Some(l)) => return Some(l),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        let pid = crate::bundle::describe(id)?.pid?;
+        mounted::of_pid(pid).ok()
     }
 
     async fn changes(&mut self, id: &str) -> Option<ChangeList> {
