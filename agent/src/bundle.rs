@@ -130,6 +130,29 @@ pub fn describe_in(task_dir: &Path, id: &str) -> Result<Option<ContainerInfo>> {
     }))
 }
 
+/// The ids of the tasks containerd runs (in every namespace), at most
+/// `max`.
+pub fn task_ids(max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in TASK_DIRS.iter().map(Path::new).filter(|d| d.is_dir()) {
+        let Ok(namespaces) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for ns in namespaces.take(MAX_NAMESPACES).filter_map(|e| e.ok()) {
+            let Ok(tasks) = std::fs::read_dir(ns.path()) else {
+                continue;
+            };
+            out.extend(
+                tasks
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|id| is_identifier(id))
+                    .take(max.saturating_sub(out.len())),
+            );
+        }
+    }
+    out
+}
+
 /// Describes container `id` from containerd's bundles, wherever they are.
 pub fn describe(id: &str) -> Option<ContainerInfo> {
     TASK_DIRS

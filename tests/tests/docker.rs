@@ -1262,10 +1262,15 @@ mod any_init {
                 .find(|e| e["type"] == kind && e["path"] == path)
                 .unwrap_or_else(|| panic!("no {kind} of {path}: {:#?}", tr.events))
         };
+        let row = tr.container(id);
         let expect = |e: &Value, index: usize| {
             assert_eq!(e["filesystem"]["id"], id, "{e}");
             let l = &e["layer"];
-            assert_eq!(l["index"], index, "{e}");
+            assert_eq!(
+                l["index"], index,
+                "{e}\nlayers_unknown {}, layers {:#}",
+                row["layers_unknown"], row["layers"]
+            );
             assert_eq!(l["diff_id"], want[index].0, "{e}");
             assert_eq!(l["created_by"], want[index].1, "{e}");
         };
@@ -1275,7 +1280,6 @@ mod any_init {
         expect(event("copy_up", "app"), 2);
         expect(event("whiteout", "app/f1"), 1);
         expect(event("copy_up", "etc/passwd"), 0);
-        let row = tr.container(id);
         assert_eq!(row["layers_unknown"], 0, "{row:#}");
         let layers = row["layers"].as_array().unwrap();
         let indexes: Vec<u64> = layers

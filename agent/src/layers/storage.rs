@@ -144,6 +144,19 @@ fn history(storage: &Path, image: &StoredImage) -> Vec<HistoryEntry> {
         .unwrap_or_default()
 }
 
+/// The ids of the containers in the store under `storage` (to fetch
+/// their layers before their first event).
+pub fn container_ids(storage: &Path) -> Vec<String> {
+    index::<StoredContainer>(&storage.join("overlay-containers/containers.json"))
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .filter(|id| is_identifier(id))
+        .collect()
+}
+
 /// Container `id`'s layers from the store under `storage`; `Ok(None)`
 /// when the store does not have that container (it is another runtime's).
 pub fn fetch(storage: &Path, id: &str) -> Result<Option<ImageLayers>> {
@@ -314,6 +327,7 @@ mod tests {
         );
         assert_eq!(l.upper, Some(dir('c')));
         assert_eq!(l.image_id, Some(format!("sha256:{image_id}")));
+        assert_eq!(container_ids(&d), [id('9')]);
         // Another runtime's container: not ours to answer.
         assert!(fetch(&d, &id('8')).unwrap().is_none());
         assert!(fetch(&d, "../../etc").unwrap().is_none());

@@ -550,6 +550,15 @@ async fn work(
             }
         }
     }
+    // Containers no engine lists (podman's, containerd's own) running at
+    // start, likewise: their first events would otherwise wait for the
+    // runtime's files to be read, after their container was described.
+    let mut others = storage::container_ids(std::path::Path::new(storage::STORAGE_ROOT));
+    others.extend(crate::bundle::task_ids(PREFETCH));
+    for id in others.into_iter().take(PREFETCH) {
+        pending_evaluation |= answer_waiting(&mut w, &shared, &mut requests).await;
+        w.layers_of(&id).await;
+    }
     if pending_evaluation {
         evaluate(&mut w, &shared, &mut requests).await;
     }
