@@ -558,6 +558,11 @@ async fn work(
     for id in others.into_iter().take(PREFETCH) {
         pending_evaluation |= answer_waiting(&mut w, &shared, &mut requests).await;
         w.layers_of(&id).await;
+        // An engine that does not answer is asked first for every
+        // container: no use waiting on it for each.
+        if w.client.is_some() && w.root.is_none() {
+            break;
+        }
     }
     if pending_evaluation {
         evaluate(&mut w, &shared, &mut requests).await;
