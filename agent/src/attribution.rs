@@ -110,6 +110,10 @@ pub struct Directory {
     not_containers: HashSet<u32>,
     /// A hybrid host's container without a cgroup v2 id was reported.
     hybrid_warned: bool,
+    /// Containers an event's cgroup named, being described (their root
+    /// device, hence whose filesystem their events are in, is not known
+    /// until then).
+    undescribed: HashSet<String>,
 }
 
 impl Directory {
@@ -130,6 +134,9 @@ impl Directory {
             self.handed_over.remove(&info.id);
         }
         let id = info.id.clone();
+        if described {
+            self.undescribed.remove(&id);
+        }
         let e = self.containers.entry(id).or_insert_with(|| Entry {
             info: ContainerInfo::default(),
             root_dev: None,
@@ -513,6 +520,13 @@ impl Attribution {
         None
     }
 
+    /// Whether container `id` was named by an event's cgroup and is still
+    /// being described: an event of its that happened in an overlay
+    /// nobody owns yet may be in its root filesystem (the caller holds it).
+    pub fn describing(&self, id: &str) -> bool {
+        self.lock().undescribed.contains(id)
+    }
+
     /// Who an event (or a write total) is booked to: the container of its
     /// cgroup; where cgroups do not tell (v1, or a hybrid host's container
     /// without a v2 cgroup of its own), the container whose root
@@ -574,6 +588,8 @@ enum Answer {
     Listed(anyhow::Result<Vec<ContainerInfo>>),
     /// One container described.
     Described(ContainerInfo),
+    /// No runtime could describe this container.
+    Undescribed(String),
 }
 
 /// The worker: resolves cgroup ids, follows the runtime. Runtime requests
@@ -623,16 +639,20 @@ async fn work<R: Runtime>(
             };
             let info = match known {
                 Some(info) => Some(info),
-                None => tokio::task::spawn_blocking(move || {
-                    crate::bundle::describe(&id).or_else(|| crate::podman_store::describe(&id))
+                None => tokio::task::spawn_blocking({
+                    let id = id.clone();
+                    move || {
+                        crate::bundle::describe(&id).or_else(|| crate::podman_store::describe(&id))
+                    }
                 })
                 .await
                 .ok()
                 .flatten(),
             };
-            if let Some(info) = info {
-                let _ = tx.send(Answer::Described(info));
-            }
+            let _ = tx.send(match info {
+                Some(info) => Answer::Described(info),
+                None => Answer::Undescribed(id),
+            });
         });
     };
     let mut feed = match &runtime {
@@ -683,6 +703,9 @@ async fn work<R: Runtime>(
                         spawn_list(rt, &mut listing);
                     }
                 }
+                Answer::Undescribed(id) => with(&mut |d| {
+                    d.undescribed.remove(&id);
+                }),
                 Answer::Described(info) => {
                     let running = info.pid.is_some();
                     let mut update = None;
@@ -833,6 +856,7 @@ fn handle_request(
                 false,
             );
             to_describe.push(id.clone());
+            d.undescribed.insert(id.clone());
         }
     }
     d.by_cgroup.insert(cg, attributed);

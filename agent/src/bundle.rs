@@ -48,6 +48,12 @@ pub fn is_identifier(s: &str) -> bool {
 /// At most [`MAX_FILE`] bytes of a regular file, no symlink followed on
 /// the way; `Ok(None)` when it does not exist.
 pub(crate) fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>> {
+    read_bounded_up_to(path, MAX_FILE)
+}
+
+/// [`read_bounded`] with another bound (a store's index of every layer
+/// can be larger than one bundle file).
+pub(crate) fn read_bounded_up_to(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK;
     let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
     let fd = match rustix::fs::openat2(rustix::fs::CWD, path, flags, Mode::empty(), resolve) {
@@ -61,11 +67,11 @@ pub(crate) fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>> {
     }
     let mut buf = Vec::new();
     std::fs::File::from(fd)
-        .take(MAX_FILE + 1)
+        .take(max + 1)
         .read_to_end(&mut buf)
         .with_context(|| path.display().to_string())?;
-    if buf.len() as u64 > MAX_FILE {
-        bail!("{}: larger than {MAX_FILE} bytes", path.display());
+    if buf.len() as u64 > max {
+        bail!("{}: larger than {max} bytes", path.display());
     }
     Ok(Some(buf))
 }
@@ -122,6 +128,29 @@ pub fn describe_in(task_dir: &Path, id: &str) -> Result<Option<ContainerInfo>> {
         labels: spec.annotations,
         source: Source::Files,
     }))
+}
+
+/// The ids of the tasks containerd runs (in every namespace), at most
+/// `max`.
+pub fn task_ids(max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in TASK_DIRS.iter().map(Path::new).filter(|d| d.is_dir()) {
+        let Ok(namespaces) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for ns in namespaces.take(MAX_NAMESPACES).filter_map(|e| e.ok()) {
+            let Ok(tasks) = std::fs::read_dir(ns.path()) else {
+                continue;
+            };
+            out.extend(
+                tasks
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|id| is_identifier(id))
+                    .take(max.saturating_sub(out.len())),
+            );
+        }
+    }
+    out
 }
 
 /// Describes container `id` from containerd's bundles, wherever they are.

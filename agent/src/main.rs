@@ -1058,6 +1058,9 @@ impl EventSink<'_> {
                 None => break,
             };
             let fs = match self.attribution.filesystem_of(h.ev.dev) {
+                // Its container is being described: the overlay may be its
+                // root (podman's and containerd's, seen first by cgroup).
+                Some(None) if !waited && self.attribution.describing(&by_cgroup.id) => break,
                 Some(fs) => fs,
                 None if waited => None,
                 None => break,
@@ -1096,12 +1099,17 @@ impl EventSink<'_> {
     fn ask_ahead(&mut self) {
         while let Some(h) = self.held.get_mut(self.asked_upto) {
             if h.layer.is_none() {
-                if self.attribution.owner_of_cgroup(h.ev.cgroup_id).is_none() {
+                let Some(owner) = self.attribution.owner_of_cgroup(h.ev.cgroup_id) else {
                     return;
-                }
+                };
                 let Some(fs) = self.attribution.filesystem_of(h.ev.dev) else {
                     return;
                 };
+                // As in `release`: a container still being described may
+                // yet own this overlay.
+                if fs.is_none() && self.attribution.describing(&owner.id) {
+                    return;
+                }
                 h.layer = Some(self.layers.ask(fs.as_ref(), &h.ev));
             }
             self.asked_upto += 1;

@@ -328,7 +328,7 @@ mod tests {
         };
         let layer = LayerAnswer::Layer(std::sync::Arc::new(LayerRef {
             index: 0,
-            diff_id: "sha256:00".into(),
+            diff_id: Some("sha256:00".into()),
             created_by: Some("ADD rootfs.tar /".into()),
         }));
         let mut p = crate::layers::totals::PerLayer::default();

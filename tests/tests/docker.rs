@@ -386,6 +386,27 @@ fn ctr(args: &[&str]) -> String {
     run("ctr", &all)
 }
 
+/// Where the kubelet would put container `id` of a burstable pod `uid`
+/// with the init's cgroup driver: the `ctr run` arguments that put it
+/// there, and the cgroup path it then has (see
+/// [`a_kubernetes_style_containerd_container_is_attributed_by_id_and_pod`]).
+fn kube_cgroup(id: &str, uid: &str) -> (Vec<String>, String) {
+    if booted_with_systemd() {
+        let slice = format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_"));
+        (
+            vec![
+                "--runc-systemd-cgroup".into(),
+                "--cgroup".into(),
+                format!("{slice}:cri-containerd:{id}"),
+            ],
+            format!("/kubepods.slice/kubepods-burstable.slice/{slice}/cri-containerd-{id}.scope"),
+        )
+    } else {
+        let path = format!("/kubepods/burstable/pod{uid}/{id}");
+        (vec!["--cgroup".into(), path.clone()], path)
+    }
+}
+
 /// A containerd container in containerd's `k8s.io` namespace, killed and
 /// removed on drop.
 struct CriContainer(String);
@@ -438,25 +459,11 @@ fn a_kubernetes_style_containerd_container_is_attributed_by_id_and_pod() {
     );
     let id = "c0ffee".repeat(10) + "cafe";
     let uid = "1b2c3d4e-5f60-7182-93a4-b5c6d7e8f90a";
-    let (cgroup_arg, want_path, systemd) = if booted_with_systemd() {
-        let slice = format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_"));
-        (
-            format!("{slice}:cri-containerd:{id}"),
-            format!("/kubepods.slice/kubepods-burstable.slice/{slice}/cri-containerd-{id}.scope"),
-            true,
-        )
-    } else {
-        let path = format!("/kubepods/burstable/pod{uid}/{id}");
-        (path.clone(), path, false)
-    };
+    let (cgroup_args, want_path) = kube_cgroup(&id, uid);
     let image = format!("docker.io/{IMAGE}:latest");
     let mut args = vec!["run", "-d"];
-    if systemd {
-        args.push("--runc-systemd-cgroup");
-    }
+    args.extend(cgroup_args.iter().map(String::as_str));
     args.extend([
-        "--cgroup",
-        &cgroup_arg,
         "--annotation",
         "io.kubernetes.cri.sandbox-name=web",
         "--annotation",
@@ -1226,6 +1233,189 @@ mod any_init {
             tr.stderr.contains("[ownership_at_build_time]"),
             "{}",
             tr.stderr
+        );
+    }
+
+    /// What [`layered_image`]'s layers hold, exercised in a container:
+    /// a.conf of the first `RUN` (layer 1), b.conf overridden by the second
+    /// (layer 2, which also wrote in app/conf), f1 of the first, passwd of
+    /// the base (layer 0).
+    const LAYERED_WORK: &str = "echo x >> /app/conf/a.conf; echo x >> /app/conf/b.conf; \
+                                rm /app/f1; echo x >> /etc/passwd";
+
+    /// The events [`LAYERED_WORK`] made in container `id` name the layer
+    /// that put each entry there, with `want[index]` as its diff id and
+    /// instruction; the container's per-layer totals are exactly its
+    /// events'.
+    fn expect_layered_events(tr: &cowtrace_tests::Trace, id: &str, want: &[(Value, Value); 3]) {
+        let mine: Vec<&Value> = tr
+            .events
+            .iter()
+            .filter(|e| e["container"]["id"] == id)
+            .collect();
+        let event = |kind: &str, path: &str| -> &Value {
+            mine.iter()
+                .find(|e| e["type"] == kind && e["path"] == path)
+                .unwrap_or_else(|| panic!("no {kind} of {path}: {:#?}", tr.events))
+        };
+        let row = tr.container(id);
+        let expect = |e: &Value, index: usize| {
+            assert_eq!(e["filesystem"]["id"], id, "{e}");
+            let l = &e["layer"];
+            assert_eq!(
+                l["index"], index,
+                "{e}\nlayers_unknown {}, layers {:#}",
+                row["layers_unknown"], row["layers"]
+            );
+            assert_eq!(l["diff_id"], want[index].0, "{e}");
+            assert_eq!(l["created_by"], want[index].1, "{e}");
+        };
+        expect(event("copy_up", "app/conf/a.conf"), 1);
+        expect(event("copy_up", "app/conf/b.conf"), 2);
+        expect(event("copy_up", "app/conf"), 2);
+        expect(event("copy_up", "app"), 2);
+        expect(event("whiteout", "app/f1"), 1);
+        expect(event("copy_up", "etc/passwd"), 0);
+        assert_eq!(row["layers_unknown"], 0, "{row:#}");
+        let layers = row["layers"].as_array().unwrap();
+        let indexes: Vec<u64> = layers
+            .iter()
+            .map(|l| l["index"].as_u64().unwrap())
+            .collect();
+        assert_eq!(indexes, [0, 1, 2], "{row:#}");
+        for l in layers {
+            let i = l["index"].as_u64().unwrap();
+            let of = |kind: &str| -> Vec<&Value> {
+                tr.events
+                    .iter()
+                    .filter(|e| e["filesystem"]["id"] == id)
+                    .filter(|e| e["type"] == kind && e["layer"]["index"] == i)
+                    .collect()
+            };
+            let ups = of("copy_up");
+            assert_eq!(l["copy_up"]["count"], ups.len() as u64, "{l:#}");
+            let bytes: u64 = ups.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
+            assert_eq!(l["copy_up"]["bytes"], bytes, "{l:#}");
+            let ns: u64 = ups.iter().map(|e| e["latency_ns"].as_u64().unwrap()).sum();
+            assert_eq!(l["copy_up"]["total_ns"], ns, "{l:#}");
+            assert_eq!(
+                l["whiteouts"]["count"],
+                of("whiteout").len() as u64,
+                "{l:#}"
+            );
+            assert_eq!(l["diff_id"], want[i as usize].0, "{l:#}");
+            assert_eq!(l["created_by"], want[i as usize].1, "{l:#}");
+        }
+    }
+
+    /// The layered image in rootful podman (loaded from `docker save`, no
+    /// API service): layers from podman's containers-storage, each event's
+    /// diff id as `podman image inspect` shows it and its instruction as
+    /// `docker history` shows it for the same image config.
+    #[test]
+    #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+    fn a_podman_containers_events_name_their_image_layer_and_instruction() {
+        layered_image();
+        let (diff_ids, history) = image_facts(LAYERED);
+        run(
+            "sh",
+            &["-c", &format!("docker save {LAYERED} | podman load -q")],
+        );
+        let podman = |args: &[&str]| run("podman", args);
+        let podman_ids: Vec<String> = serde_json::from_str(&podman(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{json .RootFS.Layers}}",
+            LAYERED,
+        ]))
+        .unwrap();
+        assert_eq!(podman_ids, diff_ids);
+        let instruction = |needle: &str| {
+            history
+                .iter()
+                .find(|(c, _)| c.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in {history:#?}"))
+                .0
+                .clone()
+        };
+        let created_by = [
+            history[0].0.clone(),
+            instruction("echo base"),
+            instruction("echo override"),
+        ];
+        let want: [(Value, Value); 3] =
+            std::array::from_fn(|i| (diff_ids[i].clone().into(), created_by[i].clone().into()));
+        let _ = Command::new("podman")
+            .args(["rm", "-f", "-t", "0", "pmlayers"])
+            .output();
+        let id = podman(&[
+            "run",
+            "-d",
+            "--name",
+            "pmlayers",
+            "--network",
+            "none",
+            LAYERED,
+            "sleep",
+            "3600",
+        ]);
+        struct Pm;
+        impl Drop for Pm {
+            fn drop(&mut self) {
+                let _ = Command::new("podman")
+                    .args(["rm", "-f", "-t", "0", "pmlayers"])
+                    .output();
+            }
+        }
+        let _pm = Pm;
+        let t = Tracer::start("podman-layers", &[]);
+        podman(&["exec", "pmlayers", "sh", "-c", LAYERED_WORK]);
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let tr = t.stop();
+        expect_layered_events(&tr, &id, &want);
+    }
+
+    /// The layered image in containerd (`ctr`, no runtime to say what its
+    /// layers are): each layer known by its place in the container's root
+    /// overlay, counted from the lowest lower directory, with no diff id
+    /// and no instruction.
+    #[test]
+    #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+    fn a_containerd_containers_layers_are_known_by_their_place_in_its_overlay() {
+        layered_image();
+        run(
+            "sh",
+            &[
+                "-c",
+                &format!("docker save {LAYERED} | ctr -n k8s.io images import -"),
+            ],
+        );
+        let id = "1a7e5".repeat(12) + "abcd";
+        let (cgroup_args, _) = kube_cgroup(&id, "2c3d4e5f-6071-8293-a4b5-c6d7e8f90a1b");
+        let image = format!("docker.io/{LAYERED}:latest");
+        let mut args = vec!["run", "-d"];
+        args.extend(cgroup_args.iter().map(String::as_str));
+        args.extend([image.as_str(), &id, "sleep", "3600"]);
+        ctr(&args);
+        let _c = CriContainer(id.clone());
+        let t = Tracer::start("ctr-layers", &[]);
+        ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "layers",
+            &id,
+            "sh",
+            "-c",
+            LAYERED_WORK,
+        ]);
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let tr = t.stop();
+        expect_layered_events(
+            &tr,
+            &id,
+            &std::array::from_fn(|_| (Value::Null, Value::Null)),
         );
     }
 

@@ -210,7 +210,7 @@ mod tests {
         std::os::unix::fs::symlink("/", u.join("etc/link")).unwrap();
         let layer = Arc::new(LayerRef {
             index: 0,
-            diff_id: "sha256:x".into(),
+            diff_id: Some("sha256:x".into()),
             created_by: Some("ADD x".into()),
         });
         let layers = ImageLayers {

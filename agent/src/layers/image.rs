@@ -37,7 +37,9 @@ pub struct ImageLayers {
     pub lowers: Vec<Lower>,
     /// The container's upper directory (what it changed), when known.
     pub upper: Option<PathBuf>,
-    /// The image the container runs (its id), when known.
+    /// The image the container runs (its id), when known; for layers known
+    /// only by position, its lower directories (the same for every
+    /// container of one image). Only compared, never shown.
     pub image_id: Option<String>,
 }
 
@@ -170,7 +172,7 @@ pub fn layer_dirs(
                 c,
                 Arc::new(LayerRef {
                     index: i as u32,
-                    diff_id: diff.clone(),
+                    diff_id: Some(diff.clone()),
                     created_by: created_by.get(i).cloned().flatten(),
                 }),
             );
@@ -215,7 +217,7 @@ fn read_small(path: &Path) -> Result<String> {
 }
 
 /// An absolute path with no `..`, `.` or empty component.
-fn plain_absolute(p: &str) -> Option<PathBuf> {
+pub(crate) fn plain_absolute(p: &str) -> Option<PathBuf> {
     let path = PathBuf::from(p);
     let ok = path.is_absolute()
         && path
@@ -243,9 +245,22 @@ pub async fn data_root(client: &Docker) -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("the runtime names no data root"))
 }
 
+/// The engine does not know the container (it is another runtime's).
+#[derive(Debug)]
+pub struct UnknownToEngine;
+
+impl std::fmt::Display for UnknownToEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no such container in the engine")
+    }
+}
+
+impl std::error::Error for UnknownToEngine {}
+
 /// A container's lower layers, from the runtime and its layer store under
 /// `root` (its image's read once, kept in `images`). An error says why
-/// they cannot be known.
+/// they cannot be known ([`UnknownToEngine`] when the engine answered that
+/// it has no such container).
 pub async fn fetch(
     client: &Docker,
     root: &Path,
@@ -253,9 +268,16 @@ pub async fn fetch(
     images: &mut ImageCache,
 ) -> Result<ImageLayers> {
     let c = deadline("inspecting a container", async {
-        Ok(client
+        match client
             .inspect_container(container_id, None::<InspectContainerOptions>)
-            .await?)
+            .await
+        {
+            Ok(c) => Ok(c),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(anyhow::Error::new(UnknownToEngine)),
+            Err(e) => Err(e.into()),
+        }
     })
     .await?;
     let driver = c
@@ -402,7 +424,10 @@ mod tests {
         );
         assert!(l.lowers[0].layer.is_none());
         let top = l.lowers[1].layer.as_ref().unwrap();
-        assert_eq!((top.index, top.diff_id.as_str()), (1, diffs[1].as_str()));
+        assert_eq!(
+            (top.index, top.diff_id.as_deref()),
+            (1, Some(diffs[1].as_str()))
+        );
         assert_eq!(top.created_by.as_deref(), Some("RUN"));
         assert_eq!(l.lowers[2].layer.as_ref().unwrap().index, 0);
     }

@@ -7,14 +7,17 @@
 //! event: the topmost lower layer that holds the entry's path. That is done
 //! off the event path by a worker thread ([`worker`]), which learns each
 //! container's layers from the runtime and Docker's layer bookkeeping
-//! ([`image`]) and walks the lower directories without following a symlink
+//! ([`image`]), podman's containers-storage ([`storage`]) or, when no
+//! runtime says, the container's root overlay ([`mounted`]), and walks the lower directories without following a symlink
 //! ([`lookup`]). [`totals`] aggregates per container and layer.
 
 pub mod advice;
 pub mod changes;
 pub mod image;
 pub mod lookup;
+pub mod mounted;
 pub mod pending;
+pub mod storage;
 pub mod totals;
 pub mod unchanged;
 pub mod worker;
@@ -28,8 +31,10 @@ use std::sync::Arc;
 pub struct LayerRef {
     /// Position in the image's `RootFS.Layers`, 0 being the base layer.
     pub index: u32,
-    /// That entry of `RootFS.Layers` (`sha256:...`).
-    pub diff_id: String,
+    /// That entry of `RootFS.Layers` (`sha256:...`); `None` where the
+    /// runtime does not say (layers known only by their position in the
+    /// container's overlay, [`mounted`]).
+    pub diff_id: Option<String>,
     /// The history instruction that made the layer, when the image's
     /// history says (`None` when it does not line up with the layers).
     pub created_by: Option<String>,
@@ -41,7 +46,7 @@ impl LayerRef {
     pub fn json(&self) -> Value {
         json!({
             "index": self.index,
-            "diff_id": escape_str(&self.diff_id),
+            "diff_id": self.diff_id.as_deref().map(escape_str),
             "created_by": self.created_by.as_deref().map(escape_str),
         })
     }

@@ -281,12 +281,12 @@ mod tests {
     fn totals_per_layer_are_exact() {
         let l1 = LayerAnswer::Layer(Arc::new(LayerRef {
             index: 1,
-            diff_id: "sha256:b".into(),
+            diff_id: Some("sha256:b".into()),
             created_by: Some("/bin/sh -c echo hi > /x".into()),
         }));
         let l0 = LayerAnswer::Layer(Arc::new(LayerRef {
             index: 0,
-            diff_id: "sha256:a".into(),
+            diff_id: Some("sha256:a".into()),
             created_by: None,
         }));
         let mut p = PerLayer::default();
@@ -336,7 +336,7 @@ mod tests {
     fn instructions_are_escaped_and_cut() {
         let l = LayerRef {
             index: 0,
-            diff_id: String::new(),
+            diff_id: None,
             created_by: Some("/bin/sh -c #(nop) COPY file:abc in /x\u{202e} ".into()),
         };
         assert_eq!(instruction(&l), "COPY file:abc in /x\\xe2\\x80\\xae");

@@ -23,6 +23,7 @@ use super::image::{self, ImageCache, ImageLayers};
 use super::lookup::{topmost_holding, Found};
 use super::pending::{Pending, Want};
 use super::unchanged::{compare, sizes, Verdict};
+use super::{mounted, storage};
 use super::{LayerAnswer, LayerRef, Unknown};
 use crate::event::{escape_bytes, KernelEvent, Kind};
 use crate::runtime::DockerEngine;
@@ -323,14 +324,7 @@ impl Worker {
             Some(Known::Failed(at)) if at.elapsed() < RETRY_AFTER => return None,
             _ => {}
         }
-        let client = self.client.as_ref()?;
-        if self.root.is_none() {
-            self.root = image::data_root(client).await.ok();
-        }
-        let fetched = match &self.root {
-            Some(root) => image::fetch(client, root, id, &mut self.images).await.ok(),
-            None => None,
-        };
+        let fetched = self.fetch(id).await;
         if self.containers.len() >= MAX_CONTAINERS {
             self.containers.clear();
         }
@@ -343,6 +337,34 @@ impl Worker {
             Some(Known::Layers(l)) => Some(l.clone()),
             _ => None,
         }
+    }
+
+    /// Container `id`'s layers from whichever runtime keeps it: the
+    /// engine's API and layer store; else podman's containers-storage;
+    /// else, for a container described from its OCI bundle (containerd),
+    /// the lower directories of its init's root overlay, by position only.
+    /// An engine that knows the container but cannot say its layers, or
+    /// does not answer, gives no guess by position (its own layers, such
+    /// as Docker's `-init`, would be counted as the image's).
+    async fn fetch(&mut self, id: &str) -> Option<ImageLayers> {
+        if let Some(client) = &self.client {
+            if self.root.is_none() {
+                self.root = image::data_root(client).await.ok();
+            }
+            let root = self.root.as_ref()?;
+            match image::fetch(client, root, id, &mut self.images).await {
+                Ok(l) => return Some(l),
+                Err(e) if e.is::<image::UnknownToEngine>() => {}
+                Err(_) => return None,
+            }
+        }
+        match storage::fetch(std::path::Path::new(storage::STORAGE_ROOT), id) {
+            Ok(Some(l)) => return Some(l),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        let pid = crate::bundle::describe(id)?.pid?;
+        mounted::of_pid(pid).ok()
     }
 
     async fn changes(&mut self, id: &str) -> Option<ChangeList> {
@@ -581,6 +603,20 @@ async fn work(
                 pending_evaluation |= answer_waiting(&mut w, &shared, &mut requests).await;
                 w.layers_of(&id).await;
             }
+        }
+    }
+    // Containers no engine lists (podman's, containerd's own) running at
+    // start, likewise: their first events would otherwise wait for the
+    // runtime's files to be read, after their container was described.
+    let mut others = storage::container_ids(std::path::Path::new(storage::STORAGE_ROOT));
+    others.extend(crate::bundle::task_ids(PREFETCH));
+    for id in others.into_iter().take(PREFETCH) {
+        pending_evaluation |= answer_waiting(&mut w, &shared, &mut requests).await;
+        w.layers_of(&id).await;
+        // An engine that does not answer is asked first for every
+        // container: no use waiting on it for each.
+        if w.client.is_some() && w.root.is_none() {
+            break;
         }
     }
     if pending_evaluation {
