@@ -11,7 +11,10 @@
 
 use crate::metrics::{encode, Format, Snapshot};
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+// A rendered exposition is handed to hyper as one `Bytes` (no copy of
+// the String); `bytes` is the buffer type hyper's bodies are made of.
+use bytes::Bytes;
+use hyper::body::Incoming;
 use hyper::header::{ACCEPT, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
