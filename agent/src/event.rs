@@ -65,6 +65,30 @@ pub struct KernelEvent {
 }
 
 impl KernelEvent {
+    /// An event of `kind` at `path` with every other field plain (pid and
+    /// cgroup 1, device 0, a directory for an opaque one and a file
+    /// otherwise, no name cut): for tests of what comes after decoding.
+    pub fn plain(kind: Kind, path: &str) -> Self {
+        let file_type = match kind {
+            Kind::OpaqueDir => FileType::Dir,
+            _ => FileType::File,
+        };
+        KernelEvent {
+            kind,
+            ts_ns: 0,
+            pid: 1,
+            tid: 1,
+            comm: "t".into(),
+            cgroup_id: 1,
+            dev: 0,
+            file_type,
+            path: path.as_bytes().to_vec(),
+            path_cut: false,
+            names_cut: vec![false; path.split('/').count()],
+            ino: 0,
+        }
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             Kind::CopyUp(_) => EventKind::CopyUp,

@@ -301,8 +301,8 @@ mod tests {
     /// One copy-up booked to a layer, for the schema test.
     fn layer_sample() -> crate::layers::totals::PerLayer {
         use crate::layers::{LayerAnswer, LayerRef};
-        let ev = KernelEvent {
-            kind: Kind::CopyUp(crate::event::CopyUp {
+        let ev = KernelEvent::plain(
+            Kind::CopyUp(crate::event::CopyUp {
                 latency_ns: 5_000,
                 op_latency_ns: Some(5_000),
                 parents: 0,
@@ -314,18 +314,8 @@ mod tests {
                 links: 1,
                 stack: Vec::new(),
             }),
-            ts_ns: 0,
-            pid: 1,
-            tid: 1,
-            comm: "t".into(),
-            cgroup_id: 1,
-            dev: 0,
-            file_type: crate::event::FileType::File,
-            path: b"etc/x".to_vec(),
-            path_cut: false,
-            names_cut: Vec::new(),
-            ino: 0,
-        };
+            "etc/x",
+        );
         let layer = LayerAnswer::Layer(std::sync::Arc::new(LayerRef {
             index: 0,
             diff_id: Some("sha256:00".into()),

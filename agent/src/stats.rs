@@ -337,8 +337,8 @@ mod tests {
     }
 
     fn copy_up(path: &str, ns: u64, bytes: u64) -> KernelEvent {
-        KernelEvent {
-            kind: Kind::CopyUp(crate::event::CopyUp {
+        KernelEvent::plain(
+            Kind::CopyUp(crate::event::CopyUp {
                 latency_ns: ns,
                 op_latency_ns: Some(ns + 1),
                 parents: 0,
@@ -350,18 +350,8 @@ mod tests {
                 links: 1,
                 stack: Vec::new(),
             }),
-            ts_ns: 0,
-            pid: 1,
-            tid: 1,
-            comm: "t".into(),
-            cgroup_id: 1,
-            dev: 0,
-            file_type: crate::event::FileType::File,
-            path: path.as_bytes().to_vec(),
-            path_cut: false,
-            names_cut: Vec::new(),
-            ino: 0,
-        }
+            path,
+        )
     }
 
     fn owner(id: &str) -> Owner {

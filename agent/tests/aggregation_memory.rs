@@ -51,18 +51,10 @@ fn owner(i: usize) -> Owner {
 
 fn event(kind: Kind, path: String) -> KernelEvent {
     KernelEvent {
-        kind,
-        ts_ns: 0,
         pid: 4242,
         tid: 4242,
         comm: "worker".into(),
-        cgroup_id: 1,
-        dev: 0,
-        file_type: cowtrace::event::FileType::File,
-        path: path.into_bytes(),
-        path_cut: false,
-        names_cut: Vec::new(),
-        ino: 0,
+        ..KernelEvent::plain(kind, &path)
     }
 }
 

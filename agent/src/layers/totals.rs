@@ -246,20 +246,7 @@ mod tests {
     use crate::event::CopyUp;
 
     fn ev(kind: Kind) -> KernelEvent {
-        KernelEvent {
-            kind,
-            ts_ns: 0,
-            pid: 1,
-            tid: 1,
-            comm: "t".into(),
-            cgroup_id: 1,
-            dev: 0,
-            file_type: crate::event::FileType::File,
-            path: b"x".to_vec(),
-            path_cut: false,
-            names_cut: Vec::new(),
-            ino: 0,
-        }
+        KernelEvent::plain(kind, "x")
     }
 
     fn up(ns: u64, bytes: u64) -> KernelEvent {

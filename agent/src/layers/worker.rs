@@ -691,20 +691,7 @@ mod tests {
     use super::*;
 
     fn ev(path: &str) -> KernelEvent {
-        KernelEvent {
-            kind: Kind::OpaqueDir,
-            ts_ns: 0,
-            pid: 1,
-            tid: 1,
-            comm: "t".into(),
-            cgroup_id: 1,
-            dev: 0,
-            file_type: crate::event::FileType::Dir,
-            path: path.as_bytes().to_vec(),
-            path_cut: false,
-            names_cut: vec![false; path.split('/').count()],
-            ino: 0,
-        }
+        KernelEvent::plain(Kind::OpaqueDir, path)
     }
 
     fn container() -> Owner {
