@@ -434,6 +434,49 @@ impl Drop for CriContainer {
     }
 }
 
+/// A rootful podman container of `image` (loaded from Docker's store with
+/// `podman load`: no registry here) running `sleep`, removed when dropped,
+/// after a failed assertion too.
+struct PodmanContainer {
+    name: &'static str,
+    id: String,
+}
+
+impl PodmanContainer {
+    fn run(name: &'static str, image: &str) -> Self {
+        run(
+            "sh",
+            &["-c", &format!("docker save {image} | podman load -q")],
+        );
+        let _ = Command::new("podman")
+            .args(["rm", "-f", "-t", "0", name])
+            .output();
+        let id = run(
+            "podman",
+            &[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--network",
+                "none",
+                image,
+                "sleep",
+                "3600",
+            ],
+        );
+        PodmanContainer { name, id }
+    }
+}
+
+impl Drop for PodmanContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "-f", "-t", "0", self.name])
+            .output();
+    }
+}
+
 /// containerd as the kubelet drives it, without a kubelet (Debian has
 /// none): the container's cgroup is where the kubelet would put a
 /// burstable pod's container with the init's cgroup driver. Under systemd,
@@ -560,32 +603,9 @@ fn a_kubernetes_style_containerd_container_is_attributed_by_id_and_pod() {
 #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
 fn a_podman_container_is_attributed_by_name_and_image() {
     image();
-    run(
-        "sh",
-        &["-c", &format!("docker save {IMAGE} | podman load -q")],
-    );
+    let pm = PodmanContainer::run("pm", IMAGE);
+    let id = pm.id.clone();
     let podman = |args: &[&str]| run("podman", args);
-    let _ = Command::new("podman").args(["rm", "-f", "pm"]).output();
-    let id = podman(&[
-        "run",
-        "-d",
-        "--name",
-        "pm",
-        "--network",
-        "none",
-        IMAGE,
-        "sleep",
-        "3600",
-    ]);
-    struct Pm;
-    impl Drop for Pm {
-        fn drop(&mut self) {
-            let _ = Command::new("podman")
-                .args(["rm", "-f", "-t", "0", "pm"])
-                .output();
-        }
-    }
-    let _pm = Pm;
     let image = podman(&["inspect", "-f", "{{.ImageName}}", "pm"]);
     let pid = podman(&["inspect", "-f", "{{.State.Pid}}", "pm"]);
     let (path, cgroup_id) = cgroup_of(&pid);
@@ -1317,10 +1337,8 @@ mod any_init {
     fn a_podman_containers_events_name_their_image_layer_and_instruction() {
         layered_image();
         let (diff_ids, history) = image_facts(LAYERED);
-        run(
-            "sh",
-            &["-c", &format!("docker save {LAYERED} | podman load -q")],
-        );
+        let pm = PodmanContainer::run("pmlayers", LAYERED);
+        let id = pm.id.clone();
         let podman = |args: &[&str]| run("podman", args);
         let podman_ids: Vec<String> = serde_json::from_str(&podman(&[
             "image",
@@ -1346,29 +1364,6 @@ mod any_init {
         ];
         let want: [(Value, Value); 3] =
             std::array::from_fn(|i| (diff_ids[i].clone().into(), created_by[i].clone().into()));
-        let _ = Command::new("podman")
-            .args(["rm", "-f", "-t", "0", "pmlayers"])
-            .output();
-        let id = podman(&[
-            "run",
-            "-d",
-            "--name",
-            "pmlayers",
-            "--network",
-            "none",
-            LAYERED,
-            "sleep",
-            "3600",
-        ]);
-        struct Pm;
-        impl Drop for Pm {
-            fn drop(&mut self) {
-                let _ = Command::new("podman")
-                    .args(["rm", "-f", "-t", "0", "pmlayers"])
-                    .output();
-            }
-        }
-        let _pm = Pm;
         let t = Tracer::start("podman-layers", &[]);
         podman(&["exec", "pmlayers", "sh", "-c", LAYERED_WORK]);
         std::thread::sleep(std::time::Duration::from_secs(2));
