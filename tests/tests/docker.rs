@@ -1058,20 +1058,8 @@ mod any_init {
         assert_eq!(me["layers_unknown"], 0, "{me:#}");
         let layers = me["layers"].as_array().unwrap();
         for l in layers {
+            assert_layer_totals(&tr, l, |_| true);
             let i = l["index"].as_u64().unwrap();
-            let of = |kind: &str| -> Vec<&Value> {
-                tr.events
-                    .iter()
-                    .filter(|e| e["type"] == kind && e["layer"]["index"] == i)
-                    .collect()
-            };
-            let ups = of("copy_up");
-            assert_eq!(l["copy_up"]["count"], ups.len() as u64, "{l:#}");
-            let bytes: u64 = ups.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
-            assert_eq!(l["copy_up"]["bytes"], bytes, "{l:#}");
-            let ns: u64 = ups.iter().map(|e| e["latency_ns"].as_u64().unwrap()).sum();
-            assert_eq!(l["copy_up"]["total_ns"], ns, "{l:#}");
-            assert_eq!(l["whiteouts"]["count"], of("whiteout").len() as u64);
             assert_eq!(l["diff_id"], diff_ids[i as usize].as_str());
         }
         let indexes: Vec<u64> = layers
@@ -1267,6 +1255,31 @@ mod any_init {
     /// that put each entry there, with `want[index]` as its diff id and
     /// instruction; the container's per-layer totals are exactly its
     /// events'.
+    /// A per-layer entry of the JSON holds exactly the totals of the events
+    /// booked to its layer (among those `mine` keeps): copy-up count, bytes
+    /// and time, and whiteouts.
+    fn assert_layer_totals(tr: &cowtrace_tests::Trace, l: &Value, mine: impl Fn(&Value) -> bool) {
+        let i = l["index"].as_u64().unwrap();
+        let of = |kind: &str| -> Vec<&Value> {
+            tr.events
+                .iter()
+                .filter(|e| mine(e))
+                .filter(|e| e["type"] == kind && e["layer"]["index"] == i)
+                .collect()
+        };
+        let ups = of("copy_up");
+        assert_eq!(l["copy_up"]["count"], ups.len() as u64, "{l:#}");
+        let bytes: u64 = ups.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
+        assert_eq!(l["copy_up"]["bytes"], bytes, "{l:#}");
+        let ns: u64 = ups.iter().map(|e| e["latency_ns"].as_u64().unwrap()).sum();
+        assert_eq!(l["copy_up"]["total_ns"], ns, "{l:#}");
+        assert_eq!(
+            l["whiteouts"]["count"],
+            of("whiteout").len() as u64,
+            "{l:#}"
+        );
+    }
+
     fn expect_layered_events(tr: &cowtrace_tests::Trace, id: &str, want: &[(Value, Value); 3]) {
         let mine: Vec<&Value> = tr
             .events
@@ -1304,25 +1317,8 @@ mod any_init {
             .collect();
         assert_eq!(indexes, [0, 1, 2], "{row:#}");
         for l in layers {
+            assert_layer_totals(tr, l, |e| e["filesystem"]["id"] == id);
             let i = l["index"].as_u64().unwrap();
-            let of = |kind: &str| -> Vec<&Value> {
-                tr.events
-                    .iter()
-                    .filter(|e| e["filesystem"]["id"] == id)
-                    .filter(|e| e["type"] == kind && e["layer"]["index"] == i)
-                    .collect()
-            };
-            let ups = of("copy_up");
-            assert_eq!(l["copy_up"]["count"], ups.len() as u64, "{l:#}");
-            let bytes: u64 = ups.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
-            assert_eq!(l["copy_up"]["bytes"], bytes, "{l:#}");
-            let ns: u64 = ups.iter().map(|e| e["latency_ns"].as_u64().unwrap()).sum();
-            assert_eq!(l["copy_up"]["total_ns"], ns, "{l:#}");
-            assert_eq!(
-                l["whiteouts"]["count"],
-                of("whiteout").len() as u64,
-                "{l:#}"
-            );
             assert_eq!(l["diff_id"], want[i as usize].0, "{l:#}");
             assert_eq!(l["created_by"], want[i as usize].1, "{l:#}");
         }
