@@ -947,6 +947,16 @@ mod any_init {
         });
     }
 
+    /// The `docker history` instruction containing `needle`.
+    fn instruction(history: &[(String, String)], needle: &str) -> String {
+        history
+            .iter()
+            .find(|(c, _)| c.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in {history:#?}"))
+            .0
+            .clone()
+    }
+
     /// What `docker image inspect` and `docker history` say of an image: its
     /// diff ids (base first) and the history's instructions (oldest first,
     /// with the size Docker shows).
@@ -986,14 +996,7 @@ mod any_init {
         let (diff_ids, history) = image_facts(LAYERED);
         assert_eq!(diff_ids.len(), 3, "{diff_ids:?}");
         // `docker history` shows the ENV (0 B) between the two RUNs.
-        let find = |needle: &str| {
-            history
-                .iter()
-                .find(|(c, _)| c.contains(needle))
-                .unwrap_or_else(|| panic!("no {needle:?} in {history:#?}"))
-                .0
-                .clone()
-        };
+        let find = |needle: &str| instruction(&history, needle);
         let run1 = find("echo base");
         let run2 = find("echo override");
         let env = find("COWTRACE_NO_LAYER");
@@ -1345,14 +1348,7 @@ mod any_init {
         ]))
         .unwrap();
         assert_eq!(podman_ids, diff_ids);
-        let instruction = |needle: &str| {
-            history
-                .iter()
-                .find(|(c, _)| c.contains(needle))
-                .unwrap_or_else(|| panic!("no {needle:?} in {history:#?}"))
-                .0
-                .clone()
-        };
+        let instruction = |needle: &str| instruction(&history, needle);
         let created_by = [
             history[0].0.clone(),
             instruction("echo base"),
