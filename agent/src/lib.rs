@@ -16,6 +16,7 @@
 //! [`mountinfo`] maps overlay devices to mounts; [`doctor`] checks the
 //! kernel before anything is attached.
 
+pub mod agent_cost;
 pub mod attribution;
 pub mod bpf_log;
 pub mod btf;
@@ -24,6 +25,7 @@ pub mod cgroup;
 pub mod compare;
 pub mod doctor;
 pub mod event;
+pub mod held;
 pub mod hist;
 pub mod kallsyms;
 pub mod kernel_maps;

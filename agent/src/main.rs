@@ -12,6 +12,7 @@ use cowtrace::attribution::{Attribution, Entry};
 use cowtrace::cgroup::CgroupMode;
 use cowtrace::event::escape_str;
 use cowtrace::event::{decode, KernelEvent};
+use cowtrace::held::{Held, HeldQueue, HELD_BUDGET};
 use cowtrace::kallsyms::Symbols;
 use cowtrace::kernel_maps::KernelMaps;
 use cowtrace::kernel_side::{Drops, KernelSide};
@@ -179,7 +180,8 @@ impl Stages {
             err_line(&format!(
                 "cowtrace: start-up: {what}: {:.1} ms (peak RSS {})",
                 (now - self.last).as_secs_f64() * 1000.0,
-                peak_rss().map_or("unknown".to_string(), |kib| format!("{kib} KiB"))
+                cowtrace::agent_cost::peak_rss_kib()
+                    .map_or("unknown".to_string(), |kib| format!("{kib} KiB"))
             ));
         }
         self.last = now;
@@ -194,13 +196,6 @@ impl Stages {
             ));
         }
     }
-}
-
-/// This process's peak resident memory (`VmHWM`), in KiB.
-fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
-    line.split_whitespace().next()?.parse().ok()
 }
 
 /// Usage errors exit 2, runtime failures 1.
@@ -682,7 +677,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             undecodable: [0; agent_ebpf::EVENT_KINDS as usize],
             pid_filter: &cli.pids,
             attribution,
-            held: std::collections::VecDeque::new(),
+            held: HeldQueue::new(HELD_BUDGET),
             asked_upto: 0,
             symbols: syms.table,
             stats,
@@ -874,8 +869,8 @@ impl Run<'_> {
                 drops,
                 &self.kernel.maps,
                 &rows,
-                (&sink.per_layer, &unchanged),
-                &sink.overlays,
+                sink,
+                &unchanged,
             );
             sink.out.json(t, &v);
         }
@@ -924,8 +919,6 @@ const DRAIN_BUDGET: Duration = Duration::from_millis(800);
 /// How long an event may wait for attribution to learn its cgroup before
 /// it is booked to whatever is known then.
 const HOLD: Duration = Duration::from_millis(1500);
-/// At most this many events wait; past it the oldest go out as they are.
-const MAX_HELD: usize = 65_536;
 /// At the end, how long the check of copy-ups that changed nothing may
 /// take (inside the 2 s from signal to report; the last interval's check
 /// is used if it takes longer).
@@ -939,14 +932,6 @@ const RUNTIME_WAIT: Duration = Duration::from_secs(5);
 /// attribution (inside the 2 s from signal to report).
 const FINAL_ATTRIBUTION_WAIT: Duration = Duration::from_millis(300);
 
-/// An event waiting, in order, for its owner and its layer.
-struct Held {
-    since: Instant,
-    ev: KernelEvent,
-    /// Its layer question, once asked.
-    layer: Option<Asked>,
-}
-
 /// Everything an event passes through between the ring buffer and the
 /// outputs: attribution, trigger classification, aggregation, printing.
 /// Events whose cgroup attribution does not know yet are held (in order)
@@ -954,7 +939,7 @@ struct Held {
 struct EventSink<'a> {
     pid_filter: &'a [u32],
     attribution: Attribution,
-    held: std::collections::VecDeque<Held>,
+    held: HeldQueue,
     /// The held events before this index have had their layer asked.
     asked_upto: usize,
     symbols: Symbols,
@@ -1036,7 +1021,7 @@ impl EventSink<'_> {
         if !self.pid_filter.is_empty() && !self.pid_filter.contains(&ev.pid) {
             return;
         }
-        self.held.push_back(Held {
+        self.held.push(Held {
             since: now,
             ev,
             layer: None,
@@ -1047,14 +1032,21 @@ impl EventSink<'_> {
     /// are known (or they waited long enough, or `all`).
     fn release(&mut self, now: Instant, all: bool) {
         loop {
-            let held = self.held.len();
+            let over_budget = self.held.over_budget();
             let Some(h) = self.held.front_mut() else {
                 break;
             };
-            let waited = all || now.duration_since(h.since) >= HOLD || held > MAX_HELD;
+            let expired = all || now.duration_since(h.since) >= HOLD;
+            let waited = expired || over_budget;
+            // Set when something was still unknown and only the budget
+            // sent the event out.
+            let mut early = false;
             let by_cgroup = match self.attribution.owner_of_cgroup(h.ev.cgroup_id) {
                 Some(o) => o,
-                None if waited => Owner::host(),
+                None if waited => {
+                    early = !expired;
+                    Owner::host()
+                }
                 None => break,
             };
             let fs = match self.attribution.filesystem_of(h.ev.dev) {
@@ -1062,7 +1054,10 @@ impl EventSink<'_> {
                 // root (podman's and containerd's, seen first by cgroup).
                 Some(None) if !waited && self.attribution.describing(&by_cgroup.id) => break,
                 Some(fs) => fs,
-                None if waited => None,
+                None if waited => {
+                    early |= !expired;
+                    None
+                }
                 None => break,
             };
             let asked = match h.layer.take() {
@@ -1075,7 +1070,10 @@ impl EventSink<'_> {
                 Asked::Now(a) => a,
                 Asked::Waiting(t) => match self.layers.take(&t, &h.ev) {
                     Some(a) => a,
-                    None if waited => self.layers.give_up(t, &h.ev),
+                    None if waited => {
+                        early |= !expired;
+                        self.layers.give_up(t, &h.ev)
+                    }
                     None => {
                         h.layer = Some(Asked::Waiting(t));
                         break;
@@ -1084,6 +1082,9 @@ impl EventSink<'_> {
             };
             let owner = self.attribution.owner(by_cgroup, fs.as_ref());
             let h = self.held.pop_front().expect("front exists");
+            if early {
+                self.held.count_released_early();
+            }
             self.asked_upto = self.asked_upto.saturating_sub(1);
             self.handle(&owner, fs, &layer, &h.ev);
         }
@@ -1214,8 +1215,8 @@ fn build_report(
     drops: Drops,
     kernel_maps: &KernelMaps,
     rows: &[Row<'_>],
-    (per_layer, unchanged): (&PerLayer, &UnchangedReport),
-    overlays: &cowtrace::overlay_opts::Overlays,
+    sink: &EventSink,
+    unchanged: &UnchangedReport,
 ) -> serde_json::Value {
     let started = fmt_rfc3339(base.started);
     let info = RunInfo {
@@ -1229,13 +1230,19 @@ fn build_report(
         write_sample_every: base.write_sample_every,
         monotonic_to_unix_ns: base.mono_to_wall,
         cgroup_mode: base.cgroup_mode,
-        overlays: overlays.json(),
+        overlays: sink.overlays.json(),
+        agent: cowtrace::agent_cost::json(
+            &cowtrace::agent_cost::measure(),
+            &sink.held.stats(),
+            sink.layers.question_counts(),
+        ),
     };
     let containers = rows
         .iter()
         .map(|(o, s, w)| {
             let mut v = report::container_json(o, s, w);
-            per_layer.add_to_container_json(&o.id, unchanged, &mut v);
+            sink.per_layer
+                .add_to_container_json(&o.id, unchanged, &mut v);
             v
         })
         .collect();

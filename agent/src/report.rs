@@ -31,6 +31,8 @@ pub struct RunInfo<'a> {
     pub cgroup_mode: crate::cgroup::CgroupMode,
     /// The overlays events happened in ([`crate::overlay_opts::Overlays::json`]).
     pub overlays: Value,
+    /// The agent's own cost ([`crate::agent_cost::json`]).
+    pub agent: Value,
 }
 
 /// `{count, bytes, latency_ns{...}, buckets, hdr}` for one histogram.
@@ -163,6 +165,7 @@ pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
         "drops": drops,
         "kernel_maps": kernel_maps,
         "overlays": run.overlays,
+        "agent": run.agent,
         "containers": containers,
     })
 }
@@ -367,6 +370,11 @@ mod tests {
                 "filesystem": {"id": "c0ffee", "name": "web"},
                 "overlay_options": crate::overlay_opts::OverlayOptions::default().json(),
             }]),
+            agent: crate::agent_cost::json(
+                &crate::agent_cost::measure(),
+                &Default::default(),
+                (0, 0),
+            ),
         };
         let mut c = container_json(&Owner::host(), &s, &w);
         layer_sample().add_to_container_json(

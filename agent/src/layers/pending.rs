@@ -35,6 +35,8 @@ struct Entry<A> {
 pub struct Pending<K, A> {
     map: HashMap<K, Entry<A>>,
     cap: usize,
+    /// The most questions open at once.
+    peak: usize,
 }
 
 impl<K: Hash + Eq, A: Clone> Pending<K, A> {
@@ -43,6 +45,7 @@ impl<K: Hash + Eq, A: Clone> Pending<K, A> {
         Pending {
             map: HashMap::new(),
             cap,
+            peak: 0,
         }
     }
 
@@ -62,6 +65,7 @@ impl<K: Hash + Eq, A: Clone> Pending<K, A> {
                 answer: None,
             },
         );
+        self.peak = self.peak.max(self.map.len());
         Want::Ask
     }
 
@@ -115,6 +119,11 @@ impl<K: Hash + Eq, A: Clone> Pending<K, A> {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+
+    /// The most questions that were open at once.
+    pub fn peak(&self) -> usize {
+        self.peak
     }
 }
 

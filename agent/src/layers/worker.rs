@@ -247,6 +247,13 @@ impl Layers {
         self.lock().pending.len()
     }
 
+    /// Questions open now and the most open at once (the JSON's
+    /// `agent.layer_questions`).
+    pub fn question_counts(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.pending.len(), s.pending.peak())
+    }
+
     /// Asks for the copy-ups to be checked again (for the next report).
     pub fn evaluate(&self) {
         let _ = self.requests.send(Request::Evaluate);

@@ -100,6 +100,27 @@ fn cost(pid: u32) -> (f64, u64, u64) {
     (cpu, kib("VmHWM:"), kib("VmRSS:"))
 }
 
+/// The agent's own account of where its memory is (the `agent` object of
+/// the report it rewrites every interval): heap in use, and how many events
+/// and layer questions waited at most.
+fn queues(report: &Path) -> String {
+    let Some(v) = std::fs::read_to_string(report)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+    else {
+        return "no interval report yet".into();
+    };
+    let a = &v["agent"];
+    format!(
+        "heap {} KiB, held events peak {} ({} KiB, {} out early), layer questions peak {}",
+        a["heap_kib"],
+        a["held_events"]["peak"],
+        a["held_events"]["peak_kib"],
+        a["held_events"]["released_early"],
+        a["layer_questions"]["peak"]
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let num = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
@@ -190,8 +211,9 @@ fn run(out: &Path, containers: usize, files: usize, parallel: usize) -> Result<b
         if n / 10 != last / 10 || n == containers {
             let (cpu, hwm, rss) = cost(pid);
             println!(
-                "soak: {n}/{containers} containers, {:.0} s, cowtrace RSS {rss} KiB (peak {hwm}), CPU {cpu:.1} s",
-                t0.elapsed().as_secs_f64()
+                "soak: {n}/{containers} containers, {:.0} s, cowtrace RSS {rss} KiB (peak {hwm}), CPU {cpu:.1} s; {}",
+                t0.elapsed().as_secs_f64(),
+                queues(&report)
             );
             last = n;
         }
@@ -272,6 +294,7 @@ fn run(out: &Path, containers: usize, files: usize, parallel: usize) -> Result<b
         "workload_s": work_s.round(),
         "drops": v["drops"],
         "kernel_maps": v["kernel_maps"],
+        "agent": v["agent"],
         "wrong": wrong,
     });
     std::fs::write(
@@ -285,6 +308,7 @@ fn run(out: &Path, containers: usize, files: usize, parallel: usize) -> Result<b
         hwm as f64 / 1024.0
     );
     println!("soak: drops {}", v["drops"]);
+    println!("soak: the agent's own account at the end: {}", v["agent"]);
     println!(
         "soak: layers_unknown {layers_unknown} {}, copy-ups with their layer {layer_copy_ups}",
         Value::Object(layers_unknown_why)
