@@ -144,9 +144,10 @@ struct VmArgs {
         requires = "docker"
     )]
     init: Init,
-    /// Which cgroup hierarchies the shell init mounts: v2 (cgroup2), or v1
-    /// (one v1 hierarchy per controller, as on an older host), e.g. --cgroup v1
-    #[arg(long, default_value = "v2", value_name = "v2|v1")]
+    /// Which cgroup hierarchies the shell init mounts: v2 (cgroup2), v1
+    /// (one v1 hierarchy per controller, as on an older host), or hybrid
+    /// (v1's and cgroup2 at /sys/fs/cgroup/unified), e.g. --cgroup v1
+    #[arg(long, default_value = "v2", value_name = "v2|v1|hybrid")]
     cgroup: Cgroups,
     /// HOST_PATH:GUEST_PATH to put into the guest (repeatable).
     #[arg(long = "copy", value_name = "HOST_PATH:GUEST_PATH")]

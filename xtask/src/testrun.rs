@@ -190,12 +190,17 @@ struct GuestRun {
 /// metrics, the live view's escaping...) live in this module of
 /// tests/tests/docker.rs and run in the first Docker guest only.
 const ANY_INIT_TESTS: &str = "any_init::";
+/// tests/tests/cgroup_v1.rs's modules: a v1-only host's tests, and a
+/// hybrid host's.
+const V1_ONLY_TESTS: &[&str] = &["v1_only::"];
+const HYBRID_TESTS: &[&str] = &["hybrid::"];
 
 /// The plain-overlay tests on every selected kernel, then the Docker tests
 /// once per init, those that do not depend on the init in the first one only
 /// (Docker's runc does not start containers on 5.10, so they run on the
 /// first selected kernel that is not 5.10), then, with the shell init, the
-/// cgroup v1 host's tests in one more boot of its guest.
+/// cgroup v1 host's tests and the hybrid host's, each in one more boot of
+/// its guest.
 fn plan(docker: DockerTests, series: &[Series], inits: &[Init]) -> Vec<GuestRun> {
     let mut runs = Vec::new();
     if docker != DockerTests::Only {
@@ -221,13 +226,20 @@ fn plan(docker: DockerTests, series: &[Series], inits: &[Init]) -> Vec<GuestRun>
                 });
             }
             if inits.contains(&Init::Shell) {
-                runs.push(GuestRun {
-                    kernel,
-                    kind: GuestKind::Docker(Init::Shell),
-                    cgroups: Cgroups::V1,
-                    targets: CGROUP_V1_TARGETS,
-                    skip: &[],
-                });
+                // The v1 host's tests, then the hybrid host's, each in a
+                // boot of its own (how cgroups are mounted is fixed at boot).
+                for (cgroups, skip) in [
+                    (Cgroups::V1, HYBRID_TESTS),
+                    (Cgroups::Hybrid, V1_ONLY_TESTS),
+                ] {
+                    runs.push(GuestRun {
+                        kernel,
+                        kind: GuestKind::Docker(Init::Shell),
+                        cgroups,
+                        targets: CGROUP_V1_TARGETS,
+                        skip,
+                    });
+                }
             }
         }
     }

@@ -10,6 +10,7 @@ use crate::util::shell_quote;
 pub const SCRIPTS: &[(&str, &str)] = &[
     ("common.sh", COMMON),
     ("cgroup-v1.sh", CGROUP_V1),
+    ("cgroup-hybrid.sh", CGROUP_HYBRID),
     ("docker-start.sh", DOCKER_START),
     ("run-command.sh", RUN_COMMAND),
     ("docker-stop.sh", DOCKER_STOP),
@@ -23,6 +24,8 @@ pub const SCRIPTS: &[(&str, &str)] = &[
 
 const COMMON: &str = include_str!("scripts/common.sh");
 const CGROUP_V1: &str = include_str!("scripts/cgroup-v1.sh");
+/// After [`CGROUP_V1`] on a hybrid guest.
+const CGROUP_HYBRID: &str = include_str!("scripts/cgroup-hybrid.sh");
 /// The line of common.sh that mounts cgroup2; a cgroup v1 guest has
 /// cgroup-v1.sh in its place (common.sh itself stays as it is: it is part
 /// of the cached Docker disk's key).
@@ -33,6 +36,9 @@ fn common(cgroups: Cgroups) -> String {
     match cgroups {
         Cgroups::V2 => COMMON.to_string(),
         Cgroups::V1 => COMMON.replacen(CGROUP2_MOUNT, CGROUP_V1, 1),
+        Cgroups::Hybrid => {
+            COMMON.replacen(CGROUP2_MOUNT, &format!("{CGROUP_V1}{CGROUP_HYBRID}"), 1)
+        }
     }
 }
 const DOCKER_START: &str = include_str!("scripts/docker-start.sh");
@@ -139,6 +145,7 @@ mod tests {
             init_script(GuestKind::Docker(Init::Systemd), true),
             init_script(GuestKind::Docker(Init::Systemd), false),
             init_script_with(GuestKind::Docker(Init::Shell), true, Cgroups::V1),
+            init_script_with(GuestKind::Docker(Init::Shell), true, Cgroups::Hybrid),
             stage1_script(&["/lib/modules/x/a.ko".into()], Init::Shell),
             stage1_script(&["/lib/modules/x/a.ko".into()], Init::Systemd),
         ] {
@@ -162,6 +169,17 @@ mod tests {
             init_script(GuestKind::Docker(Init::Shell), true),
             init_script_with(GuestKind::Docker(Init::Shell), true, Cgroups::V2)
         );
+    }
+
+    #[test]
+    fn a_hybrid_guest_mounts_v1_hierarchies_and_cgroup2_beside_them() {
+        let hybrid = init_script_with(GuestKind::Docker(Init::Shell), true, Cgroups::Hybrid);
+        assert!(hybrid.contains("mount -t cgroup -o $name"), "{hybrid}");
+        let unified = "mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup/unified";
+        assert!(hybrid.contains(unified), "{hybrid}");
+        // cgroup2 only there, after the v1 tmpfs is in place.
+        assert_eq!(hybrid.matches("-t cgroup2").count(), 1, "{hybrid}");
+        assert!(hybrid.find("-t tmpfs").unwrap() < hybrid.find(unified).unwrap());
     }
 
     #[test]

@@ -68,13 +68,17 @@ impl std::str::FromStr for Init {
 }
 
 /// Which cgroup hierarchies a shell init mounts: cgroup2 (as every host
-/// of today), or cgroup v1's (as older hosts, where the kernel's cgroup ids
-/// name no container). A run's parameter: the cached disk is the same.
+/// of today), cgroup v1's (as older hosts, where the kernel's cgroup ids
+/// name no container), or both (systemd's hybrid layout). A run's
+/// parameter: the cached disk is the same.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Cgroups {
     #[default]
     V2,
     V1,
+    /// v1 hierarchies and cgroup2 at /sys/fs/cgroup/unified (systemd's
+    /// hybrid layout).
+    Hybrid,
 }
 
 impl std::fmt::Display for Cgroups {
@@ -82,6 +86,7 @@ impl std::fmt::Display for Cgroups {
         f.write_str(match self {
             Cgroups::V2 => "v2",
             Cgroups::V1 => "v1",
+            Cgroups::Hybrid => "hybrid",
         })
     }
 }
@@ -92,7 +97,8 @@ impl std::str::FromStr for Cgroups {
         match s {
             "v2" => Ok(Cgroups::V2),
             "v1" => Ok(Cgroups::V1),
-            _ => bail!("unknown cgroup version {s:?}: expected v1 or v2"),
+            "hybrid" => Ok(Cgroups::Hybrid),
+            _ => bail!("unknown cgroup layout {s:?}: expected v2, v1 or hybrid"),
         }
     }
 }
