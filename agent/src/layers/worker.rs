@@ -62,6 +62,12 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 const PREFETCH: usize = 64;
 /// Copy-ups checked between two looks at the questions waiting.
 const CHECK_SLICE: usize = 64;
+/// Copy-ups looked at again by one interval's check, in turn (the end's
+/// check looks at all). Each look walks four paths (the object in the
+/// upper and the lower layer, twice): looking at all [`MAX_TRACKED`] every
+/// 5 s interval was the soak's main CPU cost. The others keep what their
+/// last look found.
+pub const CHECK_BUDGET: usize = 1_024;
 
 /// (container id, path relative to its root)
 type Key = (String, Vec<u8>);
@@ -75,8 +81,11 @@ struct Cost {
 
 enum Request {
     Lookup(Key, Option<Cost>),
-    /// Check the remembered copy-ups again and publish the result.
-    Evaluate,
+    /// Check the remembered copy-ups again (all of them, or the next
+    /// [`CHECK_BUDGET`] in turn) and publish the result.
+    Evaluate {
+        all: bool,
+    },
     /// A container's change list, sent back.
     Changes(String, std::sync::mpsc::Sender<Option<ChangeList>>),
 }
@@ -256,7 +265,7 @@ impl Layers {
 
     /// Asks for the copy-ups to be checked again (for the next report).
     pub fn evaluate(&self) {
-        let _ = self.requests.send(Request::Evaluate);
+        let _ = self.requests.send(Request::Evaluate { all: false });
     }
 
     /// Asks for a check and waits for it, at most `limit` (the final
@@ -271,7 +280,7 @@ impl Layers {
         if tracked == 0 && open == 0 {
             return self.unchanged();
         }
-        self.evaluate();
+        let _ = self.requests.send(Request::Evaluate { all: true });
         let until = Instant::now() + limit;
         while self.lock().generation == before && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(5));
@@ -301,6 +310,26 @@ enum Known {
     Failed(Instant),
 }
 
+/// What the last look at a tracked copy-up found (nothing before the
+/// first look).
+#[derive(Clone, Copy, Debug, Default)]
+struct Look {
+    sizes: Option<super::unchanged::Sizes>,
+    verdict: Option<Verdict>,
+}
+
+/// Looks at one copy-up's object in the upper and the lower layer.
+fn look(t: &mut Tracked) {
+    let lower = &t.layers.lowers[t.lower].dir;
+    t.last = match &t.layers.upper {
+        Some(upper) => Look {
+            sizes: sizes(lower, upper, &t.path).ok().flatten(),
+            verdict: compare(lower, upper, &t.path).ok(),
+        },
+        None => Look::default(),
+    };
+}
+
 /// A copy-up placed in a lower layer, to be checked.
 struct Tracked {
     container: Arc<str>,
@@ -309,6 +338,7 @@ struct Tracked {
     lower: usize,
     layer: Option<Arc<LayerRef>>,
     cost: Cost,
+    last: Look,
 }
 
 struct Worker {
@@ -322,6 +352,8 @@ struct Worker {
     tracked: Vec<Tracked>,
     /// Copy-ups past [`MAX_TRACKED`], per container.
     untracked: HashMap<String, u64>,
+    /// The copy-up the last check looked at last.
+    cursor: usize,
 }
 
 impl Worker {
@@ -395,6 +427,7 @@ impl Worker {
                     lower: *i,
                     layer: layers.lowers[*i].layer.clone(),
                     cost,
+                    last: Look::default(),
                 });
             } else {
                 *self.untracked.entry(id.clone()).or_default() += 1;
@@ -412,17 +445,18 @@ impl Worker {
     }
 }
 
-/// Answers the questions waiting now (between slices of other work).
+/// Answers the questions waiting now (between slices of other work); a
+/// check asked for meanwhile (`Some(all)`) is left to the caller.
 async fn answer_waiting(
     w: &mut Worker,
     shared: &Mutex<Shared>,
     requests: &mut mpsc::UnboundedReceiver<Request>,
-) -> bool {
-    let mut evaluate = false;
+) -> Option<bool> {
+    let mut evaluate = None;
     while let Ok(r) = requests.try_recv() {
         match r {
             Request::Lookup(key, cost) => lookup(w, shared, key, cost).await,
-            Request::Evaluate => evaluate = true,
+            Request::Evaluate { all } => evaluate = Some(evaluate.unwrap_or(false) | all),
             Request::Changes(id, reply) => {
                 let _ = reply.send(w.changes(&id).await);
             }
@@ -436,56 +470,59 @@ async fn answer_waiting(
 type SharedCopies<'a> =
     HashMap<(&'a str, &'a [u8]), (HashSet<&'a str>, u64, Option<&'a Arc<LayerRef>>)>;
 
-/// Checks every remembered copy-up, answering questions between slices.
+/// Looks again at the next [`CHECK_BUDGET`] remembered copy-ups in turn
+/// (`all`: at every one), answering questions between slices, and
+/// publishes the totals of what each copy-up's last look found.
 async fn evaluate(
     w: &mut Worker,
     shared: &Mutex<Shared>,
     requests: &mut mpsc::UnboundedReceiver<Request>,
+    all: bool,
 ) {
+    let n = w.tracked.len();
+    let mut looks = if all { n } else { n.min(CHECK_BUDGET) };
+    let mut done = 0;
+    while done < looks {
+        for _ in 0..CHECK_SLICE.min(looks - done) {
+            w.cursor = (w.cursor + 1) % n;
+            look(&mut w.tracked[w.cursor]);
+            done += 1;
+        }
+        // A check asked for meanwhile is this one; one of every copy-up
+        // (the end's) looks at each from here on.
+        if answer_waiting(w, shared, requests).await == Some(true) {
+            looks = looks.max(done + n);
+        }
+    }
     let mut report: UnchangedReport = HashMap::new();
     for (id, n) in &w.untracked {
         report.entry(id.clone()).or_default().not_checked += n;
     }
     // (image, path) -> containers that copied it up, for the advice.
     let mut shared_copies: SharedCopies = HashMap::new();
-    let mut i = 0;
-    while i < w.tracked.len() {
-        for t in &w.tracked[i..(i + CHECK_SLICE).min(w.tracked.len())] {
-            let r = report.entry(t.container.to_string()).or_default();
-            let lower = &t.layers.lowers[t.lower].dir;
-            if let Some(upper) = &t.layers.upper {
-                if let Ok(Some(sz)) = sizes(lower, upper, &t.path) {
-                    if let Some(a) = size_advice(t, sz) {
-                        if r.advice.iter().filter(|x| x.rule == a.rule).count()
-                            < advice::MAX_PER_RULE
-                        {
-                            r.advice.push(a);
-                        }
-                    }
-                }
-            }
-            let verdict = match &t.layers.upper {
-                Some(upper) => compare(&t.layers.lowers[t.lower].dir, upper, &t.path).ok(),
-                None => None,
-            };
-            match verdict {
-                None => r.not_checked += 1,
-                Some(Verdict::Changed) => r.checked += 1,
-                Some(Verdict::Unchanged) => {
-                    r.checked += 1;
-                    add(&mut r.sums, t.cost);
-                    if r.paths.len() < UNCHANGED_PATHS {
-                        r.paths.push(escape_bytes(&t.path));
-                    }
-                    if let Some(l) = &t.layer {
-                        add(r.by_layer.entry(l.index).or_default(), t.cost);
-                    }
+    for t in &w.tracked {
+        let r = report.entry(t.container.to_string()).or_default();
+        if let Some(sz) = t.last.sizes {
+            if let Some(a) = size_advice(t, sz) {
+                if r.advice.iter().filter(|x| x.rule == a.rule).count() < advice::MAX_PER_RULE {
+                    r.advice.push(a);
                 }
             }
         }
-        i += CHECK_SLICE;
-        // A report asked for meanwhile is this one.
-        answer_waiting(w, shared, requests).await;
+        match t.last.verdict {
+            None => r.not_checked += 1,
+            Some(Verdict::Changed) => r.checked += 1,
+            Some(Verdict::Unchanged) => {
+                r.checked += 1;
+                add(&mut r.sums, t.cost);
+                if r.paths.len() < UNCHANGED_PATHS {
+                    r.paths.push(escape_bytes(&t.path));
+                }
+                if let Some(l) = &t.layer {
+                    add(r.by_layer.entry(l.index).or_default(), t.cost);
+                }
+            }
+        }
     }
     for t in &w.tracked {
         if let Some(image) = t.layers.image_id.as_deref() {
@@ -596,8 +633,9 @@ async fn work(
         images: ImageCache::default(),
         tracked: Vec::new(),
         untracked: HashMap::new(),
+        cursor: 0,
     };
-    let mut pending_evaluation = false;
+    let mut pending_evaluation: Option<bool> = None;
     if let Some(client) = w.client.clone() {
         let listed = tokio::time::timeout(
             Duration::from_secs(3),
@@ -607,7 +645,8 @@ async fn work(
         if let Ok(Ok(list)) = listed {
             for id in list.into_iter().filter_map(|c| c.id).take(PREFETCH) {
                 // Questions asked meanwhile are answered first.
-                pending_evaluation |= answer_waiting(&mut w, &shared, &mut requests).await;
+                pending_evaluation =
+                    pending_evaluation.max(answer_waiting(&mut w, &shared, &mut requests).await);
                 w.layers_of(&id).await;
             }
         }
@@ -618,7 +657,8 @@ async fn work(
     let mut others = storage::container_ids(std::path::Path::new(storage::STORAGE_ROOT));
     others.extend(crate::bundle::task_ids(PREFETCH));
     for id in others.into_iter().take(PREFETCH) {
-        pending_evaluation |= answer_waiting(&mut w, &shared, &mut requests).await;
+        pending_evaluation =
+            pending_evaluation.max(answer_waiting(&mut w, &shared, &mut requests).await);
         w.layers_of(&id).await;
         // An engine that does not answer is asked first for every
         // container: no use waiting on it for each.
@@ -626,8 +666,8 @@ async fn work(
             break;
         }
     }
-    if pending_evaluation {
-        evaluate(&mut w, &shared, &mut requests).await;
+    if let Some(all) = pending_evaluation {
+        evaluate(&mut w, &shared, &mut requests, all).await;
     }
     let mut created = match &w.client {
         Some(c) => created(c),
@@ -638,7 +678,7 @@ async fn work(
         tokio::select! {
             r = requests.recv() => match r {
                 Some(Request::Lookup(key, cost)) => lookup(&mut w, &shared, key, cost).await,
-                Some(Request::Evaluate) => evaluate(&mut w, &shared, &mut requests).await,
+                Some(Request::Evaluate { all }) => evaluate(&mut w, &shared, &mut requests, all).await,
                 Some(Request::Changes(id, reply)) => {
                     let _ = reply.send(w.changes(&id).await);
                 }
@@ -745,6 +785,91 @@ mod tests {
         assert_eq!(answer, LayerAnswer::Unknown(Unknown::NoLayerData));
         assert_eq!(layers.take(&b, &e), Some(answer));
         assert_eq!(layers.open_questions(), 0);
+    }
+
+    /// `n` copy-ups of one container, each a faithful copy (unchanged) of
+    /// a lower file, remembered by a worker of its own.
+    fn worker_with_copies(n: usize) -> (Worker, PathBuf) {
+        let root = std::env::temp_dir().join(format!("cowtrace-worker-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (lower, upper) = (root.join("lower"), root.join("upper"));
+        std::fs::create_dir_all(&lower).unwrap();
+        std::fs::create_dir_all(&upper).unwrap();
+        let layers = Arc::new(ImageLayers {
+            lowers: vec![image::Lower {
+                dir: lower.clone(),
+                layer: None,
+            }],
+            upper: Some(upper.clone()),
+            image_id: None,
+        });
+        let mut w = Worker {
+            shared_tracked: n,
+            client: None,
+            root: None,
+            containers: HashMap::new(),
+            images: ImageCache::default(),
+            tracked: Vec::new(),
+            untracked: HashMap::new(),
+            cursor: 0,
+        };
+        for i in 0..n {
+            let name = format!("f{i}");
+            std::fs::write(lower.join(&name), b"x").unwrap();
+            std::fs::copy(lower.join(&name), upper.join(&name)).unwrap();
+            let t = std::fs::metadata(lower.join(&name))
+                .unwrap()
+                .modified()
+                .unwrap();
+            let f = std::fs::File::options()
+                .write(true)
+                .open(upper.join(&name))
+                .unwrap();
+            f.set_modified(t).unwrap();
+            w.tracked.push(Tracked {
+                container: Arc::from("c"),
+                path: name.into_bytes(),
+                layers: layers.clone(),
+                lower: 0,
+                layer: None,
+                cost: Cost {
+                    latency_ns: 1,
+                    bytes: 1,
+                },
+                last: Look::default(),
+            });
+        }
+        (w, root)
+    }
+
+    #[test]
+    fn an_interval_looks_at_a_budget_of_copy_ups_in_turn_and_the_end_at_all() {
+        let n = CHECK_BUDGET + 100;
+        let (mut w, root) = worker_with_copies(n);
+        let shared = Mutex::new(Shared::default());
+        let (_tx, mut rx) = mpsc::unbounded_channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let checked = |shared: &Mutex<Shared>| {
+            let s = lock(shared);
+            let r = &s.unchanged["c"];
+            (r.checked, r.not_checked, r.sums.count)
+        };
+        // One interval: the budget's worth looked at, the rest not yet.
+        rt.block_on(evaluate(&mut w, &shared, &mut rx, false));
+        let budget = CHECK_BUDGET as u64;
+        assert_eq!(checked(&shared), (budget, 100, budget));
+        // The next interval goes on from there: every copy-up has been
+        // looked at once.
+        rt.block_on(evaluate(&mut w, &shared, &mut rx, false));
+        assert_eq!(checked(&shared), (n as u64, 0, n as u64));
+        // A copy-up changed since: an interval may not have looked again
+        // yet, the end's check has.
+        std::fs::write(root.join("upper/f0"), b"changed").unwrap();
+        rt.block_on(evaluate(&mut w, &shared, &mut rx, true));
+        assert_eq!(checked(&shared), (n as u64, 0, n as u64 - 1));
+        let _ = std::fs::remove_dir_all(root);
     }
 
     #[test]
