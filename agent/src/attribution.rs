@@ -532,7 +532,17 @@ impl Attribution {
     /// without a v2 cgroup of its own), the container whose root
     /// filesystem it happened in; else the host.
     pub fn owner(&self, by_cgroup: Owner, filesystem: Option<&Owner>) -> Owner {
-        decide(self.mode, by_cgroup, filesystem)
+        // Only a hybrid host asks whether the filesystem's container has a
+        // cgroup v2 id of its own (the directory's lock, off v2's path).
+        let fs_has_own_cgroup = self.mode == CgroupMode::Hybrid
+            && by_cgroup.id == Owner::host().id
+            && filesystem.is_some_and(|fs| {
+                self.lock()
+                    .containers
+                    .get(&fs.id)
+                    .is_some_and(|e| e.cgroup_id.is_some())
+            });
+        decide(self.mode, by_cgroup, filesystem, fs_has_own_cgroup)
     }
 
     /// Containers that exited more than [`EXITED_GRACE`] ago and were not
@@ -573,11 +583,24 @@ impl Attribution {
 }
 
 /// See [`Attribution::owner`].
-fn decide(mode: CgroupMode, by_cgroup: Owner, filesystem: Option<&Owner>) -> Owner {
+/// Who an event is booked to: the container its cgroup names; else, where
+/// cgroups cannot tell, the container whose root filesystem it happened
+/// in. On a hybrid host they can tell for a container the runtime put in
+/// the unified hierarchy (`fs_has_own_cgroup`): a host process writing
+/// into it stays the host's, as on v2.
+fn decide(
+    mode: CgroupMode,
+    by_cgroup: Owner,
+    filesystem: Option<&Owner>,
+    fs_has_own_cgroup: bool,
+) -> Owner {
+    let cgroups_cannot_tell = match mode {
+        CgroupMode::V2 => false,
+        CgroupMode::Hybrid => !fs_has_own_cgroup,
+        CgroupMode::V1 | CgroupMode::None => true,
+    };
     match filesystem {
-        Some(fs) if mode.falls_back_to_filesystem() && by_cgroup.id == Owner::host().id => {
-            fs.clone()
-        }
+        Some(fs) if cgroups_cannot_tell && by_cgroup.id == Owner::host().id => fs.clone(),
         _ => by_cgroup,
     }
 }
@@ -969,15 +992,29 @@ mod tests {
     fn where_cgroups_name_nobody_the_filesystem_decides() {
         let (host, web) = (Owner::host(), owner("web"));
         for mode in [CgroupMode::V1, CgroupMode::None, CgroupMode::Hybrid] {
-            assert_eq!(decide(mode, host.clone(), Some(&web)), web, "{mode:?}");
-            assert_eq!(decide(mode, host.clone(), None), host, "{mode:?}");
+            assert_eq!(
+                decide(mode, host.clone(), Some(&web), false),
+                web,
+                "{mode:?}"
+            );
+            assert_eq!(decide(mode, host.clone(), None, false), host, "{mode:?}");
         }
-        // v2: the cgroup is right, `docker cp` into web is the host's.
-        assert_eq!(decide(CgroupMode::V2, host.clone(), Some(&web)), host);
+        // v2: the cgroup is right, `docker cp` into web is the host's; so
+        // on a hybrid host where web has a cgroup v2 id of its own.
+        assert_eq!(
+            decide(CgroupMode::V2, host.clone(), Some(&web), false),
+            host
+        );
+        assert_eq!(
+            decide(CgroupMode::Hybrid, host.clone(), Some(&web), true),
+            host
+        );
         // A container's own cgroup always wins.
         let db = owner("db");
         for mode in [CgroupMode::V2, CgroupMode::Hybrid] {
-            assert_eq!(decide(mode, db.clone(), Some(&web)), db);
+            for own in [false, true] {
+                assert_eq!(decide(mode, db.clone(), Some(&web), own), db);
+            }
         }
     }
 
