@@ -15,23 +15,37 @@ pub struct ProcessCost {
     pub rss_kib: u64,
     /// Resident at most so far (`VmHWM`), KiB.
     pub peak_rss_kib: u64,
+    /// What is resident now, by kind (`RssAnon`: the heap, stacks;
+    /// `RssFile`: the program's own pages and the ring buffer's, mapped
+    /// from the kernel; `RssShmem`), KiB.
+    pub rss_anon_kib: u64,
+    pub rss_file_kib: u64,
+    pub rss_shmem_kib: u64,
     /// User and system CPU seconds.
     pub cpu_s: f64,
     /// Heap bytes in use as the allocator counts them (glibc's
     /// `mallinfo2`: small blocks in use plus mmapped blocks), KiB; RSS
     /// far above it is memory the allocator keeps after it was freed.
     pub heap_kib: Option<u64>,
+    /// Freed heap the allocator still holds (`mallinfo2`'s `fordblks`),
+    /// KiB: resident where it was touched before it was freed.
+    pub heap_free_kib: Option<u64>,
 }
 
 /// Reads [`ProcessCost`] for this process.
 pub fn measure() -> ProcessCost {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib = |key: &str| status_kib(&status, key).unwrap_or(0);
+    let heap = heap_kib();
     ProcessCost {
         rss_kib: kib("VmRSS:"),
         peak_rss_kib: kib("VmHWM:"),
+        rss_anon_kib: kib("RssAnon:"),
+        rss_file_kib: kib("RssFile:"),
+        rss_shmem_kib: kib("RssShmem:"),
         cpu_s: cpu_seconds(),
-        heap_kib: heap_kib(),
+        heap_kib: heap.map(|h| h.0),
+        heap_free_kib: heap.map(|h| h.1),
     }
 }
 
@@ -57,15 +71,19 @@ fn cpu_seconds() -> f64 {
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn heap_kib() -> Option<u64> {
+/// (in use, free) KiB of every arena.
+fn heap_kib() -> Option<(u64, u64)> {
     // Safe to call at any time; it walks the allocator's arenas under
     // their locks (microseconds for a heap of this size).
     let m = unsafe { libc::mallinfo2() };
-    Some(((m.uordblks + m.hblkhd) / 1024) as u64)
+    Some((
+        ((m.uordblks + m.hblkhd) / 1024) as u64,
+        (m.fordblks / 1024) as u64,
+    ))
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn heap_kib() -> Option<u64> {
+fn heap_kib() -> Option<(u64, u64)> {
     None
 }
 
@@ -74,8 +92,12 @@ pub fn json(p: &ProcessCost, held: &HeldStats, questions: (usize, usize)) -> Val
     json!({
         "rss_kib": p.rss_kib,
         "peak_rss_kib": p.peak_rss_kib,
+        "rss_anon_kib": p.rss_anon_kib,
+        "rss_file_kib": p.rss_file_kib,
+        "rss_shmem_kib": p.rss_shmem_kib,
         "cpu_s": (p.cpu_s * 100.0).round() / 100.0,
         "heap_kib": p.heap_kib,
+        "heap_free_kib": p.heap_free_kib,
         "held_events": {
             "now": held.now,
             "peak": held.peak,
@@ -104,6 +126,7 @@ mod tests {
         let block = vec![1u8; 8 << 20];
         let p = measure();
         assert!(p.rss_kib >= 8 * 1024, "{p:?}");
+        assert!(p.rss_anon_kib >= 8 * 1024, "{p:?}");
         assert!(p.peak_rss_kib >= p.rss_kib, "{p:?}");
         if let Some(h) = p.heap_kib {
             assert!(h >= 8 * 1024, "{p:?}");
@@ -116,8 +139,12 @@ mod tests {
         let p = ProcessCost {
             rss_kib: 2,
             peak_rss_kib: 3,
+            rss_anon_kib: 1,
+            rss_file_kib: 1,
+            rss_shmem_kib: 0,
             cpu_s: 1.234,
             heap_kib: Some(1),
+            heap_free_kib: Some(0),
         };
         let held = HeldStats {
             now: 1,

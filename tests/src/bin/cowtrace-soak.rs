@@ -112,8 +112,12 @@ fn queues(report: &Path) -> String {
     };
     let a = &v["agent"];
     format!(
-        "heap {} KiB, held events peak {} ({} KiB, {} out early), layer questions peak {}",
+        "anon {} file {} shmem {} KiB, heap {} KiB in use and {} free, held events peak {} ({} KiB, {} out early), layer questions peak {}",
+        a["rss_anon_kib"],
+        a["rss_file_kib"],
+        a["rss_shmem_kib"],
         a["heap_kib"],
+        a["heap_free_kib"],
         a["held_events"]["peak"],
         a["held_events"]["peak_kib"],
         a["held_events"]["released_early"],
