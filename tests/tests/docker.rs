@@ -1692,6 +1692,81 @@ mod any_init {
         );
     }
 
+    /// Two containerd containers (`ctr`) of one image append to the same
+    /// image file: each gets the `bake_into_image` advice for it, naming
+    /// both containers' copy-ups (count 2, their bytes summed) and the
+    /// file's layer (known by its place in the overlay: containerd does
+    /// not say which image a container's lower directories are, so they
+    /// stand for it).
+    #[test]
+    #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+    fn the_same_image_file_copied_up_by_two_containerd_containers_is_advice() {
+        image();
+        run(
+            "sh",
+            &[
+                "-c",
+                &format!("docker save {IMAGE} | ctr -n k8s.io images import -"),
+            ],
+        );
+        let image = format!("docker.io/{IMAGE}:latest");
+        let ids: Vec<String> = ["ba4e1", "ba4e2"]
+            .iter()
+            .map(|p| p.repeat(12) + "abcd")
+            .collect();
+        let mut held = Vec::new();
+        for (id, uid) in ids.iter().zip([
+            "3c4d5e6f-7081-9203-b4c5-d6e7f8091a2b",
+            "4d5e6f70-8192-a304-c5d6-e7f8091a2b3c",
+        ]) {
+            let (cgroup_args, _) = kube_cgroup(id, uid);
+            let mut args = vec!["run", "-d"];
+            args.extend(cgroup_args.iter().map(String::as_str));
+            args.extend([image.as_str(), id, "sleep", "3600"]);
+            ctr(&args);
+            held.push(CriContainer(id.clone()));
+        }
+        // An interval's check of the copy-ups after the work, so the advice
+        // is in the final report even if the final check runs out of time.
+        let t = Tracer::start("ctr-bake", &["--interval", "1s"]);
+        for id in &ids {
+            ctr(&[
+                "task",
+                "exec",
+                "--exec-id",
+                "bake",
+                id,
+                "sh",
+                "-c",
+                "echo b >> /data/f7",
+            ]);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        let tr = t.stop();
+        let cu: Vec<&Value> = tr
+            .events
+            .iter()
+            .filter(|e| e["type"] == "copy_up" && e["path"] == "data/f7")
+            .collect();
+        assert_eq!(cu.len(), 2, "{:#?}", tr.events);
+        let bytes: u64 = cu.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
+        let layer = &cu[0]["layer"]["index"];
+        assert!(layer.is_u64(), "{:#}", cu[0]);
+        assert_eq!(cu[1]["layer"]["index"], *layer, "{:#}", cu[1]);
+        for id in &ids {
+            let advice = tr.container(id)["advice"].as_array().unwrap().clone();
+            let bake: Vec<&Value> = advice
+                .iter()
+                .filter(|a| a["rule"] == "bake_into_image")
+                .collect();
+            assert_eq!(bake.len(), 1, "{id}: {advice:#?}");
+            assert_eq!(bake[0]["path"], "data/f7", "{:#}", bake[0]);
+            assert_eq!(bake[0]["count"], 2, "{:#}", bake[0]);
+            assert_eq!(bake[0]["bytes"], bytes, "{:#}", bake[0]);
+            assert_eq!(bake[0]["layer"], *layer, "{:#}", bake[0]);
+        }
+    }
+
     /// `GET http://127.0.0.1:PORT/PATH` with `accept`: status line and body.
     pub(super) fn http_get(port: u16, path_and_query: &str, accept: &str) -> (String, String) {
         use std::io::{Read, Write};
