@@ -226,7 +226,8 @@ fn sums_json(s: Option<&Sums>) -> Value {
 /// A layer's instruction for display: escaped, Docker's `/bin/sh -c #(nop) `
 /// prefix dropped, spaces squeezed.
 pub fn instruction(l: &LayerRef) -> String {
-    let Some(c) = &l.created_by else {
+    // An imported base layer's history entry has an empty instruction.
+    let Some(c) = l.created_by.as_ref().filter(|c| !c.trim().is_empty()) else {
         return "(instruction unknown)".into();
     };
     let c = c.trim();
@@ -339,6 +340,11 @@ mod tests {
             created_by: Some("/bin/sh -c #(nop) COPY file:abc in /x\u{202e} ".into()),
         };
         assert_eq!(instruction(&l), "COPY file:abc in /x\\xe2\\x80\\xae");
+        let imported = LayerRef {
+            created_by: Some(" ".into()),
+            ..l.clone()
+        };
+        assert_eq!(instruction(&imported), "(instruction unknown)");
         assert_eq!(cut("abcdef", 4), "abc…");
         assert_eq!(cut("abc", 4), "abc");
     }
