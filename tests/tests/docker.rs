@@ -316,6 +316,8 @@ fn the_demo_reports_nginx_and_only_nginx() {
         .iter()
         .filter(|e| e["filesystem"]["id"] == n["id"])
         .collect();
+    // What the demo showed (with `-- --nocapture`).
+    eprintln!("{out}{err}");
     demo_layer_table_is_the_jsons(n, &err);
     demo_advice_is_there_with_the_events_numbers(n, &ours, &err);
 }
@@ -1728,7 +1730,23 @@ mod any_init {
         }
         // An interval's check of the copy-ups after the work, so the advice
         // is in the final report even if the final check runs out of time.
-        let t = Tracer::start("ctr-bake", &["--interval", "1s"]);
+        let (events, report) = (
+            "/tmp/trace-ctr-bake/events.ndjson",
+            "/tmp/trace-ctr-bake/report.json",
+        );
+        let t = Tracer::start_args(
+            "ctr-bake",
+            &[],
+            &[
+                "--quiet",
+                "--interval",
+                "1s",
+                "--events",
+                events,
+                "--json",
+                report,
+            ],
+        );
         for id in &ids {
             ctr(&[
                 "task",
