@@ -98,11 +98,15 @@ fn pct(h: &LogHist, q: f64) -> String {
     }
 }
 
+/// The per-container table of the interval and exit summaries. META and
+/// DEFER split the copy-ups of `metacopy=on`; REDIR counts renames of
+/// image directories done as redirects (`redirect_dir=on`), which copy no
+/// tree.
 pub fn summary_table(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<16} {:>8} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}",
+        "{:<16} {:>8} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>6} {:>7}",
         "CONTAINER",
         "COPYUPS",
         "META",
@@ -116,6 +120,7 @@ pub fn summary_table(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -
         "W-P99",
         "WHTOUT",
         "OPAQUE",
+        "REDIR",
         "RATIO"
     );
     for (o, st, w) in rows {
@@ -130,7 +135,7 @@ pub fn summary_table(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -
         };
         let _ = writeln!(
             s,
-            "{:<16} {:>8} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}",
+            "{:<16} {:>8} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>6} {:>7}",
             clip(&escape_str(&o.label()), 16),
             st.copy_up_count,
             st.by_kind[CopyUpKind::MetadataOnly as usize].count,
@@ -148,6 +153,7 @@ pub fn summary_table(rows: &[(&Owner, &OwnerStats, &WriteTotals)], drops: u64) -
             pct(&w.latency, 0.99),
             st.whiteouts,
             st.opaque_dirs,
+            st.redirects,
             ratio
         );
     }
@@ -301,6 +307,45 @@ mod tests {
             !table.contains('\u{202e}') && !table.contains('\x1b'),
             "{table:?}"
         );
+    }
+
+    #[test]
+    fn the_summary_shows_redirects_per_container_in_their_column() {
+        let web = Owner {
+            id: "w".into(),
+            name: "web".into(),
+            image: String::new(),
+            pod: None,
+        };
+        let db = Owner {
+            name: "db".into(),
+            id: "d".into(),
+            ..web.clone()
+        };
+        let mut stats = crate::stats::Stats::default();
+        let mut ev = crate::event::KernelEvent::plain(Kind::Redirect, "srv/old");
+        for _ in 0..3 {
+            stats.record(&web, &ev);
+        }
+        ev.kind = Kind::OpaqueDir;
+        stats.record(&db, &ev);
+        let w = WriteTotals::default();
+        let rows: Vec<_> = stats.owners.iter().map(|(o, s)| (o, s, &w)).collect();
+        let table = summary_table(&rows, 0);
+        let lines: Vec<&str> = table.lines().collect();
+        let header: Vec<&str> = lines[0].split_whitespace().collect();
+        let col = header.iter().position(|h| *h == "REDIR").unwrap();
+        assert_eq!(header[col - 1], "OPAQUE", "{table}");
+        let cells = |name: &str| -> Vec<String> {
+            let l = lines.iter().find(|l| l.starts_with(name)).unwrap();
+            l.split_whitespace().map(str::to_string).collect()
+        };
+        // Every cell is one word here, so columns line up by position.
+        assert_eq!(cells("web").len(), header.len(), "{table}");
+        assert_eq!(cells("web")[col], "3", "{table}");
+        assert_eq!(cells("web")[col - 1], "0", "{table}");
+        assert_eq!(cells("db")[col], "0", "{table}");
+        assert_eq!(cells("db")[col - 1], "1", "{table}");
     }
 
     #[test]

@@ -307,6 +307,166 @@ fn the_demo_reports_nginx_and_only_nginx() {
         n["copy_up_vs_write"]["p50_ratio"].as_f64().unwrap() > 1.0,
         "{n:#}"
     );
+    let events: Vec<Value> = std::fs::read_to_string("/out/events.ndjson")
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ours: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["filesystem"]["id"] == n["id"])
+        .collect();
+    // What the demo showed (with `-- --nocapture`).
+    eprintln!("{out}{err}");
+    demo_layer_table_is_the_jsons(n, &err);
+    demo_advice_is_there_with_the_events_numbers(n, &ours, &err);
+}
+
+/// The exit summary's per-layer table of the demo (on the demo's stderr)
+/// has a row per layer of the JSON, with its copy-ups, bytes, whiteouts
+/// and instruction; the 16 MiB log's layer is the instruction that wrote it.
+fn demo_layer_table_is_the_jsons(n: &Value, err: &str) {
+    use cowtrace::layers::{totals, LayerRef};
+    let table: Vec<&str> = err
+        .lines()
+        .skip_while(|l| !l.starts_with("layers of nginx"))
+        .skip(2)
+        .take_while(|l| l.starts_with("  "))
+        // A layer's row has its time second; the notes below the rows
+        // ("N events of unknown layer") have a word.
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|t| t.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .collect();
+    let layers = n["layers"].as_array().unwrap();
+    assert!(layers.len() >= 2, "{n:#}");
+    assert_eq!(table.len(), layers.len(), "{err}");
+    for l in layers {
+        let r = LayerRef {
+            index: l["index"].as_u64().unwrap() as u32,
+            diff_id: None,
+            created_by: l["created_by"].as_str().map(str::to_string),
+        };
+        let cells = [
+            r.index.to_string(),
+            l["copy_up"]["count"].to_string(),
+            cowtrace::live::fmt_bytes(l["copy_up"]["bytes"].as_u64().unwrap()),
+            l["whiteouts"]["count"].to_string(),
+        ];
+        let row = table
+            .iter()
+            .find(|row| {
+                let f: Vec<&str> = row.split_whitespace().collect();
+                f[0] == cells[0] && f[2] == cells[1] && f[3] == cells[2] && f[4] == cells[3]
+            })
+            .unwrap_or_else(|| panic!("no row {cells:?} in\n{}", table.join("\n")));
+        let shown = totals::cut(&totals::instruction(&r), 60);
+        assert!(row.ends_with(&shown), "{row:?} vs {shown:?}");
+    }
+    let log = layers
+        .iter()
+        .find(|l| l["copy_up"]["bytes"].as_u64().unwrap() >= 16 << 20)
+        .unwrap_or_else(|| panic!("no layer with the 16 MiB log: {n:#}"));
+    let by = log["created_by"].as_str().unwrap();
+    assert!(by.contains("head -c 16777216"), "{by}");
+}
+
+/// Sums of the copy-ups among `events` that `pick` keeps: count, bytes,
+/// latencies.
+fn sums(events: &[&Value], pick: impl Fn(&Value) -> bool) -> (u64, u64, u64) {
+    events
+        .iter()
+        .filter(|e| e["type"] == "copy_up" && pick(e))
+        .fold((0, 0, 0), |(c, b, t), e| {
+            (
+                c + 1,
+                b + e["bytes"].as_u64().unwrap(),
+                t + e["latency_ns"].as_u64().unwrap(),
+            )
+        })
+}
+
+/// A chown's copy-up of an operation's target booked to an image layer.
+fn chown_target(e: &Value) -> bool {
+    e["trigger"] == "setattr" && e["ancestor"] == false && e["layer"].is_object()
+}
+
+/// The advice for what the demo does, each with the numbers of its events:
+/// the log appended to, the 4 MiB file stamped in place, the entrypoint's
+/// chown (per layer, and the metacopy rule: Docker's overlay2 copies the
+/// data), and the same lines at the end of the live summary.
+fn demo_advice_is_there_with_the_events_numbers(n: &Value, ours: &[&Value], err: &str) {
+    let advice = n["advice"].as_array().unwrap();
+    let of = |rule: &str| -> Vec<&Value> { advice.iter().filter(|a| a["rule"] == rule).collect() };
+    for (rule, path) in [
+        ("log_in_image", "var/log/nginx/archive.log"),
+        ("large_copy_small_change", "usr/share/GeoIP/city.mmdb"),
+    ] {
+        let a: Vec<&Value> = of(rule).into_iter().filter(|a| a["path"] == path).collect();
+        assert_eq!(a.len(), 1, "{rule}: {advice:#?}");
+        let e: Vec<&Value> = ours
+            .iter()
+            .copied()
+            .filter(|e| e["type"] == "copy_up" && e["path"] == path && e["ancestor"] == false)
+            .collect();
+        assert_eq!(e.len(), 1, "{path}: {e:#?}");
+        assert_eq!(a[0]["bytes"], e[0]["bytes"], "{:#}", a[0]);
+        assert_eq!(a[0]["total_ns"], e[0]["latency_ns"], "{:#}", a[0]);
+        assert_eq!(a[0]["layer"], e[0]["layer"]["index"], "{:#}", a[0]);
+    }
+    let bytes_of = |rule: &str, path: &str| {
+        of(rule).into_iter().find(|a| a["path"] == path).unwrap()["bytes"].clone()
+    };
+    assert_eq!(
+        bytes_of("log_in_image", "var/log/nginx/archive.log"),
+        16 << 20
+    );
+    assert_eq!(
+        bytes_of("large_copy_small_change", "usr/share/GeoIP/city.mmdb"),
+        4 << 20
+    );
+    // Ownership: one entry per layer, each that layer's chown copy-ups.
+    let own = of("ownership_at_build_time");
+    assert!(!own.is_empty(), "{advice:#?}");
+    let mut layers_seen = 0;
+    for a in &own {
+        let (c, b, t) = sums(ours, |e| {
+            chown_target(e) && e["layer"]["index"] == a["layer"]
+        });
+        assert_eq!(
+            (a["count"].as_u64(), a["bytes"].as_u64()),
+            (Some(c), Some(b)),
+            "{a:#}"
+        );
+        assert_eq!(a["total_ns"], t, "{a:#}");
+        layers_seen += c;
+    }
+    assert_eq!(layers_seen, sums(ours, chown_target).0);
+    // The 20 64-KiB assets alone are 1.25 MiB of data copied for a chown.
+    let m = of("metacopy_for_chown");
+    assert_eq!(m.len(), 1, "{advice:#?}");
+    let (c, b, t) = sums(ours, |e| {
+        chown_target(e) && e["copy_kind"] == "full" && e["bytes"].as_u64() > Some(0)
+    });
+    assert!(c >= 21 && b >= 20 << 16, "{c} {b}");
+    assert_eq!(m[0]["count"], c, "{:#}", m[0]);
+    assert_eq!(m[0]["bytes"], b, "{:#}", m[0]);
+    assert_eq!(m[0]["total_ns"], t, "{:#}", m[0]);
+    // The live summary ends with the same advice.
+    let shown: Vec<&str> = err
+        .lines()
+        .skip_while(|l| *l != "advice for nginx:")
+        .collect();
+    for a in advice {
+        let line = format!(
+            "  - [{}] {}",
+            a["rule"].as_str().unwrap(),
+            a["what"].as_str().unwrap()
+        );
+        assert!(shown.contains(&line.as_str()), "{line}\n{err}");
+    }
 }
 
 #[test]
@@ -444,29 +604,41 @@ struct PodmanContainer {
 
 impl PodmanContainer {
     fn run(name: &'static str, image: &str) -> Self {
-        run(
-            "sh",
-            &["-c", &format!("docker save {image} | podman load -q")],
-        );
+        load_into_podman(image);
+        Self::start(name, image, None)
+    }
+
+    /// Runs a container of `image` (already in podman's store), with
+    /// `storage_conf` as containers-storage's configuration if given.
+    fn start(name: &'static str, image: &str, storage_conf: Option<&str>) -> Self {
         let _ = Command::new("podman")
             .args(["rm", "-f", "-t", "0", name])
             .output();
-        let id = run(
-            "podman",
-            &[
-                "run",
-                "-d",
-                "--name",
-                name,
-                "--network",
-                "none",
-                image,
-                "sleep",
-                "3600",
-            ],
+        let mut cmd = Command::new("podman");
+        if let Some(conf) = storage_conf {
+            cmd.env("CONTAINERS_STORAGE_CONF", conf);
+        }
+        let o = cmd
+            .args(["run", "-d", "--name", name, "--network", "none", image])
+            .args(["sleep", "3600"])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "podman run {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
         );
+        let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
         PodmanContainer { name, id }
     }
+}
+
+/// Copies `image` from Docker's store into podman's (no registry here).
+fn load_into_podman(image: &str) {
+    run(
+        "sh",
+        &["-c", &format!("docker save {image} | podman load -q")],
+    );
 }
 
 impl Drop for PodmanContainer {
@@ -637,6 +809,122 @@ fn a_podman_container_is_attributed_by_name_and_image() {
     // data/ as the parent, then data/f3; the rm is a whiteout.
     assert_eq!(row["copy_up"]["count"], 2, "{row:#}");
     assert_eq!(row["whiteouts"]["count"], 1, "{row:#}");
+}
+
+/// The demo's `chown -R` (over its image's html tree: 40 pages, an index
+/// and 20 64-KiB assets) in two podman containers of the demo image: one
+/// on containers-storage's default mount options, one with
+/// `mountopt = "nodev,metacopy=on"` in its storage.conf (podman's way to
+/// it; Docker's overlay2 has no such option). Without metacopy the chown
+/// copies every file's data, and the metacopy advice gives its cost with
+/// the events' numbers; with it, every file's copy-up is metadata only (0
+/// bytes) and that advice is silent. The two measurements are printed
+/// (`-- --nocapture`; README quotes them).
+#[test]
+#[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+fn the_demos_chown_r_copies_data_unless_metacopy_is_on() {
+    let script = std::env::var("COWTRACE_DEMO").expect("COWTRACE_DEMO names the demo script");
+    run("sh", &[&script, "image"]);
+    let image = "cowtrace/demo-nginx";
+    load_into_podman(image);
+    let store = |what: &str| run("podman", &["info", "-f", &format!("{{{{.Store.{what}}}}}")]);
+    let conf = "/tmp/cowtrace-metacopy-storage.conf";
+    std::fs::write(
+        conf,
+        format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n\
+             [storage.options.overlay]\nmountopt = \"nodev,metacopy=on\"\n",
+            store("GraphRoot"),
+            store("RunRoot")
+        ),
+    )
+    .unwrap();
+    let plain = PodmanContainer::start("chown-plain", image, None);
+    let meta = PodmanContainer::start("chown-meta", image, Some(conf));
+    // The tree's regular files and their bytes, as the image has them.
+    let sizes = run(
+        "podman",
+        &[
+            "exec",
+            "chown-plain",
+            "find",
+            "/usr/share/nginx/html",
+            "-type",
+            "f",
+            "-printf",
+            "%s\n",
+        ],
+    );
+    let sizes: Vec<u64> = sizes.lines().map(|l| l.parse().unwrap()).collect();
+    let (files, bytes) = (sizes.len() as u64, sizes.iter().sum::<u64>());
+    assert!(
+        files >= 61 && bytes >= 20 << 16,
+        "{files} files, {bytes} bytes"
+    );
+    let chown = "chown -R www-data:www-data /usr/share/nginx/html";
+    let t = Tracer::start("metacopy", &[]);
+    for c in [&plain, &meta] {
+        run("podman", &["exec", c.name, "sh", "-c", chown]);
+    }
+    let tr = t.stop();
+    let of = |c: &PodmanContainer| -> Vec<&Value> {
+        tr.events
+            .iter()
+            .filter(|e| e["filesystem"]["id"] == c.id.as_str())
+            .collect()
+    };
+    let metacopy_of = |c: &PodmanContainer| {
+        let os = tr.report["overlays"].as_array().unwrap();
+        let o = os
+            .iter()
+            .find(|o| o["filesystem"]["id"] == c.id.as_str())
+            .unwrap_or_else(|| panic!("no overlay of {}: {os:#?}", c.name));
+        o["overlay_options"]["metacopy"].clone()
+    };
+    assert_eq!(metacopy_of(&plain), false);
+    assert_eq!(metacopy_of(&meta), true);
+    let target = |e: &Value| e["trigger"] == "setattr" && e["ancestor"] == false;
+    let data = |e: &Value| target(e) && e["copy_kind"] == "full" && e["bytes"].as_u64() > Some(0);
+    // Without metacopy: every file's data, exactly.
+    let (p_ev, m_ev) = (of(&plain), of(&meta));
+    let (c, b, _) = sums(&p_ev, data);
+    assert_eq!((c, b), (files, bytes), "{p_ev:#?}");
+    let advice = |c: &PodmanContainer| tr.container(&c.id)["advice"].as_array().unwrap().clone();
+    let pa = advice(&plain);
+    let m: Vec<&Value> = pa
+        .iter()
+        .filter(|a| a["rule"] == "metacopy_for_chown")
+        .collect();
+    assert_eq!(m.len(), 1, "{pa:#?}");
+    let (c, b, t) = sums(&p_ev, |e| data(e) && e["layer"].is_object());
+    assert_eq!(m[0]["count"], c, "{:#}", m[0]);
+    assert_eq!(m[0]["bytes"], b, "{:#}", m[0]);
+    assert_eq!(m[0]["total_ns"], t, "{:#}", m[0]);
+    assert!(c > 0, "no chown copy-up with its layer: {p_ev:#?}");
+    // With metacopy=on: every file metadata only, no data, no such advice.
+    let (c, b, _) = sums(&m_ev, |e| target(e) && e["copy_kind"] == "metadata_only");
+    assert_eq!((c, b), (files, 0), "{m_ev:#?}");
+    assert_eq!(sums(&m_ev, data).0, 0, "{m_ev:#?}");
+    let ma = advice(&meta);
+    assert!(
+        !ma.iter().any(|a| a["rule"] == "metacopy_for_chown"),
+        "{ma:#?}"
+    );
+    assert!(
+        ma.iter().any(|a| a["rule"] == "ownership_at_build_time"),
+        "{ma:#?}"
+    );
+    // What the chown cost each way: all its copy-ups (directories and
+    // ancestors too), as the JSON's per-kind totals have them.
+    for (label, c, ev) in [("default", &plain, &p_ev), ("metacopy=on", &meta, &m_ev)] {
+        let (n, b, t) = sums(ev, |e| e["trigger"] == "setattr");
+        let kinds = &tr.container(&c.id)["copy_up"]["by_kind"];
+        eprintln!(
+            "measured: podman, {label}: `{chown}`: {n} copy-ups, {b} bytes, {:.1} ms summed \
+             (by kind: {kinds})",
+            t as f64 / 1e6
+        );
+    }
 }
 
 /// Not [`any_init::METRICS_PORT`]: a test running beside it must not collide.
@@ -1404,6 +1692,97 @@ mod any_init {
             &id,
             &std::array::from_fn(|_| (Value::Null, Value::Null)),
         );
+    }
+
+    /// Two containerd containers (`ctr`) of one image append to the same
+    /// image file: each gets the `bake_into_image` advice for it, naming
+    /// both containers' copy-ups (count 2, their bytes summed) and the
+    /// file's layer (known by its place in the overlay: containerd does
+    /// not say which image a container's lower directories are, so they
+    /// stand for it).
+    #[test]
+    #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
+    fn the_same_image_file_copied_up_by_two_containerd_containers_is_advice() {
+        image();
+        run(
+            "sh",
+            &[
+                "-c",
+                &format!("docker save {IMAGE} | ctr -n k8s.io images import -"),
+            ],
+        );
+        let image = format!("docker.io/{IMAGE}:latest");
+        let ids: Vec<String> = ["ba4e1", "ba4e2"]
+            .iter()
+            .map(|p| p.repeat(12) + "abcd")
+            .collect();
+        let mut held = Vec::new();
+        for (id, uid) in ids.iter().zip([
+            "3c4d5e6f-7081-9203-b4c5-d6e7f8091a2b",
+            "4d5e6f70-8192-a304-c5d6-e7f8091a2b3c",
+        ]) {
+            let (cgroup_args, _) = kube_cgroup(id, uid);
+            let mut args = vec!["run", "-d"];
+            args.extend(cgroup_args.iter().map(String::as_str));
+            args.extend([image.as_str(), id, "sleep", "3600"]);
+            ctr(&args);
+            held.push(CriContainer(id.clone()));
+        }
+        // An interval's check of the copy-ups after the work, so the advice
+        // is in the final report even if the final check runs out of time.
+        let (events, report) = (
+            "/tmp/trace-ctr-bake/events.ndjson",
+            "/tmp/trace-ctr-bake/report.json",
+        );
+        let t = Tracer::start_args(
+            "ctr-bake",
+            &[],
+            &[
+                "--quiet",
+                "--interval",
+                "1s",
+                "--events",
+                events,
+                "--json",
+                report,
+            ],
+        );
+        for id in &ids {
+            ctr(&[
+                "task",
+                "exec",
+                "--exec-id",
+                "bake",
+                id,
+                "sh",
+                "-c",
+                "echo b >> /data/f7",
+            ]);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        let tr = t.stop();
+        let cu: Vec<&Value> = tr
+            .events
+            .iter()
+            .filter(|e| e["type"] == "copy_up" && e["path"] == "data/f7")
+            .collect();
+        assert_eq!(cu.len(), 2, "{:#?}", tr.events);
+        let bytes: u64 = cu.iter().map(|e| e["bytes"].as_u64().unwrap()).sum();
+        let layer = &cu[0]["layer"]["index"];
+        assert!(layer.is_u64(), "{:#}", cu[0]);
+        assert_eq!(cu[1]["layer"]["index"], *layer, "{:#}", cu[1]);
+        for id in &ids {
+            let advice = tr.container(id)["advice"].as_array().unwrap().clone();
+            let bake: Vec<&Value> = advice
+                .iter()
+                .filter(|a| a["rule"] == "bake_into_image")
+                .collect();
+            assert_eq!(bake.len(), 1, "{id}: {advice:#?}");
+            assert_eq!(bake[0]["path"], "data/f7", "{:#}", bake[0]);
+            assert_eq!(bake[0]["count"], 2, "{:#}", bake[0]);
+            assert_eq!(bake[0]["bytes"], bytes, "{:#}", bake[0]);
+            assert_eq!(bake[0]["layer"], *layer, "{:#}", bake[0]);
+        }
     }
 
     /// `GET http://127.0.0.1:PORT/PATH` with `accept`: status line and body.

@@ -20,9 +20,15 @@ const SCRIPT: &str = include_str!("demo.sh");
 /// tests', which find it through `$COWTRACE_DEMO`).
 pub const GUEST_SCRIPT: &str = "/usr/local/bin/cowtrace-demo";
 
-/// The demo script, written to the cache, as a copy into the guest.
+/// The demo script, written to the cache, as a copy into the guest. The
+/// cache is shared by every checkout on the machine: the file is named by
+/// its content, so a run of another checkout's (other) script cannot
+/// replace this one's before its guest copies it.
 pub fn script_copy(tooling: &Tooling) -> Result<Copy> {
-    let script = tooling.cache.join("demo.sh");
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    SCRIPT.hash(&mut h);
+    let script = tooling.cache.join(format!("demo-{:016x}.sh", h.finish()));
     std::fs::write(&script, SCRIPT)?;
     Ok(Copy {
         host: script,

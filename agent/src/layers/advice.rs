@@ -7,7 +7,7 @@ use super::totals::{cut, instruction, PerLayer};
 use super::worker::UnchangedReport;
 use super::LayerRef;
 use crate::event::escape_str;
-use crate::live::fmt_bytes;
+use crate::live::{fmt_bytes, fmt_ns};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
@@ -18,6 +18,11 @@ pub const CHOWN_MIN_FILES: u64 = 10;
 /// 1/[`SMALL_CHANGE_RATIO`] of it is a large copy for a small change.
 pub const LARGE_COPY_BYTES: u64 = 1 << 20;
 pub const SMALL_CHANGE_RATIO: u64 = 100;
+/// Data copied by chown/chmod copy-ups (full copies, trigger `setattr`)
+/// in one container from which the metacopy rule speaks, with at least
+/// [`CHOWN_MIN_FILES`] such files: below a mebibyte the copy costs about
+/// what the metadata-only copy-up of the same files would.
+pub const METACOPY_MIN_BYTES: u64 = 1 << 20;
 /// The same image file copied up by at least this many containers of
 /// one image.
 pub const SHARED_MIN_CONTAINERS: usize = 2;
@@ -35,6 +40,9 @@ pub enum Rule {
     LargeCopySmallChange,
     /// The same image file copied up by several containers of one image.
     BakeIntoImage,
+    /// chown/chmod copied whole files' data where `metacopy=on` would
+    /// have copied their metadata only.
+    MetacopyForChown,
 }
 
 impl Rule {
@@ -44,6 +52,7 @@ impl Rule {
             Rule::OwnershipAtBuild => "ownership_at_build_time",
             Rule::LargeCopySmallChange => "large_copy_small_change",
             Rule::BakeIntoImage => "bake_into_image",
+            Rule::MetacopyForChown => "metacopy_for_chown",
         }
     }
 }
@@ -60,6 +69,8 @@ pub struct Advice {
     pub count: u64,
     /// Bytes copied.
     pub bytes: u64,
+    /// Those copy-ups' latencies summed, where the rule knows them.
+    pub total_ns: Option<u64>,
     /// Of `count`, copy-ups that changed nothing.
     pub unchanged: u64,
     /// What to do, in words.
@@ -75,6 +86,7 @@ impl Advice {
             "layer": self.layer.as_ref().map(|l| l.index),
             "count": self.count,
             "bytes": self.bytes,
+            "total_ns": self.total_ns,
             "unchanged": self.unchanged,
         })
     }
@@ -127,6 +139,7 @@ fn ownership(per_layer: &PerLayer, id: &str, unchanged: &UnchangedReport) -> Vec
             layer: Some(l.clone()),
             count: t.setattr_count,
             bytes: t.setattr_bytes,
+            total_ns: Some(t.setattr_ns),
             unchanged: same,
             what: format!(
                 "chown/chmod copied up {} objects ({}) of {}{none_changed}: set ownership and modes at build time (COPY --chown, or RUN chown in the layer that creates the files); every start of a container pays this",
@@ -142,10 +155,44 @@ fn ownership(per_layer: &PerLayer, id: &str, unchanged: &UnchangedReport) -> Vec
     out
 }
 
-/// Every piece of advice for one container: the ownership rule and those
-/// the worker found when it checked the copy-ups.
+/// The metacopy rule: chown/chmod copy-ups that copied whole files
+/// (trigger `setattr`, [`crate::event::CopyUpKind::Full`] with data) of at
+/// least [`CHOWN_MIN_FILES`] files and [`METACOPY_MIN_BYTES`] in one
+/// container. On an overlay mounted with `metacopy=on` the same chown
+/// copies metadata only (0 bytes, `metadata_only`), so the rule cannot
+/// speak there: it speaks when the measurement shows the data copied.
+fn metacopy(per_layer: &PerLayer, id: &str) -> Option<Advice> {
+    let c = per_layer.containers.get(id)?;
+    let (mut count, mut bytes, mut ns) = (0, 0, 0);
+    for (_, t) in c.layers.values() {
+        count += t.setattr_data_count;
+        bytes += t.setattr_data_bytes;
+        ns += t.setattr_data_ns;
+    }
+    if count < CHOWN_MIN_FILES || bytes < METACOPY_MIN_BYTES {
+        return None;
+    }
+    Some(Advice {
+        rule: Rule::MetacopyForChown,
+        path: None,
+        layer: None,
+        count,
+        bytes,
+        total_ns: Some(ns),
+        unchanged: 0,
+        what: format!(
+            "this chown/chmod (chown -R) cost {} and copied {} of data for {count} files whose metadata only it changed; on an overlay mounted with metacopy=on it copies metadata only (podman, CRI-O: mountopt = \"metacopy=on\" in storage.conf; Docker's overlay2 has no option for it), the data following only on a file's first open for write",
+            fmt_ns(ns),
+            fmt_bytes(bytes),
+        ),
+    })
+}
+
+/// Every piece of advice for one container: the ownership and metacopy
+/// rules and those the worker found when it checked the copy-ups.
 pub fn for_container(id: &str, per_layer: &PerLayer, unchanged: &UnchangedReport) -> Vec<Advice> {
     let mut out = ownership(per_layer, id, unchanged);
+    out.extend(metacopy(per_layer, id));
     if let Some(u) = unchanged.get(id) {
         out.extend(u.advice.iter().cloned());
     }
@@ -168,6 +215,119 @@ pub fn text(name: &str, advice: &[Advice]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::event::{CopyUp, CopyUpKind, KernelEvent, Kind};
+    use crate::layers::{LayerAnswer, LayerRef};
+
+    fn chown_copy_up(kind: CopyUpKind, bytes: u64, ns: u64) -> KernelEvent {
+        KernelEvent::plain(
+            Kind::CopyUp(CopyUp {
+                latency_ns: ns,
+                op_latency_ns: Some(ns),
+                parents: 0,
+                bytes,
+                data: bytes > 0,
+                kind,
+                ancestor: false,
+                removed: false,
+                links: 1,
+                stack: Vec::new(),
+            }),
+            "srv/f",
+        )
+    }
+
+    fn layer(index: u32) -> LayerAnswer {
+        LayerAnswer::Layer(Arc::new(LayerRef {
+            index,
+            diff_id: None,
+            created_by: Some("/bin/sh -c mkdir /srv".into()),
+        }))
+    }
+
+    fn rules(p: &PerLayer) -> Vec<Advice> {
+        for_container("c", p, &UnchangedReport::new())
+    }
+
+    /// `files` chown copy-ups of `each` bytes in two layers, as `kind`.
+    fn chowned(kind: CopyUpKind, files: u64, each: u64) -> PerLayer {
+        let mut p = PerLayer::default();
+        for i in 0..files {
+            let ev = chown_copy_up(kind, each, 1_000_000);
+            p.record("c", &layer((i % 2) as u32), &ev, true);
+        }
+        p
+    }
+
+    #[test]
+    fn metacopy_rule_speaks_for_data_copied_by_chown_above_both_thresholds() {
+        // 16 files of 64 KiB: 1 MiB, 16 ms of copy-ups, over two layers.
+        let p = chowned(CopyUpKind::Full, 16, 64 << 10);
+        let a = rules(&p);
+        let m: Vec<_> = a
+            .iter()
+            .filter(|a| a.rule == Rule::MetacopyForChown)
+            .collect();
+        assert_eq!(m.len(), 1, "{a:#?}");
+        assert_eq!(m[0].count, 16);
+        assert_eq!(m[0].bytes, METACOPY_MIN_BYTES);
+        assert_eq!(m[0].total_ns, Some(16_000_000));
+        assert!(m[0].layer.is_none());
+        assert!(
+            m[0].what.contains("cost 16.0ms")
+                && m[0].what.contains("1.0MiB")
+                && m[0].what.contains("metacopy=on"),
+            "{}",
+            m[0].what
+        );
+        let j = m[0].json();
+        assert_eq!(j["rule"], "metacopy_for_chown");
+        assert_eq!(j["total_ns"], 16_000_000);
+        // The ownership rule speaks too, per layer, with the same numbers.
+        let own: u64 = a
+            .iter()
+            .filter(|a| a.rule == Rule::OwnershipAtBuild)
+            .map(|a| a.bytes)
+            .sum();
+        assert_eq!(own, METACOPY_MIN_BYTES);
+    }
+
+    #[test]
+    fn metacopy_rule_is_silent_below_a_threshold_or_where_metacopy_is_on() {
+        let silent = |p: &PerLayer| !rules(p).iter().any(|a| a.rule == Rule::MetacopyForChown);
+        // One byte short of 1 MiB.
+        let mut p = chowned(CopyUpKind::Full, 15, 64 << 10);
+        p.record(
+            "c",
+            &layer(0),
+            &chown_copy_up(CopyUpKind::Full, (64 << 10) - 1, 1),
+            true,
+        );
+        assert!(silent(&p));
+        // Enough bytes, too few files.
+        assert!(silent(&chowned(
+            CopyUpKind::Full,
+            CHOWN_MIN_FILES - 1,
+            1 << 20
+        )));
+        // metacopy=on: the same chown copies metadata only.
+        let meta = chowned(CopyUpKind::MetadataOnly, 16, 0);
+        assert!(silent(&meta));
+        assert!(rules(&meta)
+            .iter()
+            .any(|a| a.rule == Rule::OwnershipAtBuild));
+        // Data copied for a write (not a chown) is not this rule's.
+        let mut w = PerLayer::default();
+        for _ in 0..16 {
+            w.record(
+                "c",
+                &layer(0),
+                &chown_copy_up(CopyUpKind::Full, 64 << 10, 1),
+                false,
+            );
+        }
+        assert!(silent(&w));
+    }
 
     #[test]
     fn log_like_paths() {

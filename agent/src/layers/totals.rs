@@ -7,7 +7,7 @@
 
 use super::worker::{Sums, UnchangedReport, UnchangedTotals};
 use super::{LayerAnswer, LayerRef, Unknown};
-use crate::event::{escape_str, KernelEvent, Kind};
+use crate::event::{escape_str, CopyUpKind, KernelEvent, Kind};
 use crate::hist::LogHist;
 use crate::live::{fmt_bytes, fmt_ns};
 use crate::report::latency_block;
@@ -28,6 +28,12 @@ pub struct LayerTotals {
     /// Copy-ups a chown/chmod caused (trigger `setattr`), for the advice.
     pub setattr_count: u64,
     pub setattr_bytes: u64,
+    pub setattr_ns: u64,
+    /// Of those, whole files copied with their data (not metadata only,
+    /// `metacopy=on`), for the metacopy advice.
+    pub setattr_data_count: u64,
+    pub setattr_data_bytes: u64,
+    pub setattr_data_ns: u64,
 }
 
 /// One container's layers.
@@ -82,6 +88,12 @@ impl PerLayer {
                 if setattr && !cu.ancestor {
                     t.setattr_count += 1;
                     t.setattr_bytes += cu.bytes;
+                    t.setattr_ns += cu.latency_ns;
+                    if cu.kind == CopyUpKind::Full && cu.bytes > 0 {
+                        t.setattr_data_count += 1;
+                        t.setattr_data_bytes += cu.bytes;
+                        t.setattr_data_ns += cu.latency_ns;
+                    }
                 }
             }
             Kind::Whiteout { .. } => t.whiteouts += 1,
@@ -214,7 +226,8 @@ fn sums_json(s: Option<&Sums>) -> Value {
 /// A layer's instruction for display: escaped, Docker's `/bin/sh -c #(nop) `
 /// prefix dropped, spaces squeezed.
 pub fn instruction(l: &LayerRef) -> String {
-    let Some(c) = &l.created_by else {
+    // An imported base layer's history entry has an empty instruction.
+    let Some(c) = l.created_by.as_ref().filter(|c| !c.trim().is_empty()) else {
         return "(instruction unknown)".into();
     };
     let c = c.trim();
@@ -327,6 +340,11 @@ mod tests {
             created_by: Some("/bin/sh -c #(nop) COPY file:abc in /x\u{202e} ".into()),
         };
         assert_eq!(instruction(&l), "COPY file:abc in /x\\xe2\\x80\\xae");
+        let imported = LayerRef {
+            created_by: Some(" ".into()),
+            ..l.clone()
+        };
+        assert_eq!(instruction(&imported), "(instruction unknown)");
         assert_eq!(cut("abcdef", 4), "abc…");
         assert_eq!(cut("abc", 4), "abc");
     }

@@ -546,6 +546,7 @@ async fn evaluate(
             layer: layer.cloned(),
             count: containers.len() as u64,
             bytes,
+            total_ns: None,
             unchanged: 0,
             what: format!(
                 "/{} was copied up by {} containers of this image ({} in all): bake the change into the image",
@@ -585,6 +586,7 @@ fn size_advice(t: &Tracked, sz: super::unchanged::Sizes) -> Option<Advice> {
             layer: t.layer.clone(),
             count: 1,
             bytes: t.cost.bytes,
+            total_ns: Some(t.cost.latency_ns),
             unchanged: 0,
             what: format!(
                 "/{path} came from the image and was copied up ({}) to append {}: mount a volume or a tmpfs at {dir} (or start the log empty)",
@@ -603,6 +605,7 @@ fn size_advice(t: &Tracked, sz: super::unchanged::Sizes) -> Option<Advice> {
             layer: t.layer.clone(),
             count: 1,
             bytes: t.cost.bytes,
+            total_ns: Some(t.cost.latency_ns),
             unchanged: 0,
             what: format!(
                 "/{path}: {} copied up for a change of its size by {}: keep files that change small, or outside the image (a volume)",

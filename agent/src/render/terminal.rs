@@ -230,6 +230,25 @@ mod tests {
     }
 
     #[test]
+    fn a_saved_reports_redirects_are_in_the_redir_column() {
+        let mut v: serde_json::Value = serde_json::from_str(BEFORE).unwrap();
+        v["containers"][0]["redirects"] = serde_json::json!({"count": 7});
+        let name = v["containers"][0]["name"].as_str().unwrap().to_string();
+        let text = report(&parse("r.json", &v.to_string()).unwrap());
+        let mut lines = text.lines().skip_while(|l| !l.starts_with("CONTAINER"));
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let col = header.iter().position(|h| *h == "REDIR").expect("REDIR");
+        let row: Vec<&str> = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(row.len(), header.len(), "{text}");
+        assert_eq!(row[col], "7", "{text}");
+    }
+
+    #[test]
     fn comparison_lists_every_metric_and_file() {
         let (b, a) = (
             parse("before.json", BEFORE).unwrap(),

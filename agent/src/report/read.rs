@@ -190,6 +190,7 @@ pub const ADDED_WITHIN_V1: &[&str] = &[
     "containers[].advice[].layer",
     "containers[].advice[].count",
     "containers[].advice[].bytes",
+    "containers[].advice[].total_ns",
     "containers[].advice[].unchanged",
     "containers[].layers[].copy_up_unchanged",
     "containers[].layers[].copy_up_unchanged.count",
