@@ -58,6 +58,12 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A rootless container whose processes sit in a cgroup that is not
+    /// its own: only its filesystem says an event is its.
+    fn shares_a_cgroup(&self) -> bool {
+        self.info.source == Source::UserFiles && self.cgroup_id.is_none()
+    }
+
     fn owner(&self) -> Owner {
         Owner {
             id: self.info.id.clone(),
@@ -163,7 +169,17 @@ impl Directory {
     /// service, which must never be booked to it); on v1 there is none.
     fn own_cgroup(&mut self, pid: u32, info: &ContainerInfo) -> Option<u64> {
         match self.mode {
-            CgroupMode::V2 => cgroup_v2_of_pid(pid).ok().map(|(_, id)| id),
+            CgroupMode::V2 if info.source != Source::UserFiles => {
+                cgroup_v2_of_pid(pid).ok().map(|(_, id)| id)
+            }
+            // A rootless container without a delegated cgroup shares its
+            // user's (or the root cgroup): never booked to it.
+            CgroupMode::V2 => {
+                let (path, id) = cgroup_v2_of_pid(pid).ok()?;
+                container_id_from_cgroup_path(&path)
+                    .is_some_and(|(_, c)| c == info.id)
+                    .then_some(id)
+            }
             CgroupMode::Hybrid => {
                 let (path, id) = cgroup_v2_of_pid(pid).ok()?;
                 let named = container_id_from_cgroup_path(&path).is_some_and(|(_, c)| c == info.id);
@@ -180,6 +196,29 @@ impl Directory {
             }
             CgroupMode::V1 | CgroupMode::None => None,
         }
+    }
+
+    /// A rootless container found behind overlay device `f.dev`. Not
+    /// taken where another source already described that id (a user's
+    /// store can claim any id). Returns whether it was taken.
+    fn rootless(&mut self, f: crate::rootless::Found) -> bool {
+        if self
+            .containers
+            .get(&f.info.id)
+            .is_some_and(|e| e.described && e.info.source != Source::UserFiles)
+        {
+            self.not_containers.insert(f.dev);
+            return false;
+        }
+        let id = f.info.id.clone();
+        self.upsert(f.info, true);
+        self.by_dev.insert(f.dev, id.clone());
+        self.not_containers.remove(&f.dev);
+        if let Some(e) = self.containers.get_mut(&id) {
+            e.root_dev = Some(f.dev);
+            e.exited_at = None;
+        }
+        true
     }
 
     /// A container stopped; returns it, with the root device it gave up.
@@ -205,7 +244,9 @@ impl Directory {
         let ended: Vec<String> = self
             .containers
             .values()
-            .filter(|e| e.exited_at.is_none() && e.info.source == Source::Files)
+            .filter(|e| {
+                e.exited_at.is_none() && matches!(e.info.source, Source::Files | Source::UserFiles)
+            })
             .filter(|e| {
                 e.info
                     .pid
@@ -489,10 +530,12 @@ impl Attribution {
     }
 
     /// Whose root filesystem overlay device `dev` is: `Some(None)` for no
-    /// container's, `None` while the worker finds out. Only where the
-    /// device can decide an event's owner (not on v2) is an unknown device
-    /// asked about and waited for; on v2 it is no container's until the
-    /// worker learns otherwise.
+    /// container's, `None` while the worker finds out. An unknown device
+    /// is asked about once and waited for: where the device decides an
+    /// event's owner (not on v2), by a fresh list of the runtime's
+    /// containers; on v2, by looking for a rootless container behind it
+    /// ([`crate::rootless`]: an engine's containers are known by their
+    /// cgroups, a rootless one's overlay and cgroup may show nowhere else).
     pub fn filesystem_of(&mut self, dev: u32) -> Option<Option<Owner>> {
         {
             let d = self.lock();
@@ -501,9 +544,6 @@ impl Attribution {
                 drop(d);
                 self.asked_devs.remove(&dev);
                 return Some(owner);
-            }
-            if !self.mode.falls_back_to_filesystem() {
-                return Some(None);
             }
             if d.not_containers.contains(&dev) {
                 drop(d);
@@ -532,7 +572,13 @@ impl Attribution {
     /// without a v2 cgroup of its own), the container whose root
     /// filesystem it happened in; else the host.
     pub fn owner(&self, by_cgroup: Owner, filesystem: Option<&Owner>) -> Owner {
-        decide(self.mode, by_cgroup, filesystem)
+        let shared = filesystem.is_some_and(|fs| {
+            self.lock()
+                .containers
+                .get(&fs.id)
+                .is_some_and(Entry::shares_a_cgroup)
+        });
+        decide(self.mode, by_cgroup, filesystem, shared)
     }
 
     /// Containers that exited more than [`EXITED_GRACE`] ago and were not
@@ -572,10 +618,13 @@ impl Attribution {
     }
 }
 
-/// See [`Attribution::owner`].
-fn decide(mode: CgroupMode, by_cgroup: Owner, filesystem: Option<&Owner>) -> Owner {
+/// See [`Attribution::owner`]; `shared`: the filesystem's container has
+/// no cgroup of its own (a rootless one's), so its cgroup said "host".
+fn decide(mode: CgroupMode, by_cgroup: Owner, filesystem: Option<&Owner>, shared: bool) -> Owner {
     match filesystem {
-        Some(fs) if mode.falls_back_to_filesystem() && by_cgroup.id == Owner::host().id => {
+        Some(fs)
+            if (shared || mode.falls_back_to_filesystem()) && by_cgroup.id == Owner::host().id =>
+        {
             fs.clone()
         }
         _ => by_cgroup,
@@ -590,6 +639,8 @@ enum Answer {
     Described(ContainerInfo),
     /// No runtime could describe this container.
     Undescribed(String),
+    /// Whose rootless container an overlay device is (None: nobody's).
+    Rootless(u32, Option<crate::rootless::Found>),
 }
 
 /// The worker: resolves cgroup ids, follows the runtime. Runtime requests
@@ -607,6 +658,17 @@ async fn work<R: Runtime>(
         f(&mut d)
     };
     let mode = dir.lock().unwrap_or_else(|p| p.into_inner()).mode;
+    // Rootless containers running now, and fuse-overlayfs mounts (said
+    // once, at start: nothing in them can be traced), before the first
+    // list makes attribution ready.
+    let (found, fuse) = crate::rootless::scan();
+    with(&mut |d| {
+        for f in found.iter().cloned() {
+            d.rootless(f);
+        }
+        d.warnings
+            .extend(fuse.iter().map(crate::rootless::FuseMount::warning));
+    });
     // Where cgroup ids name nobody, cgroupfs is not walked (see
     // `CgroupMode::warning`, said at start).
     let mut cgroups = if mode.has_v2_ids() {
@@ -684,6 +746,16 @@ async fn work<R: Runtime>(
                 while let Ok(req) = requests.try_recv() {
                     handle_request(&dir, req, &mut cgroups, &mut names, &mut new_ids, &mut devs_new);
                 }
+                // On v2 an engine's containers are known by their cgroups:
+                // an unknown overlay is a rootless container's or nobody's.
+                if mode == CgroupMode::V2 {
+                    for dev in devs_new.drain() {
+                        let tx = answers_tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let _ = tx.send(Answer::Rootless(dev, crate::rootless::find_dev(dev, None)));
+                        });
+                    }
+                }
                 match &runtime {
                     Some(rt) if !listing && !devs_new.is_empty() => {
                         devs_listing.extend(devs_new.drain());
@@ -705,6 +777,18 @@ async fn work<R: Runtime>(
                 }
                 Answer::Undescribed(id) => with(&mut |d| {
                     d.undescribed.remove(&id);
+                }),
+                Answer::Rootless(dev, mut found) => with(&mut |d| {
+                    let taken = match found.take() {
+                        Some(f) => d.rootless(f),
+                        None => false,
+                    };
+                    if !taken {
+                        if d.not_containers.len() > MAX_CGROUPS {
+                            d.not_containers.clear();
+                        }
+                        d.not_containers.insert(dev);
+                    }
                 }),
                 Answer::Described(info) => {
                     let running = info.pid.is_some();
@@ -969,16 +1053,61 @@ mod tests {
     fn where_cgroups_name_nobody_the_filesystem_decides() {
         let (host, web) = (Owner::host(), owner("web"));
         for mode in [CgroupMode::V1, CgroupMode::None, CgroupMode::Hybrid] {
-            assert_eq!(decide(mode, host.clone(), Some(&web)), web, "{mode:?}");
-            assert_eq!(decide(mode, host.clone(), None), host, "{mode:?}");
+            assert_eq!(
+                decide(mode, host.clone(), Some(&web), false),
+                web,
+                "{mode:?}"
+            );
+            assert_eq!(decide(mode, host.clone(), None, false), host, "{mode:?}");
         }
         // v2: the cgroup is right, `docker cp` into web is the host's.
-        assert_eq!(decide(CgroupMode::V2, host.clone(), Some(&web)), host);
+        assert_eq!(
+            decide(CgroupMode::V2, host.clone(), Some(&web), false),
+            host
+        );
         // A container's own cgroup always wins.
         let db = owner("db");
         for mode in [CgroupMode::V2, CgroupMode::Hybrid] {
-            assert_eq!(decide(mode, db.clone(), Some(&web)), db);
+            assert_eq!(decide(mode, db.clone(), Some(&web), true), db);
         }
+    }
+
+    #[test]
+    fn a_rootless_container_without_its_own_cgroup_is_known_by_its_filesystem() {
+        let (host, rl) = (Owner::host(), owner("rl"));
+        // Its cgroup (its user's, or the root one) says host: on v2 too,
+        // an event in its overlay is its.
+        assert_eq!(decide(CgroupMode::V2, host.clone(), Some(&rl), true), rl);
+        let mut d = Directory::default();
+        let found = |id: &str, dev| crate::rootless::Found {
+            info: ContainerInfo {
+                id: id.into(),
+                name: "rlpm".into(),
+                source: Source::UserFiles,
+                ..Default::default()
+            },
+            dev,
+            storage: "/home/u/s".into(),
+            uid: 1000,
+        };
+        d.not_containers.insert(40);
+        assert!(d.rootless(found("r", 40)));
+        assert_eq!(d.by_dev[&40], "r");
+        assert!(!d.not_containers.contains(&40));
+        assert!(d.containers["r"].shares_a_cgroup());
+        // A user's store claiming the id of a container another source
+        // described does not rename it, nor take its device.
+        d.upsert(
+            ContainerInfo {
+                id: "web".into(),
+                name: "web".into(),
+                ..Default::default()
+            },
+            true,
+        );
+        assert!(!d.rootless(found("web", 41)));
+        assert_eq!(d.containers["web"].info.name, "web");
+        assert!(!d.by_dev.contains_key(&41) && d.not_containers.contains(&41));
     }
 
     #[test]
