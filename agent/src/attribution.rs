@@ -58,6 +58,12 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A rootless container whose processes sit in a cgroup that is not
+    /// its own: only its filesystem says an event is its.
+    fn shares_a_cgroup(&self) -> bool {
+        self.info.source == Source::UserFiles && self.cgroup_id.is_none()
+    }
+
     fn owner(&self) -> Owner {
         Owner {
             id: self.info.id.clone(),
@@ -163,7 +169,17 @@ impl Directory {
     /// service, which must never be booked to it); on v1 there is none.
     fn own_cgroup(&mut self, pid: u32, info: &ContainerInfo) -> Option<u64> {
         match self.mode {
-            CgroupMode::V2 => cgroup_v2_of_pid(pid).ok().map(|(_, id)| id),
+            CgroupMode::V2 if info.source != Source::UserFiles => {
+                cgroup_v2_of_pid(pid).ok().map(|(_, id)| id)
+            }
+            // A rootless container without a delegated cgroup shares its
+            // user's (or the root cgroup): never booked to it.
+            CgroupMode::V2 => {
+                let (path, id) = cgroup_v2_of_pid(pid).ok()?;
+                container_id_from_cgroup_path(&path)
+                    .is_some_and(|(_, c)| c == info.id)
+                    .then_some(id)
+            }
             CgroupMode::Hybrid => {
                 let (path, id) = cgroup_v2_of_pid(pid).ok()?;
                 let named = container_id_from_cgroup_path(&path).is_some_and(|(_, c)| c == info.id);
@@ -180,6 +196,29 @@ impl Directory {
             }
             CgroupMode::V1 | CgroupMode::None => None,
         }
+    }
+
+    /// A rootless container found behind overlay device `f.dev`. Not
+    /// taken where another source already described that id (a user's
+    /// store can claim any id). Returns whether it was taken.
+    fn rootless(&mut self, f: crate::rootless::Found) -> bool {
+        if self
+            .containers
+            .get(&f.info.id)
+            .is_some_and(|e| e.described && e.info.source != Source::UserFiles)
+        {
+            self.not_containers.insert(f.dev);
+            return false;
+        }
+        let id = f.info.id.clone();
+        self.upsert(f.info, true);
+        self.by_dev.insert(f.dev, id.clone());
+        self.not_containers.remove(&f.dev);
+        if let Some(e) = self.containers.get_mut(&id) {
+            e.root_dev = Some(f.dev);
+            e.exited_at = None;
+        }
+        true
     }
 
     /// A container stopped; returns it, with the root device it gave up.
@@ -205,7 +244,9 @@ impl Directory {
         let ended: Vec<String> = self
             .containers
             .values()
-            .filter(|e| e.exited_at.is_none() && e.info.source == Source::Files)
+            .filter(|e| {
+                e.exited_at.is_none() && matches!(e.info.source, Source::Files | Source::UserFiles)
+            })
             .filter(|e| {
                 e.info
                     .pid
@@ -489,10 +530,12 @@ impl Attribution {
     }
 
     /// Whose root filesystem overlay device `dev` is: `Some(None)` for no
-    /// container's, `None` while the worker finds out. Only where the
-    /// device can decide an event's owner (not on v2) is an unknown device
-    /// asked about and waited for; on v2 it is no container's until the
-    /// worker learns otherwise.
+    /// container's, `None` while the worker finds out. An unknown device
+    /// is asked about once and waited for: where the device decides an
+    /// event's owner (not on v2), by a fresh list of the runtime's
+    /// containers; on v2, by looking for a rootless container behind it
+    /// ([`crate::rootless`]: an engine's containers are known by their
+    /// cgroups, a rootless one's overlay and cgroup may show nowhere else).
     pub fn filesystem_of(&mut self, dev: u32) -> Option<Option<Owner>> {
         {
             let d = self.lock();
@@ -501,9 +544,6 @@ impl Attribution {
                 drop(d);
                 self.asked_devs.remove(&dev);
                 return Some(owner);
-            }
-            if !self.mode.falls_back_to_filesystem() {
-                return Some(None);
             }
             if d.not_containers.contains(&dev) {
                 drop(d);
@@ -532,17 +572,17 @@ impl Attribution {
     /// without a v2 cgroup of its own), the container whose root
     /// filesystem it happened in; else the host.
     pub fn owner(&self, by_cgroup: Owner, filesystem: Option<&Owner>) -> Owner {
-        // Only a hybrid host asks whether the filesystem's container has a
-        // cgroup v2 id of its own (the directory's lock, off v2's path).
-        let fs_has_own_cgroup = self.mode == CgroupMode::Hybrid
-            && by_cgroup.id == Owner::host().id
-            && filesystem.is_some_and(|fs| {
-                self.lock()
-                    .containers
-                    .get(&fs.id)
-                    .is_some_and(|e| e.cgroup_id.is_some())
-            });
-        decide(self.mode, by_cgroup, filesystem, fs_has_own_cgroup)
+        let fs_cgroup = match filesystem {
+            Some(fs) if by_cgroup.id == Owner::host().id => {
+                match self.lock().containers.get(&fs.id) {
+                    Some(e) if e.cgroup_id.is_some() => FsCgroup::Own,
+                    Some(e) if e.shares_a_cgroup() => FsCgroup::Shared,
+                    _ => FsCgroup::Unknown,
+                }
+            }
+            _ => FsCgroup::Unknown,
+        };
+        decide(self.mode, by_cgroup, filesystem, fs_cgroup)
     }
 
     /// Containers that exited more than [`EXITED_GRACE`] ago and were not
@@ -582,21 +622,35 @@ impl Attribution {
     }
 }
 
-/// See [`Attribution::owner`].
-/// Who an event is booked to: the container its cgroup names; else, where
-/// cgroups cannot tell, the container whose root filesystem it happened
-/// in. On a hybrid host they can tell for a container the runtime put in
-/// the unified hierarchy (`fs_has_own_cgroup`): a host process writing
-/// into it stays the host's, as on v2.
+/// What is known of the cgroup of the container whose filesystem an event
+/// happened in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FsCgroup {
+    /// A cgroup v2 id of its own (which names it).
+    Own,
+    /// None of its own: a rootless container left in its user's cgroup
+    /// (or the root one), so a cgroup saying "host" may be it.
+    Shared,
+    /// Not known (not described yet, or no container's filesystem).
+    Unknown,
+}
+
+/// See [`Attribution::owner`]. Who an event is booked to: the container
+/// its cgroup names; else, where cgroups cannot tell, the container whose
+/// root filesystem it happened in. They cannot tell on a v1 host; on a
+/// hybrid host, for a container the runtime did not put in the unified
+/// hierarchy; anywhere, for a container without a cgroup of its own (a
+/// rootless one). Where they can, a host process writing into a
+/// container's filesystem (`docker cp`) stays the host's.
 fn decide(
     mode: CgroupMode,
     by_cgroup: Owner,
     filesystem: Option<&Owner>,
-    fs_has_own_cgroup: bool,
+    fs_cgroup: FsCgroup,
 ) -> Owner {
     let cgroups_cannot_tell = match mode {
-        CgroupMode::V2 => false,
-        CgroupMode::Hybrid => !fs_has_own_cgroup,
+        CgroupMode::V2 => fs_cgroup == FsCgroup::Shared,
+        CgroupMode::Hybrid => fs_cgroup != FsCgroup::Own,
         CgroupMode::V1 | CgroupMode::None => true,
     };
     match filesystem {
@@ -613,6 +667,8 @@ enum Answer {
     Described(ContainerInfo),
     /// No runtime could describe this container.
     Undescribed(String),
+    /// Whose rootless container an overlay device is (None: nobody's).
+    Rootless(u32, Option<crate::rootless::Found>),
 }
 
 /// The worker: resolves cgroup ids, follows the runtime. Runtime requests
@@ -630,6 +686,17 @@ async fn work<R: Runtime>(
         f(&mut d)
     };
     let mode = dir.lock().unwrap_or_else(|p| p.into_inner()).mode;
+    // Rootless containers running now, and fuse-overlayfs mounts (said
+    // once, at start: nothing in them can be traced), before the first
+    // list makes attribution ready.
+    let (found, fuse) = crate::rootless::scan();
+    with(&mut |d| {
+        for f in found.iter().cloned() {
+            d.rootless(f);
+        }
+        d.warnings
+            .extend(fuse.iter().map(crate::rootless::FuseMount::warning));
+    });
     // Where cgroup ids name nobody, cgroupfs is not walked (see
     // `CgroupMode::warning`, said at start).
     let mut cgroups = if mode.has_v2_ids() {
@@ -707,6 +774,16 @@ async fn work<R: Runtime>(
                 while let Ok(req) = requests.try_recv() {
                     handle_request(&dir, req, &mut cgroups, &mut names, &mut new_ids, &mut devs_new);
                 }
+                // On v2 an engine's containers are known by their cgroups:
+                // an unknown overlay is a rootless container's or nobody's.
+                if mode == CgroupMode::V2 {
+                    for dev in devs_new.drain() {
+                        let tx = answers_tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let _ = tx.send(Answer::Rootless(dev, crate::rootless::find_dev(dev, None)));
+                        });
+                    }
+                }
                 match &runtime {
                     Some(rt) if !listing && !devs_new.is_empty() => {
                         devs_listing.extend(devs_new.drain());
@@ -728,6 +805,18 @@ async fn work<R: Runtime>(
                 }
                 Answer::Undescribed(id) => with(&mut |d| {
                     d.undescribed.remove(&id);
+                }),
+                Answer::Rootless(dev, mut found) => with(&mut |d| {
+                    let taken = match found.take() {
+                        Some(f) => d.rootless(f),
+                        None => false,
+                    };
+                    if !taken {
+                        if d.not_containers.len() > MAX_CGROUPS {
+                            d.not_containers.clear();
+                        }
+                        d.not_containers.insert(dev);
+                    }
                 }),
                 Answer::Described(info) => {
                     let running = info.pid.is_some();
@@ -993,29 +1082,74 @@ mod tests {
         let (host, web) = (Owner::host(), owner("web"));
         for mode in [CgroupMode::V1, CgroupMode::None, CgroupMode::Hybrid] {
             assert_eq!(
-                decide(mode, host.clone(), Some(&web), false),
+                decide(mode, host.clone(), Some(&web), FsCgroup::Unknown),
                 web,
                 "{mode:?}"
             );
-            assert_eq!(decide(mode, host.clone(), None, false), host, "{mode:?}");
+            assert_eq!(
+                decide(mode, host.clone(), None, FsCgroup::Unknown),
+                host,
+                "{mode:?}"
+            );
         }
         // v2: the cgroup is right, `docker cp` into web is the host's; so
         // on a hybrid host where web has a cgroup v2 id of its own.
         assert_eq!(
-            decide(CgroupMode::V2, host.clone(), Some(&web), false),
+            decide(CgroupMode::V2, host.clone(), Some(&web), FsCgroup::Unknown),
             host
         );
         assert_eq!(
-            decide(CgroupMode::Hybrid, host.clone(), Some(&web), true),
+            decide(CgroupMode::Hybrid, host.clone(), Some(&web), FsCgroup::Own),
             host
         );
         // A container's own cgroup always wins.
         let db = owner("db");
         for mode in [CgroupMode::V2, CgroupMode::Hybrid] {
-            for own in [false, true] {
-                assert_eq!(decide(mode, db.clone(), Some(&web), own), db);
+            for fs in [FsCgroup::Own, FsCgroup::Shared, FsCgroup::Unknown] {
+                assert_eq!(decide(mode, db.clone(), Some(&web), fs), db);
             }
         }
+    }
+
+    #[test]
+    fn a_rootless_container_without_its_own_cgroup_is_known_by_its_filesystem() {
+        let (host, rl) = (Owner::host(), owner("rl"));
+        // Its cgroup (its user's, or the root one) says host: on v2 too,
+        // an event in its overlay is its.
+        assert_eq!(
+            decide(CgroupMode::V2, host.clone(), Some(&rl), FsCgroup::Shared),
+            rl
+        );
+        let mut d = Directory::default();
+        let found = |id: &str, dev| crate::rootless::Found {
+            info: ContainerInfo {
+                id: id.into(),
+                name: "rlpm".into(),
+                source: Source::UserFiles,
+                ..Default::default()
+            },
+            dev,
+            storage: "/home/u/s".into(),
+            uid: 1000,
+        };
+        d.not_containers.insert(40);
+        assert!(d.rootless(found("r", 40)));
+        assert_eq!(d.by_dev[&40], "r");
+        assert!(!d.not_containers.contains(&40));
+        assert!(d.containers["r"].shares_a_cgroup());
+        // A user's store claiming the id of a container another source
+        // described does not rename it, nor take its device.
+        d.upsert(
+            ContainerInfo {
+                id: "web".into(),
+                name: "web".into(),
+                ..Default::default()
+            },
+            true,
+        );
+        assert!(!d.rootless(found("web", 41)));
+        assert_eq!(d.containers["web"].info.name, "web");
+        assert!(!d.by_dev.contains_key(&41) && d.not_containers.contains(&41));
     }
 
     #[test]

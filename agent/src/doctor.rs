@@ -189,13 +189,12 @@ fn check_with(
     (f, syms, btf.ok())
 }
 
-/// One finding per overlay mount in cowtrace's mount namespace: the
-/// options that change what overlay does, and whether cowtrace handles
-/// them. Never fatal: a mount cowtrace cannot fully read is still traced.
+/// One finding per overlay (and fuse-overlayfs) mount in any mount
+/// namespace (a rootless container's is only in its user's): the options
+/// that change what overlay does, and whether cowtrace handles them. Never
+/// fatal: a mount cowtrace cannot fully read is still traced.
 fn mount_findings() -> Vec<Finding> {
-    let Ok(mounts) = crate::mountinfo::read_mountinfo("self") else {
-        return Vec::new();
-    };
+    let mounts = crate::rootless::all_overlay_mounts();
     let defaults = ModuleDefaults::read();
     mount_findings_of(&mounts, &defaults)
 }

@@ -45,6 +45,7 @@ pub mod privileges;
 pub mod probes;
 pub mod render;
 pub mod report;
+pub mod rootless;
 pub mod runtime;
 pub mod shutdown;
 pub mod stats;

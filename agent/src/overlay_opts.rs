@@ -137,7 +137,7 @@ impl OverlayOptions {
             v.push((true, "redirect_dir=on: renaming a lower directory is reported as a redirect (its tree is not copied)".into()));
         }
         if self.userxattr {
-            v.push((false, "userxattr (rootless): user.overlay.* attributes are recognised, attribution to rootless containers is not verified".into()));
+            v.push((true, "userxattr (rootless): user.overlay.* attributes recognised; the container is named from its user's containers-storage (the overlay's upper directory), attributed by its filesystem where its cgroup is not its own".into()));
         }
         if self.volatile {
             v.push((
@@ -225,7 +225,7 @@ impl Overlays {
     /// Notes an event on overlay `dev` by `pid`, whose filesystem owner is
     /// `owner`. The mount is looked for in cowtrace's own mount namespace
     /// first (where the engines mount containers' overlays), then in the
-    /// event process's.
+    /// event process's, then in any process's.
     pub fn note(&mut self, dev: u32, pid: u32, owner: Option<&crate::stats::Owner>) {
         if let Some(s) = self.seen.get_mut(&dev) {
             if s.owner.is_none() {
@@ -242,7 +242,17 @@ impl Overlays {
             find_overlay(&mounts, dev)
                 .map(|m| (m.mount_point.clone(), OverlayOptions::of(m, defaults)))
         };
-        let found = lookup("self").or_else(|| lookup(&pid.to_string()));
+        // A rootless container's overlay is only in its user's mount
+        // namespace, and the event's process may be gone: a container's
+        // overlay is looked for in every process's (an engine's is in ours,
+        // so this look, on the event path, is only ever a rootless one's).
+        let found = lookup("self")
+            .or_else(|| lookup(&pid.to_string()))
+            .or_else(|| {
+                owner?;
+                let m = crate::rootless::find_mount(dev)?;
+                Some((m.mount_point.clone(), OverlayOptions::of(&m, defaults)))
+            });
         self.seen.insert(
             dev,
             Seen {
@@ -369,7 +379,7 @@ pub(crate) mod tests {
         assert!(v.iter().any(|(ok, l)| *ok && l.starts_with("metacopy")));
         assert!(v.iter().any(|(ok, l)| *ok && l.starts_with("index")));
         assert!(v.iter().any(|(ok, l)| *ok && l.starts_with("redirect_dir")));
-        assert!(v.iter().any(|(ok, l)| !*ok && l.starts_with("userxattr")));
+        assert!(v.iter().any(|(ok, l)| *ok && l.starts_with("userxattr")));
     }
 
     #[test]

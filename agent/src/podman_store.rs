@@ -24,6 +24,9 @@ struct StoredContainer {
     id: String,
     #[serde(default)]
     names: Vec<String>,
+    /// Its own read-write layer (whose `diff` is the overlay's upper).
+    #[serde(default)]
+    layer: String,
     /// libpod's own record, itself JSON.
     #[serde(default)]
     metadata: String,
@@ -42,36 +45,71 @@ pub fn describe_in(storage: &Path, run: &Path, id: &str) -> anyhow::Result<Optio
     if !is_identifier(id) {
         return Ok(None);
     }
+    let Some(c) = stored(storage, |c| c.id == id)? else {
+        return Ok(None);
+    };
+    let pid_file = run
+        .join("overlay-containers")
+        .join(id)
+        .join("userdata/pidfile");
+    let pid = read_pid(&pid_file);
+    Ok(Some(info(c, pid, Source::Files)))
+}
+
+/// The container in the storage under `storage` whose own read-write
+/// layer is `layer` (the `<layer>/diff` its overlay has as upper), as
+/// [`Source::UserFiles`]: a rootless store is its user's, and so is what
+/// it says. No pid: the caller finds the container's init.
+pub fn describe_by_layer(storage: &Path, layer: &str) -> anyhow::Result<Option<ContainerInfo>> {
+    if !is_identifier(layer) {
+        return Ok(None);
+    }
+    let Some(c) = stored(storage, |c| c.layer == layer)? else {
+        return Ok(None);
+    };
+    if !is_identifier(&c.id) {
+        return Ok(None);
+    }
+    Ok(Some(info(c, None, Source::UserFiles)))
+}
+
+/// The first container of `overlay-containers/containers.json` under
+/// `storage` that `wanted` picks.
+fn stored(
+    storage: &Path,
+    wanted: impl Fn(&StoredContainer) -> bool,
+) -> anyhow::Result<Option<StoredContainer>> {
     let Some(list) = read_bounded(&storage.join("overlay-containers/containers.json"))? else {
         return Ok(None);
     };
     let list: Vec<StoredContainer> = serde_json::from_slice(&list)?;
-    let Some(c) = list.into_iter().find(|c| c.id == id) else {
-        return Ok(None);
-    };
+    Ok(list.into_iter().find(|c| wanted(c)))
+}
+
+fn info(c: StoredContainer, pid: Option<u32>, source: Source) -> ContainerInfo {
     let meta: LibpodMetadata = serde_json::from_str(&c.metadata).unwrap_or_default();
     let name = if meta.name.is_empty() {
         c.names.into_iter().next().unwrap_or_default()
     } else {
         meta.name
     };
-    let pid_file = run
-        .join("overlay-containers")
-        .join(id)
-        .join("userdata/pidfile");
-    let pid = read_bounded(&pid_file)
-        .ok()
-        .flatten()
-        .and_then(|b| String::from_utf8(b).ok()?.trim().parse::<u32>().ok())
-        .filter(|&p| p > 0);
-    Ok(Some(ContainerInfo {
+    ContainerInfo {
         id: c.id,
         name,
         image: meta.image_name,
         pid,
-        source: Source::Files,
+        source,
         ..ContainerInfo::default()
-    }))
+    }
+}
+
+/// A positive pid from a pid file (bounded, no symlink followed).
+pub fn read_pid(path: &Path) -> Option<u32> {
+    read_bounded(path)
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok()?.trim().parse::<u32>().ok())
+        .filter(|&p| p > 0)
 }
 
 /// Describes container `id` from podman's default rootful storage.
@@ -118,6 +156,12 @@ mod tests {
         );
         assert_eq!(describe_in(&storage, &run, &"e".repeat(64)).unwrap(), None);
         assert_eq!(describe_in(&storage, &run, "../../etc").unwrap(), None);
+        // Found by its read-write layer (a rootless store): no pid.
+        let c = describe_by_layer(&storage, "l").unwrap().unwrap();
+        assert_eq!((c.id.as_str(), c.name.as_str(), c.pid), (ID, "pm", None));
+        assert_eq!(c.source, Source::UserFiles);
+        assert_eq!(describe_by_layer(&storage, "zz").unwrap(), None);
+        assert_eq!(describe_by_layer(&storage, "../l").unwrap(), None);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

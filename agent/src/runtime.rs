@@ -51,6 +51,11 @@ pub enum Source {
     /// or podman's storage ([`crate::podman_store`]). No list or events,
     /// so the container is seen to end when its init pid is gone.
     Files,
+    /// A user's own containers-storage (rootless podman,
+    /// [`crate::rootless`]): named as that user says, ended like
+    /// [`Source::Files`]; its cgroup is its own only where the cgroup's
+    /// name says so (without a delegated cgroup it shares its user's).
+    UserFiles,
 }
 
 /// A lifecycle change the runtime reports, by container id.

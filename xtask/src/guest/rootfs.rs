@@ -34,6 +34,11 @@ pub const PACKAGES: &[&str] = &[
     // CNI plugins provide it (the tests use `--network none`).
     "podman",
     "containernetworking-plugins",
+    // Rootless podman: newuidmap/newgidmap map the user's /etc/subuid and
+    // /etc/subgid ranges into its user namespace.
+    "uidmap",
+    // A real fuse-overlayfs mount, which cowtrace must say it cannot see.
+    "fuse-overlayfs",
 ];
 
 /// What a systemd Docker guest adds: systemd as /sbin/init; the D-Bus
