@@ -39,6 +39,7 @@ pub mod offline;
 pub mod output;
 pub mod overlay_opts;
 pub mod podman_store;
+pub mod points;
 pub mod privileges;
 pub mod probes;
 pub mod render;
