@@ -6,6 +6,7 @@ use crate::points::{Method, Missing, Planned};
 use crate::probes::{plan, KernelBtf, KernelSymbols, ProbeOptions};
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// One finding; `fatal` ones stop `cowtrace` before it attaches.
 pub struct Finding {
@@ -80,6 +81,9 @@ pub struct Checked {
     /// The attach plan (empty when kallsyms could not be read): what
     /// doctor shows is what the run attaches.
     pub plan: Vec<Result<Planned, Missing>>,
+    /// How long reading BTF, kallsyms and making the plan took
+    /// (`--verbose`); kallsyms is read beside BTF.
+    pub stages: Vec<(String, Duration)>,
 }
 
 /// Runs every check. `syms` and `btf` are loaded here so `doctor` can show
@@ -87,12 +91,25 @@ pub struct Checked {
 /// thread while BTF is parsed.
 pub fn check(opts: &ProbeOptions) -> Checked {
     std::thread::scope(|s| {
-        let syms = s.spawn(|| KernelSymbols::load().ok());
-        check_with(opts, || syms.join().ok().flatten())
+        let syms = s.spawn(|| {
+            let t = Instant::now();
+            (KernelSymbols::load().ok(), t.elapsed())
+        });
+        check_with(opts, |stages| {
+            let t = Instant::now();
+            let (syms, took) = syms.join().unwrap_or((None, Duration::ZERO));
+            stages.push(("kallsyms read (beside BTF)".into(), took));
+            stages.push(("waited for kallsyms".into(), t.elapsed()));
+            syms
+        })
     })
 }
 
-fn check_with(opts: &ProbeOptions, syms: impl FnOnce() -> Option<KernelSymbols>) -> Checked {
+fn check_with(
+    opts: &ProbeOptions,
+    syms: impl FnOnce(&mut Vec<(String, Duration)>) -> Option<KernelSymbols>,
+) -> Checked {
+    let mut stages = Vec::new();
     let mut f = Vec::new();
     let missing = missing_capabilities();
     f.push(Finding {
@@ -105,7 +122,9 @@ fn check_with(opts: &ProbeOptions, syms: impl FnOnce() -> Option<KernelSymbols>)
         },
         fatal: true,
     });
+    let t = Instant::now();
     let btf = KernelBtf::load();
+    stages.push(("BTF read (vmlinux, overlay)".into(), t.elapsed()));
     f.push(Finding {
         what: "BTF",
         ok: btf.is_ok(),
@@ -148,12 +167,14 @@ fn check_with(opts: &ProbeOptions, syms: impl FnOnce() -> Option<KernelSymbols>)
         },
         fatal: true,
     });
-    let syms = syms();
+    let syms = syms(&mut stages);
     let btf = btf.ok();
+    let t = Instant::now();
     let plan = syms
         .as_ref()
         .map(|syms| plan(syms, btf.as_ref(), opts))
         .unwrap_or_default();
+    stages.push(("attach plan (a test fentry load)".into(), t.elapsed()));
     f.push(tracing_finding(&plan));
     for p in &plan {
         f.push(match p {
@@ -181,6 +202,7 @@ fn check_with(opts: &ProbeOptions, syms: impl FnOnce() -> Option<KernelSymbols>)
         syms,
         btf,
         plan,
+        stages,
     }
 }
 

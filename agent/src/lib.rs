@@ -32,6 +32,7 @@ pub mod kretprobe;
 pub mod kube;
 pub mod layers;
 pub mod live;
+pub mod loader;
 pub mod metrics;
 pub mod metrics_server;
 pub mod mountinfo;

@@ -473,7 +473,10 @@ impl Options {
 /// kernel cannot be traced.
 fn kernel_checks(probe: &ProbeOptions, stages: &mut Stages) -> Result<Kernel, Failure> {
     let checked = doctor::check(probe);
-    stages.done("kernel checks, BTF, kallsyms and the attach plan");
+    for (stage, took) in &checked.stages {
+        stages.took(stage, *took);
+    }
+    stages.done("kernel checks, BTF, kallsyms and the attach plan, in all");
     if let Some(msg) = doctor::first_fatal(&checked.findings) {
         return Err(Failure::Runtime(anyhow!(
             "cannot run here: {msg} (see `cowtrace doctor`)"
@@ -578,6 +581,7 @@ impl Signals {
 fn attach(
     opts: &Options,
     kernel: Kernel,
+    prepared: &cowtrace::loader::Prepared,
     followed: &[Entry],
     stages: &mut Stages,
 ) -> Result<
@@ -589,7 +593,8 @@ fn attach(
     Failure,
 > {
     let Kernel { syms, btf, plan } = kernel;
-    let mut probes = Probes::attach(&plan, &syms, &btf, &opts.probe).map_err(Failure::Runtime)?;
+    let mut probes =
+        Probes::attach(&plan, &syms, &btf, prepared, &opts.probe).map_err(Failure::Runtime)?;
     for (stage, took) in &probes.stages {
         stages.took(stage, *took);
     }
@@ -619,6 +624,8 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     let opts = Options::validate(&cli).await?;
 
     let mut stages = Stages::new(cli.verbose);
+    // aya's loader and BTF, on a thread of their own from here on.
+    let prepared = cowtrace::loader::Prepared::start(!opts.probe.force_kprobes);
     let kernel = kernel_checks(&opts.probe, &mut stages)?;
     // Attribution runs on its own thread from here on; image layers are
     // looked up on a thread of their own too (it learns the running
@@ -631,7 +638,8 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
 
     let mut signals = Signals::install()?;
     let t_attach = Instant::now();
-    let (kernel, cgroup_names, syms) = attach(&opts, kernel, &followed, &mut stages)?;
+    let (kernel, cgroup_names, syms) = attach(&opts, kernel, &prepared, &followed, &mut stages)?;
+    drop(prepared);
     attribution.use_kernel_names(cgroup_names);
     let kernel_release = doctor::kernel_release();
     let points = kernel.probes().map_or(0, |p| p.report.points.len());

@@ -14,7 +14,7 @@ use agent_ebpf::{Config, DIRECT};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     programs::{FEntry, FExit, KProbe, TracePoint},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -143,30 +143,20 @@ impl Scan {
 /// see through it.
 const OLD_KRETPROBE_TRAMPOLINE: &str = "kretprobe_trampoline";
 
-/// The kernel's BTF: vmlinux, and the overlay module's if it has one.
+/// The kernel's BTF: vmlinux, and the overlay module's if it has one,
+/// read by cowtrace's own reader (aya's parse is `loader`'s business).
 pub struct KernelBtf {
     pub vmlinux: Btf,
     pub overlay: Option<Btf>,
-    /// vmlinux BTF once more, as aya's loader needs it (its own type):
-    /// parsed on another thread while ours is, and only once.
-    pub loader: Option<aya::Btf>,
 }
 
 impl KernelBtf {
     pub fn load() -> Result<Self> {
-        std::thread::scope(|s| {
-            let loader = s.spawn(|| aya::Btf::from_sys_fs().ok());
-            let vmlinux = Btf::from_file("/sys/kernel/btf/vmlinux").context(
-                "this kernel has no BTF (/sys/kernel/btf/vmlinux): cowtrace needs CONFIG_DEBUG_INFO_BTF=y",
-            )?;
-            let overlay = Btf::split_from_file("/sys/kernel/btf/overlay", &vmlinux).ok();
-            let loader = loader.join().ok().flatten();
-            Ok(Self {
-                vmlinux,
-                overlay,
-                loader,
-            })
-        })
+        let vmlinux = Btf::from_file("/sys/kernel/btf/vmlinux").context(
+            "this kernel has no BTF (/sys/kernel/btf/vmlinux): cowtrace needs CONFIG_DEBUG_INFO_BTF=y",
+        )?;
+        let overlay = Btf::split_from_file("/sys/kernel/btf/overlay", &vmlinux).ok();
+        Ok(Self { vmlinux, overlay })
     }
 }
 
@@ -279,11 +269,15 @@ pub fn plan(
 
 impl Probes {
     /// Loads the object with this kernel's layout and attaches every point
-    /// of `plan` as planned (the plan `doctor` shows).
+    /// of `plan` as planned (the plan `doctor` shows). Every program but
+    /// the fentry/fexit pair is verified first, two at a time (the kernel
+    /// verifies privileged loads in parallel); the pair waits for aya's
+    /// BTF, which `prepared` parses meanwhile.
     pub fn attach(
         plan: &[Result<Planned, Missing>],
         syms: &KernelSymbols,
         btf: &KernelBtf,
+        prepared: &crate::loader::Prepared,
         opts: &ProbeOptions,
     ) -> Result<Self> {
         let mut stages = Vec::new();
@@ -304,11 +298,9 @@ impl Probes {
         cfg.write_sample_shift = opts.write_sample_shift;
         cfg.stack_at_op_start = syms.unwind_stops_at_kretprobe as u32;
         lap("layout from BTF".into(), &mut stages);
-        let mut loader = EbpfLoader::new();
-        lap(
-            "eBPF loader made (aya parses vmlinux BTF)".into(),
-            &mut stages,
-        );
+        let (mut loader, made) = prepared.loader();
+        stages.push(("aya's loader made (beside the checks)".into(), made));
+        lap("waited for aya's loader".into(), &mut stages);
         // aya-log's level: 0 turns every diagnostic off in the kernel.
         let log_level: u8 = if opts.bpf_log {
             aya_log::Level::Warn as u8
@@ -316,7 +308,6 @@ impl Probes {
             0
         };
         loader
-            .btf(btf.loader.as_ref())
             .override_global("CONFIG", &cfg, true)
             .override_global(aya_log::LEVEL, &log_level, true);
         if let Some(n) = opts.write_keys {
@@ -325,10 +316,14 @@ impl Probes {
         let mut ebpf = loader
             .load(PROBES_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF object (maps) failed: {e}"))?;
-        lap("object loaded, maps created".into(), &mut stages);
+        lap("object parsed, maps created".into(), &mut stages);
+        load_in_parallel(&mut ebpf, plan)?;
+        lap(
+            "kprobe and tracepoint programs verified".into(),
+            &mut stages,
+        );
         let mut report = ProbeReport::default();
         let mut att = Attacher {
-            btf: btf.loader.as_ref(),
             tracefs: kretprobe::tracefs(),
             kretprobes: Vec::new(),
             links: Vec::new(),
@@ -336,19 +331,42 @@ impl Probes {
         if let Some(t) = &att.tracefs {
             kretprobe::remove_stale(t);
         }
-        for planned in plan.iter().flatten() {
+        // fentry last: aya's BTF is parsed meanwhile.
+        let (fentry, others): (Vec<&Planned>, Vec<&Planned>) = plan
+            .iter()
+            .flatten()
+            .partition(|p| p.method == Method::FentryFexit);
+        let mut aya_btf = None;
+        for planned in others.into_iter().chain(fentry) {
+            if planned.method == Method::FentryFexit && aya_btf.is_none() {
+                let (b, took) = prepared.btf();
+                stages.push(("aya's vmlinux BTF parsed (beside)".into(), took));
+                lap("waited for aya's BTF".into(), &mut stages);
+                aya_btf = Some(b);
+            }
             let attached = att
-                .attach_point(&mut ebpf, planned)
+                .attach_point(
+                    &mut ebpf,
+                    planned,
+                    aya_btf.as_ref().and_then(|b| b.as_ref()),
+                )
                 .with_context(|| format!("attaching {}", planned.point.role))?;
             lap(
                 format!(
-                    "{} verified and attached ({} on {})",
+                    "{} attached ({} on {})",
                     attached.role, attached.method, attached.function
                 ),
                 &mut stages,
             );
             report.points.push(attached);
         }
+        // The JSON lists points in the table's order.
+        report.points.sort_by_key(|a| {
+            crate::points::POINTS
+                .iter()
+                .position(|p| p.role == a.role)
+                .unwrap_or(usize::MAX)
+        });
         Ok(Self {
             _kretprobes: att.kretprobes,
             links: att.links,
@@ -414,8 +432,7 @@ fn spawn_drop<'s>(s: &'s std::thread::Scope<'s, '_>, l: Link) -> Option<Link> {
 }
 
 /// Attaches points one by one, keeping what must live as long as they do.
-struct Attacher<'a> {
-    btf: Option<&'a aya::Btf>,
+struct Attacher {
     /// Return probes go through tracefs when it is mounted (see
     /// [`kretprobe`]); otherwise through perf with the kernel's default
     /// number of instances.
@@ -424,10 +441,15 @@ struct Attacher<'a> {
     links: Vec<Link>,
 }
 
-impl Attacher<'_> {
+impl Attacher {
     /// Attaches one planned point, exactly as planned: a planned fentry
     /// that fails here is an error, not a silent kprobe (doctor said fentry).
-    fn attach_point(&mut self, ebpf: &mut Ebpf, planned: &Planned) -> Result<AttachedPoint> {
+    fn attach_point(
+        &mut self,
+        ebpf: &mut Ebpf,
+        planned: &Planned,
+        btf: Option<&aya::Btf>,
+    ) -> Result<AttachedPoint> {
         let function = planned.function.as_str();
         let done = |method: String| AttachedPoint {
             role: planned.point.role,
@@ -445,8 +467,7 @@ impl Attacher<'_> {
                 Ok(done(format!("kprobe+{how}")))
             }
             (Probe::Traced { fentry, fexit, .. }, Method::FentryFexit) => {
-                let btf = self
-                    .btf
+                let btf = btf
                     .ok_or_else(|| anyhow!("fentry planned but aya could not read vmlinux BTF"))?;
                 let hint = "(--kprobes-only avoids fentry)";
                 self.links.push(
@@ -468,8 +489,6 @@ impl Attacher<'_> {
                 Method::Tracepoint,
             ) => {
                 let p: &mut TracePoint = program(ebpf, prog)?;
-                p.load()
-                    .map_err(|e| anyhow!("loading {prog}: {}", verifier_error(&e)))?;
                 let id = p
                     .attach(category, name)
                     .map_err(|e| anyhow!("tracepoint {category}:{name}: {e}"))?;
@@ -484,8 +503,6 @@ impl Attacher<'_> {
     /// `kretprobe(perf)` (kernel default instances).
     fn kretprobe(&mut self, ebpf: &mut Ebpf, prog: &str, function: &str) -> Result<&'static str> {
         let p: &mut KProbe = program(ebpf, prog)?;
-        p.load()
-            .map_err(|e| anyhow!("loading {prog}: {}", verifier_error(&e)))?;
         if let Some(t) = &self.tracefs {
             use std::os::fd::{AsFd, AsRawFd};
             let fd = p.fd()?.as_fd().as_raw_fd();
@@ -517,10 +534,63 @@ where
     Ok(prog.try_into()?)
 }
 
+/// Verifies every kprobe and tracepoint program of `plan`, on two threads
+/// (each program is loaded once; attaching them follows).
+fn load_in_parallel(ebpf: &mut Ebpf, plan: &[Result<Planned, Missing>]) -> Result<()> {
+    use aya::programs::Program;
+    let wanted: HashSet<&str> = plan
+        .iter()
+        .flatten()
+        .flat_map(|p| match &p.point.probe {
+            Probe::Kprobe { entry } => vec![*entry],
+            Probe::KprobePair { entry, ret } => vec![*entry, *ret],
+            Probe::Tracepoint { program, .. } => vec![*program],
+            Probe::Traced { .. } => vec![],
+        })
+        .collect();
+    let progs: Vec<(&str, &mut Program)> = ebpf
+        .programs_mut()
+        .filter(|(name, _)| wanted.contains(name))
+        .collect();
+    // Dealt alternately: the dear ones (with the inlined path walk) are
+    // spread over the table.
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for (i, p) in progs.into_iter().enumerate() {
+        if i % 2 == 0 {
+            a.push(p)
+        } else {
+            b.push(p)
+        }
+    }
+    let load_all = |progs: Vec<(&str, &mut Program)>| -> Result<()> {
+        for (name, p) in progs {
+            let r = match p {
+                Program::KProbe(k) => k.load(),
+                Program::TracePoint(t) => t.load(),
+                _ => continue,
+            };
+            r.map_err(|e| anyhow!("loading {name}: {}", verifier_error(&e)))?;
+        }
+        Ok(())
+    };
+    std::thread::scope(|s| {
+        let other = std::thread::Builder::new()
+            .name("cowtrace-verify".into())
+            .spawn_scoped(s, || load_all(b));
+        let mine = load_all(a);
+        match other {
+            Ok(h) => h
+                .join()
+                .map_err(|_| anyhow!("a verifying thread panicked"))??,
+            Err(e) => bail!("no thread to verify programs on: {e}"),
+        }
+        mine
+    })
+}
+
+/// Attaches an already loaded kprobe program.
 fn kprobe(ebpf: &mut Ebpf, prog: &str, function: &str) -> Result<Link> {
     let p: &mut KProbe = program(ebpf, prog)?;
-    p.load()
-        .map_err(|e| anyhow!("loading {prog}: {}", verifier_error(&e)))?;
     let id = p
         .attach(function, 0)
         .map_err(|e| anyhow!("kprobe on {function}: {e}"))?;
@@ -560,6 +630,18 @@ mod tests {
     use super::*;
     use crate::points::ProgramKind;
     use aya_obj::ProgramSection;
+
+    /// The loader is given no target BTF (`loader`): that is only sound
+    /// while the object has no CO-RE relocation, i.e. relocating it against
+    /// an empty BTF changes no instruction.
+    #[test]
+    fn the_object_needs_no_target_btf() {
+        let mut obj = aya_obj::Object::parse(PROBES_OBJECT).expect("the embedded object parses");
+        let before = format!("{:?}", obj.functions);
+        obj.relocate_btf(&aya_obj::btf::Btf::new())
+            .expect("nothing to relocate");
+        assert_eq!(before, format!("{:?}", obj.functions));
+    }
 
     /// The table names programs; the object defines them: both must list
     /// the same programs, each of the kind the table attaches it as.

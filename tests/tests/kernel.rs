@@ -410,7 +410,6 @@ fn fallback_argument_positions_match_module_btf() {
         &cowtrace::probes::KernelBtf {
             vmlinux: btf.vmlinux.clone(),
             overlay: None,
-            loader: None,
         },
         &plan,
     )
