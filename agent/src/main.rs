@@ -185,6 +185,17 @@ impl Stages {
         self.last = now;
     }
 
+    /// Start-up in all: from the process's start to `tracing`.
+    fn ready(&self, since: Instant) {
+        if self.verbose {
+            err_line(&format!(
+                "cowtrace: start-up: ready after {:.1} ms (peak RSS {})",
+                since.elapsed().as_secs_f64() * 1000.0,
+                peak_rss().map_or("unknown".to_string(), |kib| format!("{kib} KiB"))
+            ));
+        }
+    }
+
     /// A part of the current stage, timed elsewhere.
     fn took(&self, what: &str, d: Duration) {
         if self.verbose {
@@ -643,6 +654,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     attribution.use_kernel_names(cgroup_names);
     let kernel_release = doctor::kernel_release();
     let points = kernel.probes().map_or(0, |p| p.report.points.len());
+    stages.ready(t_start);
     err_line(&format!(
         "tracing overlayfs copy-up on {kernel_release}: {points} probes attached in {} ms{}. Ctrl-C to stop.",
         t_attach.elapsed().as_millis(),
