@@ -451,6 +451,23 @@ impl Btf {
         std::str::from_utf8(&s[..end]).map_err(|_| anyhow!("BTF string at {off} is not UTF-8"))
     }
 
+    /// Whether the string at `off` is `name`: compared as bytes up to the
+    /// first difference (lookups compare every type of a kind, and
+    /// validating each name as UTF-8 first made them the slowest part of
+    /// the layout under emulation).
+    fn name_is(&self, off: u32, name: &str) -> bool {
+        let Some(part) = self.parts.iter().rev().find(|p| off >= p.str_base) else {
+            return false;
+        };
+        let local = (off - part.str_base) as usize;
+        if local >= part.str_len {
+            return false;
+        }
+        let s = &part.data[part.str_start + local..part.str_start + part.str_len];
+        let n = name.len();
+        s.len() > n && &s[..n] == name.as_bytes() && s[n] == 0
+    }
+
     fn kind_of(&self, id: u32) -> Result<Kind> {
         if id == 0 {
             return Ok(Kind::Void);
@@ -479,7 +496,7 @@ impl Btf {
                     continue;
                 }
                 let name_off = read_u32(&part.data, off, self.big_endian).unwrap_or(0);
-                if self.string(name_off).ok() == Some(name) {
+                if self.name_is(name_off, name) {
                     return Some(part.first_id + i as u32);
                 }
             }

@@ -2,9 +2,11 @@
 //! that every "cannot run here" is one clear line instead of an aya error.
 
 use crate::overlay_opts::{ModuleDefaults, OverlayOptions, FUSE_OVERLAYFS};
+use crate::points::{Method, Missing, Planned};
 use crate::probes::{plan, KernelBtf, KernelSymbols, ProbeOptions};
 use std::fmt::Write as _;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// One finding; `fatal` ones stop `cowtrace` before it attaches.
 pub struct Finding {
@@ -71,34 +73,43 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Whether [`check`] asks the kernel to load a test fentry program.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum TracingProbe {
-    /// `cowtrace doctor`: say whether fentry/fexit load.
-    Ask,
-    /// A run: the attach tries fentry and falls back to kprobes anyway, and
-    /// the test load would parse vmlinux BTF once more before `tracing`.
-    Skip,
+/// What [`check`] found: the findings, and what the run attaches with.
+pub struct Checked {
+    pub findings: Vec<Finding>,
+    pub syms: Option<KernelSymbols>,
+    pub btf: Option<KernelBtf>,
+    /// The attach plan (empty when kallsyms could not be read): what
+    /// doctor shows is what the run attaches.
+    pub plan: Vec<Result<Planned, Missing>>,
+    /// How long reading BTF, kallsyms and making the plan took
+    /// (`--verbose`); kallsyms is read beside BTF.
+    pub stages: Vec<(String, Duration)>,
 }
 
 /// Runs every check. `syms` and `btf` are loaded here so `doctor` can show
 /// them even when something else is missing; kallsyms is read on another
 /// thread while BTF is parsed.
-pub fn check(
-    opts: &ProbeOptions,
-    tracing_probe: TracingProbe,
-) -> (Vec<Finding>, Option<KernelSymbols>, Option<KernelBtf>) {
+pub fn check(opts: &ProbeOptions) -> Checked {
     std::thread::scope(|s| {
-        let syms = s.spawn(|| KernelSymbols::load().ok());
-        check_with(opts, tracing_probe, || syms.join().ok().flatten())
+        let syms = s.spawn(|| {
+            let t = Instant::now();
+            (KernelSymbols::load().ok(), t.elapsed())
+        });
+        check_with(opts, |stages| {
+            let t = Instant::now();
+            let (syms, took) = syms.join().unwrap_or((None, Duration::ZERO));
+            stages.push(("kallsyms read (beside BTF)".into(), took));
+            stages.push(("waited for kallsyms".into(), t.elapsed()));
+            syms
+        })
     })
 }
 
 fn check_with(
     opts: &ProbeOptions,
-    tracing_probe: TracingProbe,
-    syms: impl FnOnce() -> Option<KernelSymbols>,
-) -> (Vec<Finding>, Option<KernelSymbols>, Option<KernelBtf>) {
+    syms: impl FnOnce(&mut Vec<(String, Duration)>) -> Option<KernelSymbols>,
+) -> Checked {
+    let mut stages = Vec::new();
     let mut f = Vec::new();
     let missing = missing_capabilities();
     f.push(Finding {
@@ -111,7 +122,9 @@ fn check_with(
         },
         fatal: true,
     });
+    let t = Instant::now();
     let btf = KernelBtf::load();
+    stages.push(("BTF read (vmlinux, overlay)".into(), t.elapsed()));
     f.push(Finding {
         what: "BTF",
         ok: btf.is_ok(),
@@ -139,24 +152,6 @@ fn check_with(
         },
         fatal: true,
     });
-    let tracing_ok = match tracing_probe {
-        TracingProbe::Skip => true,
-        TracingProbe::Ask => {
-            let tracing = crate::probes::tracing_programs_supported();
-            let tracing_ok = matches!(tracing, Ok(true));
-            f.push(Finding {
-                what: "BPF tracing programs",
-                ok: tracing_ok,
-                detail: match tracing {
-                    Ok(true) => "fentry/fexit load".into(),
-                    Ok(false) => "refused by this kernel: fentry/fexit unavailable (kprobes are used instead where they exist)".into(),
-                    Err(e) => format!("refused by this kernel ({e}): fentry/fexit unavailable, kprobes are used instead"),
-                },
-                fatal: false,
-            });
-            tracing_ok
-        }
-    };
     let release = kernel_release();
     let loaded = overlay_loaded();
     f.push(Finding {
@@ -172,21 +167,71 @@ fn check_with(
         },
         fatal: true,
     });
-    let syms = syms();
-    if let Some(syms) = &syms {
-        for p in plan(syms, btf.as_ref().ok().filter(|_| tracing_ok), opts) {
-            let ok = p.method != "unavailable";
-            f.push(Finding {
-                what: p.role,
-                ok,
-                detail: format!("{} on {}", p.method, p.function),
+    let syms = syms(&mut stages);
+    let btf = btf.ok();
+    let t = Instant::now();
+    let plan = syms
+        .as_ref()
+        .map(|syms| plan(syms, btf.as_ref(), opts))
+        .unwrap_or_default();
+    stages.push(("attach plan (a test fentry load)".into(), t.elapsed()));
+    f.push(tracing_finding(&plan));
+    for p in &plan {
+        f.push(match p {
+            Ok(p) => Finding {
+                what: p.point.role,
+                ok: true,
+                detail: match &p.note {
+                    Some(note) => format!("{} on {} ({note})", p.method.key(), p.function),
+                    None => format!("{} on {}", p.method.key(), p.function),
+                },
+                fatal: false,
+            },
+            Err(m) => Finding {
+                what: m.role,
+                ok: false,
+                detail: m.to_string(),
                 fatal: loaded && kp,
-            });
-        }
+            },
+        });
     }
     // Last: the probes' lines come first, the mounts' after them.
     f.extend(mount_findings());
-    (f, syms, btf.ok())
+    Checked {
+        findings: f,
+        syms,
+        btf,
+        plan,
+        stages,
+    }
+}
+
+/// Whether fentry/fexit work here, as the plan found for the point that
+/// prefers them (never fatal: kprobes are used instead).
+fn tracing_finding(plan: &[Result<Planned, Missing>]) -> Finding {
+    let preferring = plan
+        .iter()
+        .flatten()
+        .find(|p| p.method == Method::FentryFexit || p.note.is_some());
+    let (ok, detail) = match preferring {
+        Some(p) if p.method == Method::FentryFexit => {
+            (true, format!("fentry/fexit load ({})", p.function))
+        }
+        Some(p) => {
+            let note = p.note.as_deref().unwrap_or_default();
+            (
+                note.contains("--kprobes-only"),
+                format!("{note}: kprobes are used instead"),
+            )
+        }
+        None => (false, "not known: kallsyms could not be read".into()),
+    };
+    Finding {
+        what: "BPF tracing programs",
+        ok,
+        detail,
+        fatal: false,
+    }
 }
 
 /// One finding per overlay (and fuse-overlayfs) mount in any mount

@@ -187,6 +187,18 @@ impl Stages {
         self.last = now;
     }
 
+    /// Start-up in all: from the process's start to `tracing`.
+    fn ready(&self, since: Instant) {
+        if self.verbose {
+            err_line(&format!(
+                "cowtrace: start-up: ready after {:.1} ms (peak RSS {})",
+                since.elapsed().as_secs_f64() * 1000.0,
+                cowtrace::agent_cost::peak_rss_kib()
+                    .map_or("unknown".to_string(), |kib| format!("{kib} KiB"))
+            ));
+        }
+    }
+
     /// A part of the current stage, timed elsewhere.
     fn took(&self, what: &str, d: Duration) {
         if self.verbose {
@@ -262,7 +274,7 @@ fn probe_options(cli: &Cli, filter: bool) -> ProbeOptions {
 }
 
 fn run_doctor(cli: &Cli) -> Result<Ended, Failure> {
-    let (findings, _, _) = doctor::check(&probe_options(cli, false), doctor::TracingProbe::Ask);
+    let findings = doctor::check(&probe_options(cli, false)).findings;
     let mut text = doctor::render(&findings);
     let fatal = doctor::first_fatal(&findings);
     if fatal.is_none() {
@@ -464,24 +476,36 @@ impl Options {
     }
 }
 
-/// The kernel's symbols and BTF, or why this kernel cannot be traced.
-fn kernel_checks(
-    probe: &ProbeOptions,
-    stages: &mut Stages,
-) -> Result<(cowtrace::probes::KernelSymbols, cowtrace::probes::KernelBtf), Failure> {
-    let (findings, syms, btf) = doctor::check(probe, doctor::TracingProbe::Skip);
-    stages.done("kernel checks, BTF and kallsyms");
-    if let Some(msg) = doctor::first_fatal(&findings) {
+/// The kernel's symbols, BTF and the attach plan (doctor's), or why this
+/// kernel cannot be traced.
+fn kernel_checks(probe: &ProbeOptions, stages: &mut Stages) -> Result<Kernel, Failure> {
+    let checked = doctor::check(probe);
+    for (stage, took) in &checked.stages {
+        stages.took(stage, *took);
+    }
+    stages.done("kernel checks, BTF, kallsyms and the attach plan, in all");
+    if let Some(msg) = doctor::first_fatal(&checked.findings) {
         return Err(Failure::Runtime(anyhow!(
             "cannot run here: {msg} (see `cowtrace doctor`)"
         )));
     }
-    match (syms, btf) {
-        (Some(s), Some(b)) => Ok((s, b)),
+    match (checked.syms, checked.btf) {
+        (Some(syms), Some(btf)) => Ok(Kernel {
+            syms,
+            btf,
+            plan: checked.plan,
+        }),
         _ => Err(Failure::Runtime(anyhow!(
             "cannot read kernel symbols or BTF"
         ))),
     }
+}
+
+/// What attaching needs from the kernel checks.
+struct Kernel {
+    syms: cowtrace::probes::KernelSymbols,
+    btf: cowtrace::probes::KernelBtf,
+    plan: Vec<Result<cowtrace::points::Planned, cowtrace::points::Missing>>,
 }
 
 /// The running containers `--container` names (waiting for the runtime's
@@ -563,12 +587,21 @@ impl Signals {
 /// capability but the few the run still needs goes (README, "Privileges").
 fn attach(
     opts: &Options,
-    syms: &cowtrace::probes::KernelSymbols,
-    btf: cowtrace::probes::KernelBtf,
+    kernel: Kernel,
+    prepared: &cowtrace::loader::Prepared,
     followed: &[Entry],
     stages: &mut Stages,
-) -> Result<(KernelSide, cowtrace::attribution::KernelCgroupNames), Failure> {
-    let mut probes = Probes::attach(syms, &btf, &opts.probe).map_err(Failure::Runtime)?;
+) -> Result<
+    (
+        KernelSide,
+        cowtrace::attribution::KernelCgroupNames,
+        cowtrace::probes::KernelSymbols,
+    ),
+    Failure,
+> {
+    let Kernel { syms, btf, plan } = kernel;
+    let mut probes =
+        Probes::attach(&plan, &syms, &btf, prepared, &opts.probe).map_err(Failure::Runtime)?;
     for (stage, took) in &probes.stages {
         stages.took(stage, *took);
     }
@@ -585,7 +618,7 @@ fn attach(
     kernel.pass(&cgroups, &devs)?;
     privileges::drop_after_attach().map_err(Failure::Runtime)?;
     stages.done("filters filled, capabilities dropped");
-    Ok((kernel, names))
+    Ok((kernel, names, syms))
 }
 
 /// The run as a pipeline: options validated; the kernel checked;
@@ -598,7 +631,9 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     let opts = Options::validate(&cli).await?;
 
     let mut stages = Stages::new(cli.verbose);
-    let (syms, btf) = kernel_checks(&opts.probe, &mut stages)?;
+    // aya's loader and BTF, on a thread of their own from here on.
+    let prepared = cowtrace::loader::Prepared::start(!opts.probe.force_kprobes);
+    let kernel = kernel_checks(&opts.probe, &mut stages)?;
     // Attribution runs on its own thread from here on; image layers are
     // looked up on a thread of their own too (it learns the running
     // containers' layers while the probes attach).
@@ -610,10 +645,12 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
 
     let mut signals = Signals::install()?;
     let t_attach = Instant::now();
-    let (kernel, cgroup_names) = attach(&opts, &syms, btf, &followed, &mut stages)?;
+    let (kernel, cgroup_names, syms) = attach(&opts, kernel, &prepared, &followed, &mut stages)?;
+    drop(prepared);
     attribution.use_kernel_names(cgroup_names);
     let kernel_release = doctor::kernel_release();
     let points = kernel.probes().map_or(0, |p| p.report.points.len());
+    stages.ready(t_start);
     err_line(&format!(
         "tracing overlayfs copy-up on {kernel_release}: {points} probes attached in {} ms{}. Ctrl-C to stop.",
         t_attach.elapsed().as_millis(),

@@ -9,11 +9,12 @@
 use crate::btf::Btf;
 use crate::kallsyms::SymbolsBuilder;
 use crate::kretprobe::{self, TracefsKretprobe};
+use crate::points::{Facts, Method, Missing, Planned, Probe};
 use agent_ebpf::{Config, DIRECT};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     programs::{FEntry, FExit, KProbe, TracePoint},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -111,11 +112,7 @@ struct Scan {
 impl Scan {
     fn new() -> Self {
         Self {
-            wanted: POINTS
-                .iter()
-                .chain([&WRITE_FALLBACK])
-                .flat_map(|p| p.candidates.iter().copied())
-                .collect(),
+            wanted: crate::points::all_candidates().collect(),
             present: HashSet::new(),
             table: SymbolsBuilder::new(crate::kallsyms::default_keep),
         }
@@ -146,36 +143,48 @@ impl Scan {
 /// see through it.
 const OLD_KRETPROBE_TRAMPOLINE: &str = "kretprobe_trampoline";
 
-/// The kernel's BTF: vmlinux, and the overlay module's if it has one.
+/// The kernel's BTF: vmlinux, and the overlay module's if it has one,
+/// read by cowtrace's own reader (aya's parse is `loader`'s business).
 pub struct KernelBtf {
     pub vmlinux: Btf,
     pub overlay: Option<Btf>,
-    /// vmlinux BTF once more, as aya's loader needs it (its own type):
-    /// parsed on another thread while ours is, and only once.
-    pub loader: Option<aya::Btf>,
 }
 
 impl KernelBtf {
     pub fn load() -> Result<Self> {
-        std::thread::scope(|s| {
-            let loader = s.spawn(|| aya::Btf::from_sys_fs().ok());
-            let vmlinux = Btf::from_file("/sys/kernel/btf/vmlinux").context(
-                "this kernel has no BTF (/sys/kernel/btf/vmlinux): cowtrace needs CONFIG_DEBUG_INFO_BTF=y",
-            )?;
-            let overlay = Btf::split_from_file("/sys/kernel/btf/overlay", &vmlinux).ok();
-            let loader = loader.join().ok().flatten();
-            Ok(Self {
-                vmlinux,
-                overlay,
-                loader,
-            })
-        })
+        let vmlinux = Btf::from_file("/sys/kernel/btf/vmlinux").context(
+            "this kernel has no BTF (/sys/kernel/btf/vmlinux): cowtrace needs CONFIG_DEBUG_INFO_BTF=y",
+        )?;
+        let overlay = Btf::split_from_file("/sys/kernel/btf/overlay", &vmlinux).ok();
+        Ok(Self { vmlinux, overlay })
     }
 }
 
-/// Computes [`Config`] from BTF: every offset and argument position the
-/// programs use.
-pub fn layout(btf: &KernelBtf) -> Result<Config> {
+/// `vfs_rename` took its flags directly until 5.11, then in a struct.
+pub(crate) fn rename_flags(v: &Btf, function: &str, cfg: &mut Config) -> Result<()> {
+    let params = v
+        .func_params(function)
+        .with_context(|| format!("kernel BTF has no {function}"))?;
+    if let Some(i) = params
+        .iter()
+        .position(|p| p.type_desc.is_ptr_to_struct("renamedata"))
+    {
+        cfg.vfs_rename_flags_arg = i as u32;
+        cfg.vfs_rename_flags_off = v
+            .member_offset("renamedata", "flags")
+            .context("kernel BTF has no renamedata.flags")?;
+    } else {
+        cfg.vfs_rename_flags_arg =
+            v.param_index(function, "flags")
+                .ok_or_else(|| anyhow!("{function} has no flags parameter"))? as u32;
+        cfg.vfs_rename_flags_off = DIRECT;
+    }
+    Ok(())
+}
+
+/// Computes [`Config`] from BTF: every struct offset the programs use, and
+/// the argument positions of the planned points.
+pub fn layout(btf: &KernelBtf, plan: &[Result<Planned, Missing>]) -> Result<Config> {
     let v = &btf.vmlinux;
     let off = |s: &str, m: &str| {
         v.member_offset(s, m)
@@ -207,76 +216,10 @@ pub fn layout(btf: &KernelBtf) -> Result<Config> {
         ..Default::default()
     };
 
-    // Overlay's own functions. With module BTF (6.1 and later in Debian)
-    // positions come from their prototypes. Without it (Debian 5.10 builds
-    // no module BTF) two sound sources remain: the VFS operation tables in
-    // vmlinux BTF fix the prototypes of ovl_rename and ovl_mkdir (they are
-    // assigned to inode_operations.rename/.mkdir), and the internal copy-up
-    // and remove helpers have had the same parameter order in every kernel
-    // from 4.19 to 7.2 (checked against module BTF by the guest tests).
-    let ovl = btf.overlay.as_ref();
-    let ovl_param = |func: &str, name: &str, fallback: u32| -> u32 {
-        ovl.and_then(|b| b.param_index(func, name))
-            .map(|i| i as u32)
-            .unwrap_or(fallback)
-    };
-    cfg.copy_up_flags_dentry_arg = ovl_param("ovl_copy_up_flags", "dentry", 0);
-    cfg.copy_up_one_dentry_arg = ovl_param("ovl_copy_up_one", "dentry", 1);
-    cfg.copy_data_len_arg = 3;
-    cfg.do_remove_dentry_arg = ovl_param("ovl_do_remove", "dentry", 0);
-    cfg.do_remove_is_dir_arg = ovl_param("ovl_do_remove", "is_dir", 1);
-
-    let iop_dentries = |member: &str| -> Result<Vec<u32>> {
-        let pos = v
-            .member_fn_ptr_param_positions("inode_operations", member, "dentry")
-            .with_context(|| format!("kernel BTF has no inode_operations.{member}"))?;
-        Ok(pos.into_iter().map(|p| p as u32).collect())
-    };
-    match ovl.and_then(|b| {
-        Some((
-            b.param_index("ovl_rename", "old")?,
-            b.param_index("ovl_rename", "new")?,
-        ))
-    }) {
-        Some((o, n)) => {
-            cfg.rename_old_arg = o as u32;
-            cfg.rename_new_arg = n as u32;
-        }
-        None => {
-            let d = iop_dentries("rename")?;
-            if d.len() < 2 {
-                bail!("inode_operations.rename has fewer than two dentry parameters");
-            }
-            cfg.rename_old_arg = d[0];
-            cfg.rename_new_arg = d[1];
-        }
-    }
-    cfg.mkdir_dentry_arg = match ovl.and_then(|b| b.param_index("ovl_mkdir", "dentry")) {
-        Some(i) => i as u32,
-        None => *iop_dentries("mkdir")?
-            .first()
-            .ok_or_else(|| anyhow!("inode_operations.mkdir has no dentry parameter"))?,
-    };
-
-    // vfs_rename took its flags directly until 5.11, then in a struct.
-    let params = v
-        .func_params("vfs_rename")
-        .context("kernel BTF has no vfs_rename")?;
-    if let Some(i) = params
-        .iter()
-        .position(|p| p.type_desc.is_ptr_to_struct("renamedata"))
-    {
-        cfg.vfs_rename_flags_arg = i as u32;
-        cfg.vfs_rename_flags_off = off("renamedata", "flags")?;
-    } else {
-        cfg.vfs_rename_flags_arg =
-            v.param_index("vfs_rename", "flags")
-                .ok_or_else(|| anyhow!("vfs_rename has no flags parameter"))? as u32;
-        cfg.vfs_rename_flags_off = DIRECT;
-    }
-    cfg.vfs_setxattr_name_arg =
-        v.param_index("vfs_setxattr", "name")
-            .ok_or_else(|| anyhow!("vfs_setxattr has no name parameter"))? as u32;
+    // Argument positions: per point of the plan (see `points::Arg`).
+    // With module BTF (6.1 and later in Debian) they come from the
+    // prototypes; without it (Debian 5.10) from sound fallbacks.
+    crate::points::arg_positions(v, btf.overlay.as_ref(), plan, &mut cfg)?;
     Ok(cfg)
 }
 
@@ -292,198 +235,72 @@ pub struct Probes {
     pub ebpf: Ebpf,
     pub report: ProbeReport,
     /// How long each part of loading and attaching took (`--verbose`).
-    pub stages: Vec<(&'static str, std::time::Duration)>,
+    pub stages: Vec<(String, std::time::Duration)>,
 }
 
-/// One attach point: which programs, which kernel functions to try in order.
-struct Point {
-    role: &'static str,
-    candidates: &'static [&'static str],
-    kind: PointKind,
+/// The kernel's answers to what [`crate::points::plan`] asks: kallsyms, and
+/// a test load of a tracing program (both doctor and the run use this).
+pub struct KernelFacts<'a> {
+    pub syms: &'a KernelSymbols,
+    pub btf: Option<&'a KernelBtf>,
 }
 
-enum PointKind {
-    /// kprobe only: module functions (stock aya cannot fentry into modules)
-    /// and vmlinux functions where fentry does not fit (see each point).
-    Kprobe { entry: &'static str },
-    KprobePair {
-        entry: &'static str,
-        ret: &'static str,
-    },
-    /// fentry+fexit where vmlinux BTF has the function, else `fallback`.
-    TracedPair {
-        fentry: &'static str,
-        fexit: &'static str,
-        fallback: &'static Point,
-    },
+impl Facts for KernelFacts<'_> {
+    fn has_symbol(&self, function: &str) -> bool {
+        self.syms.has(function)
+    }
+
+    fn fentry(&self, function: &str) -> std::result::Result<(), String> {
+        match self.btf {
+            Some(b) => crate::points::fentry_loads(&b.vmlinux, function),
+            None => Err("no vmlinux BTF".into()),
+        }
+    }
 }
 
-static WRITE_FALLBACK: Point = Point {
-    role: "write",
-    candidates: &["ovl_write_iter"],
-    kind: PointKind::KprobePair {
-        entry: "ovl_write_iter",
-        ret: "ovl_write_iter_ret",
-    },
-};
-
-static POINTS: &[Point] = &[
-    Point {
-        role: "copy_up_operation",
-        candidates: &["ovl_copy_up_flags"],
-        kind: PointKind::Kprobe {
-            entry: "ovl_copy_up_flags",
-        },
-    },
-    Point {
-        role: "copy_up_object",
-        candidates: &["ovl_copy_up_one"],
-        kind: PointKind::KprobePair {
-            entry: "ovl_copy_up_one",
-            ret: "ovl_copy_up_one_ret",
-        },
-    },
-    Point {
-        role: "copy_up_data",
-        candidates: &["ovl_copy_up_file", "ovl_copy_up_data"],
-        kind: PointKind::Kprobe {
-            entry: "ovl_copy_up_data",
-        },
-    },
-    Point {
-        role: "copy_up_done",
-        candidates: &["security_inode_copy_up"],
-        // kprobe: see the program's comment (fentry misses under preemption).
-        kind: PointKind::Kprobe {
-            entry: "security_inode_copy_up",
-        },
-    },
-    Point {
-        role: "remove",
-        candidates: &["ovl_do_remove"],
-        // No return probe: see the program's comment.
-        kind: PointKind::Kprobe {
-            entry: "ovl_do_remove",
-        },
-    },
-    Point {
-        role: "remove_end",
-        // A remove's end, before `index=on` cleans up its index entry
-        // (see the program's comment).
-        candidates: &["ovl_nlink_end"],
-        kind: PointKind::Kprobe {
-            entry: "ovl_nlink_end",
-        },
-    },
-    Point {
-        role: "whiteout",
-        candidates: &["ovl_cleanup_and_whiteout"],
-        kind: PointKind::Kprobe {
-            entry: "ovl_cleanup_and_whiteout",
-        },
-    },
-    Point {
-        role: "rename",
-        candidates: &["ovl_rename"],
-        kind: PointKind::KprobePair {
-            entry: "ovl_rename",
-            ret: "ovl_rename_ret",
-        },
-    },
-    Point {
-        role: "rename_whiteout",
-        candidates: &["vfs_rename"],
-        // kprobe even where fentry works: the argument holding the flags
-        // moved between kernels, and tracing contexts only allow constant
-        // argument positions. Renames are rare, so the cost is irrelevant.
-        kind: PointKind::Kprobe {
-            entry: "vfs_rename",
-        },
-    },
-    Point {
-        role: "mkdir",
-        candidates: &["ovl_mkdir"],
-        kind: PointKind::KprobePair {
-            entry: "ovl_mkdir",
-            ret: "ovl_mkdir_ret",
-        },
-    },
-    Point {
-        role: "opaque_dir",
-        candidates: &["vfs_setxattr"],
-        // kprobe for the same reason as vfs_rename.
-        kind: PointKind::Kprobe {
-            entry: "vfs_setxattr",
-        },
-    },
-    Point {
-        role: "write",
-        candidates: &["vfs_write"],
-        kind: PointKind::TracedPair {
-            fentry: "vfs_write_fentry",
-            fexit: "vfs_write_fexit",
-            fallback: &WRITE_FALLBACK,
-        },
-    },
-];
-
-/// What `doctor` shows before anything is loaded: the plan per point.
+/// The plan for this kernel and these options (see [`crate::points::plan`]).
 pub fn plan(
     syms: &KernelSymbols,
     btf: Option<&KernelBtf>,
     opts: &ProbeOptions,
-) -> Vec<AttachedPoint> {
-    POINTS
-        .iter()
-        .map(|p| {
-            let function = p.candidates.iter().find(|c| syms.has(c));
-            let Some(function) = function else {
-                return AttachedPoint {
-                    role: p.role,
-                    function: format!("none of {} (inlined or missing)", p.candidates.join(", ")),
-                    method: "unavailable".into(),
-                };
-            };
-            let fentry_ok =
-                !opts.force_kprobes && btf.is_some_and(|b| b.vmlinux.has_func(function));
-            let method = match &p.kind {
-                PointKind::Kprobe { .. } => "kprobe",
-                PointKind::KprobePair { .. } => "kprobe+kretprobe",
-                PointKind::TracedPair { .. } if fentry_ok => "fentry+fexit",
-                PointKind::TracedPair { fallback, .. } => {
-                    return AttachedPoint {
-                        role: p.role,
-                        function: fallback.candidates[0].to_string(),
-                        method: "kprobe+kretprobe".into(),
-                    }
-                }
-            };
-            AttachedPoint {
-                role: p.role,
-                function: function.to_string(),
-                method: method.into(),
-            }
-        })
-        .collect()
+) -> Vec<Result<Planned, Missing>> {
+    crate::points::plan(&KernelFacts { syms, btf }, opts.force_kprobes)
 }
 
 impl Probes {
-    /// Loads the object with this kernel's layout and attaches every point.
-    pub fn attach(syms: &KernelSymbols, btf: &KernelBtf, opts: &ProbeOptions) -> Result<Self> {
+    /// Loads the object with this kernel's layout and attaches every point
+    /// of `plan` as planned (the plan `doctor` shows). Every program but
+    /// the fentry/fexit pair is verified first, two at a time (the kernel
+    /// verifies privileged loads in parallel); the pair waits for aya's
+    /// BTF, which `prepared` parses meanwhile.
+    pub fn attach(
+        plan: &[Result<Planned, Missing>],
+        syms: &KernelSymbols,
+        btf: &KernelBtf,
+        prepared: &crate::loader::Prepared,
+        opts: &ProbeOptions,
+    ) -> Result<Self> {
         let mut stages = Vec::new();
         let mut t = std::time::Instant::now();
-        let mut lap = |what: &'static str, stages: &mut Vec<_>| {
+        let mut lap = |what: String, stages: &mut Vec<_>| {
             let now = std::time::Instant::now();
             stages.push((what, now - t));
             t = now;
         };
-        let mut cfg = layout(btf)?;
+        if let Some(m) = plan.iter().find_map(|p| p.as_ref().err()) {
+            bail!(
+                "attaching {}: the kernel has {m} (overlay not loaded?)",
+                m.role
+            );
+        }
+        let mut cfg = layout(btf, plan)?;
         cfg.filter = opts.filter as u32;
         cfg.write_sample_shift = opts.write_sample_shift;
         cfg.stack_at_op_start = syms.unwind_stops_at_kretprobe as u32;
-        lap("layout from BTF", &mut stages);
-        let aya_btf = btf.loader.as_ref();
-        let mut loader = EbpfLoader::new();
+        lap("layout from BTF".into(), &mut stages);
+        let (mut loader, made) = prepared.loader();
+        stages.push(("aya's loader made (beside the checks)".into(), made));
+        lap("waited for aya's loader".into(), &mut stages);
         // aya-log's level: 0 turns every diagnostic off in the kernel.
         let log_level: u8 = if opts.bpf_log {
             aya_log::Level::Warn as u8
@@ -491,7 +308,6 @@ impl Probes {
             0
         };
         loader
-            .btf(aya_btf)
             .override_global("CONFIG", &cfg, true)
             .override_global(aya_log::LEVEL, &log_level, true);
         if let Some(n) = opts.write_keys {
@@ -500,12 +316,14 @@ impl Probes {
         let mut ebpf = loader
             .load(PROBES_OBJECT)
             .map_err(|e| anyhow!("loading the eBPF object (maps) failed: {e}"))?;
-        lap("maps created", &mut stages);
+        lap("object parsed, maps created".into(), &mut stages);
+        load_in_parallel(&mut ebpf, plan)?;
+        lap(
+            "kprobe and tracepoint programs verified".into(),
+            &mut stages,
+        );
         let mut report = ProbeReport::default();
         let mut att = Attacher {
-            syms,
-            btf: aya_btf,
-            opts,
             tracefs: kretprobe::tracefs(),
             kretprobes: Vec::new(),
             links: Vec::new(),
@@ -513,19 +331,42 @@ impl Probes {
         if let Some(t) = &att.tracefs {
             kretprobe::remove_stale(t);
         }
-        for point in POINTS {
+        // fentry last: aya's BTF is parsed meanwhile.
+        let (fentry, others): (Vec<&Planned>, Vec<&Planned>) = plan
+            .iter()
+            .flatten()
+            .partition(|p| p.method == Method::FentryFexit);
+        let mut aya_btf = None;
+        for planned in others.into_iter().chain(fentry) {
+            if planned.method == Method::FentryFexit && aya_btf.is_none() {
+                let (b, took) = prepared.btf();
+                stages.push(("aya's vmlinux BTF parsed (beside)".into(), took));
+                lap("waited for aya's BTF".into(), &mut stages);
+                aya_btf = Some(b);
+            }
             let attached = att
-                .attach_point(&mut ebpf, point)
-                .with_context(|| format!("attaching {}", point.role))?;
+                .attach_point(
+                    &mut ebpf,
+                    planned,
+                    aya_btf.as_ref().and_then(|b| b.as_ref()),
+                )
+                .with_context(|| format!("attaching {}", planned.point.role))?;
+            lap(
+                format!(
+                    "{} attached ({} on {})",
+                    attached.role, attached.method, attached.function
+                ),
+                &mut stages,
+            );
             report.points.push(attached);
         }
-        att.links.push(thread_exit(&mut ebpf)?);
-        report.points.push(AttachedPoint {
-            role: "thread_exit",
-            function: "sched:sched_process_exit".into(),
-            method: "tracepoint".into(),
+        // The JSON lists points in the table's order.
+        report.points.sort_by_key(|a| {
+            crate::points::POINTS
+                .iter()
+                .position(|p| p.role == a.role)
+                .unwrap_or(usize::MAX)
         });
-        lap("programs verified and attached", &mut stages);
         Ok(Self {
             _kretprobes: att.kretprobes,
             links: att.links,
@@ -591,10 +432,7 @@ fn spawn_drop<'s>(s: &'s std::thread::Scope<'s, '_>, l: Link) -> Option<Link> {
 }
 
 /// Attaches points one by one, keeping what must live as long as they do.
-struct Attacher<'a> {
-    syms: &'a KernelSymbols,
-    btf: Option<&'a aya::Btf>,
-    opts: &'a ProbeOptions,
+struct Attacher {
     /// Return probes go through tracefs when it is mounted (see
     /// [`kretprobe`]); otherwise through perf with the kernel's default
     /// number of instances.
@@ -603,47 +441,61 @@ struct Attacher<'a> {
     links: Vec<Link>,
 }
 
-impl Attacher<'_> {
-    fn attach_point(&mut self, ebpf: &mut Ebpf, point: &Point) -> Result<AttachedPoint> {
-        let function = point
-            .candidates
-            .iter()
-            .find(|c| self.syms.has(c))
-            .ok_or_else(|| {
-                anyhow!(
-                    "the kernel has none of {} (inlined or overlay not loaded)",
-                    point.candidates.join(", ")
-                )
-            })?;
-        let done = |method: &str| AttachedPoint {
-            role: point.role,
+impl Attacher {
+    /// Attaches one planned point, exactly as planned: a planned fentry
+    /// that fails here is an error, not a silent kprobe (doctor said fentry).
+    fn attach_point(
+        &mut self,
+        ebpf: &mut Ebpf,
+        planned: &Planned,
+        btf: Option<&aya::Btf>,
+    ) -> Result<AttachedPoint> {
+        let function = planned.function.as_str();
+        let done = |method: String| AttachedPoint {
+            role: planned.point.role,
             function: function.to_string(),
-            method: method.into(),
+            method,
         };
-        match &point.kind {
-            PointKind::Kprobe { entry } => {
+        match (&planned.point.probe, planned.method) {
+            (Probe::Kprobe { entry }, Method::Kprobe) => {
                 self.links.push(kprobe(ebpf, entry, function)?);
-                Ok(done("kprobe"))
+                Ok(done(Method::Kprobe.key().into()))
             }
-            PointKind::KprobePair { entry, ret } => {
+            (Probe::KprobePair { entry, ret }, Method::KprobeKretprobe) => {
                 self.links.push(kprobe(ebpf, entry, function)?);
-                let method = self.kretprobe(ebpf, ret, function)?;
-                Ok(done(&format!("kprobe+{method}")))
+                let how = self.kretprobe(ebpf, ret, function)?;
+                Ok(done(format!("kprobe+{how}")))
             }
-            PointKind::TracedPair {
-                fentry,
-                fexit,
-                fallback,
-            } => {
-                if let (false, Some(btf)) = (self.opts.force_kprobes, self.btf) {
-                    if let Ok(l) = fentry_attach(ebpf, fentry, function, btf) {
-                        self.links.push(l);
-                        self.links.push(fexit_attach(ebpf, fexit, function, btf)?);
-                        return Ok(done("fentry+fexit"));
-                    }
-                }
-                self.attach_point(ebpf, fallback)
+            (Probe::Traced { fentry, fexit, .. }, Method::FentryFexit) => {
+                let btf = btf
+                    .ok_or_else(|| anyhow!("fentry planned but aya could not read vmlinux BTF"))?;
+                let hint = "(--kprobes-only avoids fentry)";
+                self.links.push(
+                    fentry_attach(ebpf, fentry, function, btf)
+                        .with_context(|| format!("fentry {hint}"))?,
+                );
+                self.links.push(
+                    fexit_attach(ebpf, fexit, function, btf)
+                        .with_context(|| format!("fexit {hint}"))?,
+                );
+                Ok(done(Method::FentryFexit.key().into()))
             }
+            (
+                Probe::Tracepoint {
+                    category,
+                    name,
+                    program: prog,
+                },
+                Method::Tracepoint,
+            ) => {
+                let p: &mut TracePoint = program(ebpf, prog)?;
+                let id = p
+                    .attach(category, name)
+                    .map_err(|e| anyhow!("tracepoint {category}:{name}: {e}"))?;
+                self.links.push(Box::new(p.take_link(id)?));
+                Ok(done(Method::Tracepoint.key().into()))
+            }
+            (_, m) => bail!("{} cannot be attached by {}", planned.point.role, m.key()),
         }
     }
 
@@ -651,8 +503,6 @@ impl Attacher<'_> {
     /// `kretprobe(perf)` (kernel default instances).
     fn kretprobe(&mut self, ebpf: &mut Ebpf, prog: &str, function: &str) -> Result<&'static str> {
         let p: &mut KProbe = program(ebpf, prog)?;
-        p.load()
-            .map_err(|e| anyhow!("loading {prog}: {}", verifier_error(&e)))?;
         if let Some(t) = &self.tracefs {
             use std::os::fd::{AsFd, AsRawFd};
             let fd = p.fd()?.as_fd().as_raw_fd();
@@ -684,24 +534,66 @@ where
     Ok(prog.try_into()?)
 }
 
+/// Verifies every kprobe and tracepoint program of `plan`, on two threads
+/// (each program is loaded once; attaching them follows).
+fn load_in_parallel(ebpf: &mut Ebpf, plan: &[Result<Planned, Missing>]) -> Result<()> {
+    use aya::programs::Program;
+    let wanted: HashSet<&str> = plan
+        .iter()
+        .flatten()
+        .flat_map(|p| match &p.point.probe {
+            Probe::Kprobe { entry } => vec![*entry],
+            Probe::KprobePair { entry, ret } => vec![*entry, *ret],
+            Probe::Tracepoint { program, .. } => vec![*program],
+            Probe::Traced { .. } => vec![],
+        })
+        .collect();
+    let progs: Vec<(&str, &mut Program)> = ebpf
+        .programs_mut()
+        .filter(|(name, _)| wanted.contains(name))
+        .collect();
+    // Dealt alternately: the dear ones (with the inlined path walk) are
+    // spread over the table.
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for (i, p) in progs.into_iter().enumerate() {
+        if i % 2 == 0 {
+            a.push(p)
+        } else {
+            b.push(p)
+        }
+    }
+    let load_all = |progs: Vec<(&str, &mut Program)>| -> Result<()> {
+        for (name, p) in progs {
+            let r = match p {
+                Program::KProbe(k) => k.load(),
+                Program::TracePoint(t) => t.load(),
+                _ => continue,
+            };
+            r.map_err(|e| anyhow!("loading {name}: {}", verifier_error(&e)))?;
+        }
+        Ok(())
+    };
+    std::thread::scope(|s| {
+        let other = std::thread::Builder::new()
+            .name("cowtrace-verify".into())
+            .spawn_scoped(s, || load_all(b));
+        let mine = load_all(a);
+        match other {
+            Ok(h) => h
+                .join()
+                .map_err(|_| anyhow!("a verifying thread panicked"))??,
+            Err(e) => bail!("no thread to verify programs on: {e}"),
+        }
+        mine
+    })
+}
+
+/// Attaches an already loaded kprobe program.
 fn kprobe(ebpf: &mut Ebpf, prog: &str, function: &str) -> Result<Link> {
     let p: &mut KProbe = program(ebpf, prog)?;
-    p.load()
-        .map_err(|e| anyhow!("loading {prog}: {}", verifier_error(&e)))?;
     let id = p
         .attach(function, 0)
         .map_err(|e| anyhow!("kprobe on {function}: {e}"))?;
-    Ok(Box::new(p.take_link(id)?))
-}
-
-/// Per-thread state is released when a thread exits (see the program).
-fn thread_exit(ebpf: &mut Ebpf) -> Result<Link> {
-    let p: &mut TracePoint = program(ebpf, "sched_process_exit")?;
-    p.load()
-        .map_err(|e| anyhow!("loading sched_process_exit: {}", verifier_error(&e)))?;
-    let id = p
-        .attach("sched", "sched_process_exit")
-        .map_err(|e| anyhow!("tracepoint sched:sched_process_exit: {e}"))?;
     Ok(Box::new(p.take_link(id)?))
 }
 
@@ -733,16 +625,55 @@ fn verifier_error(e: &aya::programs::ProgramError) -> String {
     lines[tail..].join("\n")
 }
 
-/// Whether this kernel loads BPF tracing programs (fentry/fexit).
-pub fn tracing_programs_supported() -> Result<bool> {
-    Ok(aya::sys::is_program_supported(
-        aya::programs::ProgramType::Tracing,
-    )?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::points::ProgramKind;
+    use aya_obj::ProgramSection;
+
+    /// The loader is given no target BTF (`loader`): that is only sound
+    /// while the object has no CO-RE relocation, i.e. relocating it against
+    /// an empty BTF changes no instruction.
+    #[test]
+    fn the_object_needs_no_target_btf() {
+        let mut obj = aya_obj::Object::parse(PROBES_OBJECT).expect("the embedded object parses");
+        let before = format!("{:?}", obj.functions);
+        obj.relocate_btf(&aya_obj::btf::Btf::new())
+            .expect("nothing to relocate");
+        assert_eq!(before, format!("{:?}", obj.functions));
+    }
+
+    /// The table names programs; the object defines them: both must list
+    /// the same programs, each of the kind the table attaches it as.
+    #[test]
+    fn the_attach_point_table_and_the_objects_programs_agree() {
+        let obj = aya_obj::Object::parse(PROBES_OBJECT).expect("the embedded object parses");
+        let table = crate::points::programs();
+        for (name, kind) in &table {
+            let p = obj.programs.get(*name).unwrap_or_else(|| {
+                panic!("the table names {name}, the object has no such program")
+            });
+            let matches = matches!(
+                (kind, &p.section),
+                (ProgramKind::Kprobe, ProgramSection::KProbe)
+                    | (ProgramKind::Kretprobe, ProgramSection::KRetProbe)
+                    | (ProgramKind::Fentry, ProgramSection::FEntry { .. })
+                    | (ProgramKind::Fexit, ProgramSection::FExit { .. })
+                    | (ProgramKind::Tracepoint, ProgramSection::TracePoint)
+            );
+            assert!(
+                matches,
+                "{name}: the table attaches it as {kind:?}, the object has {:?}",
+                p.section
+            );
+        }
+        for name in obj.programs.keys() {
+            assert!(
+                table.iter().any(|(n, _)| n == name),
+                "the object's program {name} is in no attach point"
+            );
+        }
+    }
 
     #[test]
     fn the_old_kretprobe_trampoline_name_means_the_unwinder_stops_there() {

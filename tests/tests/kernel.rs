@@ -402,12 +402,17 @@ fn fallback_argument_positions_match_module_btf() {
         println!("no overlay module BTF on this kernel: nothing to compare");
         return;
     };
-    let with = cowtrace::probes::layout(&btf).unwrap();
-    let without = cowtrace::probes::layout(&cowtrace::probes::KernelBtf {
-        vmlinux: btf.vmlinux.clone(),
-        overlay: None,
-        loader: None,
-    })
+    let syms = cowtrace::probes::KernelSymbols::load().unwrap();
+    let opts = cowtrace::probes::ProbeOptions::default();
+    let plan = cowtrace::probes::plan(&syms, Some(&btf), &opts);
+    let with = cowtrace::probes::layout(&btf, &plan).unwrap();
+    let without = cowtrace::probes::layout(
+        &cowtrace::probes::KernelBtf {
+            vmlinux: btf.vmlinux.clone(),
+            overlay: None,
+        },
+        &plan,
+    )
     .unwrap();
     assert_eq!(
         with.copy_up_flags_dentry_arg,
@@ -419,6 +424,7 @@ fn fallback_argument_positions_match_module_btf() {
     assert_eq!(with.rename_old_arg, without.rename_old_arg);
     assert_eq!(with.rename_new_arg, without.rename_new_arg);
     assert_eq!(with.mkdir_dentry_arg, without.mkdir_dentry_arg);
+    assert_eq!(with.copy_data_len_arg, without.copy_data_len_arg);
     let data_fn = ["ovl_copy_up_file", "ovl_copy_up_data"]
         .into_iter()
         .find(|f| ovl.has_func(f))
