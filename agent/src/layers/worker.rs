@@ -357,6 +357,19 @@ struct Worker {
 }
 
 impl Worker {
+    fn new(client: Option<Docker>) -> Self {
+        Worker {
+            shared_tracked: 0,
+            client,
+            root: None,
+            containers: HashMap::new(),
+            images: ImageCache::default(),
+            tracked: Vec::new(),
+            untracked: HashMap::new(),
+            cursor: 0,
+        }
+    }
+
     async fn layers_of(&mut self, id: &str) -> Option<Arc<ImageLayers>> {
         match self.containers.get(id) {
             Some(Known::Layers(l)) => return Some(l.clone()),
@@ -628,16 +641,7 @@ async fn work(
     shared: Arc<Mutex<Shared>>,
     mut requests: mpsc::UnboundedReceiver<Request>,
 ) {
-    let mut w = Worker {
-        shared_tracked: 0,
-        client: engine.map(|e| e.client().clone()),
-        root: None,
-        containers: HashMap::new(),
-        images: ImageCache::default(),
-        tracked: Vec::new(),
-        untracked: HashMap::new(),
-        cursor: 0,
-    };
+    let mut w = Worker::new(engine.map(|e| e.client().clone()));
     let mut pending_evaluation: Option<bool> = None;
     if let Some(client) = w.client.clone() {
         let listed = tokio::time::timeout(
@@ -806,16 +810,8 @@ mod tests {
             upper: Some(upper.clone()),
             image_id: None,
         });
-        let mut w = Worker {
-            shared_tracked: n,
-            client: None,
-            root: None,
-            containers: HashMap::new(),
-            images: ImageCache::default(),
-            tracked: Vec::new(),
-            untracked: HashMap::new(),
-            cursor: 0,
-        };
+        let mut w = Worker::new(None);
+        w.shared_tracked = n;
         for i in 0..n {
             let name = format!("f{i}");
             std::fs::write(lower.join(&name), b"x").unwrap();
