@@ -154,13 +154,26 @@ fn guest_tests(
             agent: Some(agent.clone()),
             cgroups: guest_run.cgroups,
         };
-        let captured = Arc::new(Mutex::new(Vec::new()));
-        let mut sinks = Sinks {
-            stdout: Box::new(Tee(captured.clone())),
-            stderr: Box::new(std::io::stderr()),
+        let mut boots = 0;
+        let (result, c) = loop {
+            let captured = Arc::new(Mutex::new(Vec::new()));
+            let mut sinks = Sinks {
+                stdout: Box::new(Tee(captured.clone())),
+                stderr: Box::new(std::io::stderr()),
+            };
+            let result = guest::run_with(&spec, &mut sinks);
+            let c = Counts::parse(&String::from_utf8_lossy(&captured.lock().unwrap()));
+            boots += 1;
+            if boots == 1 && oopsed_at_a_patch_site(&result) {
+                note(format!(
+                    "{label}: the guest kernel oopsed on an int3 (a kernel code-patching site, \
+                     which QEMU's multi-threaded TCG can race; see the console log above): \
+                     its tests run again in one more boot, and count only there"
+                ));
+                continue;
+            }
+            break (result, c);
         };
-        let result = guest::run_with(&spec, &mut sinks);
-        let c = Counts::parse(&String::from_utf8_lossy(&captured.lock().unwrap()));
         total.add(c);
         let verdict = Verdict::of(result, c);
         // A guest that died or a runner that failed without counting a
@@ -171,6 +184,29 @@ fn guest_tests(
         results.push((label, verdict));
     }
     Ok(results)
+}
+
+/// Whether a guest died of an int3 oops: the kernel met a breakpoint its
+/// live code patching (static keys, ftrace: `text_poke_bp`) had already
+/// taken out again, which real CPUs never see and TCG's emulation of two
+/// vCPUs has shown (in `do_exit`, as a thread exited while the tracepoint
+/// there was being detached). One more boot of the same tests settles
+/// it; a second oops fails the run.
+fn oopsed_at_a_patch_site(result: &Result<i32>) -> bool {
+    let Some(f) = result
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<guest::GuestFailure>())
+    else {
+        return false;
+    };
+    matches!(f.outcome, guest::vm::Outcome::Panicked(_))
+        && std::fs::read_to_string(&f.console_log).is_ok_and(|t| int3_oops(&t))
+}
+
+/// The console's oops line for a stray breakpoint.
+fn int3_oops(console: &str) -> bool {
+    console.lines().any(|l| l.contains("Oops: int3"))
 }
 
 /// Debian's `prometheus` package's programs, copied into the Docker guests.
@@ -244,4 +280,27 @@ fn plan(docker: DockerTests, series: &[Series], inits: &[Init]) -> Vec<GuestRun>
         }
     }
     runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_stray_breakpoints_oops_is_booted_again() {
+        // The 7.2 guest's console when it happened (CI, 2026-12-07).
+        let int3 = "[   36.000096] Oops: int3: 0000 [#1] SMP NOPTI\n\
+                    [   36.000528] CPU: 0 UID: 0 PID: 386 Comm: cowtrace-detach Not tainted\n\
+                    [   36.002765] Kernel panic - not syncing: Fatal exception in interrupt\n";
+        assert!(int3_oops(int3));
+        let other = "[    5.1] BUG: kernel NULL pointer dereference, address: 0000000000000000\n\
+                     [    5.2] Oops: 0000 [#1] PREEMPT SMP NOPTI\n\
+                     [    5.3] Kernel panic - not syncing: Fatal exception\n";
+        assert!(!int3_oops(other));
+        // A run that ended with a status is never booted again.
+        assert!(!oopsed_at_a_patch_site(&Ok(1)));
+        assert!(!oopsed_at_a_patch_site(&Err(anyhow::anyhow!(
+            "build failed"
+        ))));
+    }
 }
