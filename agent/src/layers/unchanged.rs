@@ -98,41 +98,59 @@ pub struct Sizes {
     pub regular_file: bool,
 }
 
-/// The sizes of `path` in `lower` and `upper` (None if either is gone).
-pub fn sizes(lower: &Path, upper: &Path, path: &[u8]) -> Result<Option<Sizes>, LookupError> {
-    let parts = components(path)?;
-    let (Some((up, _)), Some((low, _))) = (stat_at(upper, &parts)?, stat_at(lower, &parts)?) else {
-        return Ok(None);
-    };
-    let regular = |s: &Stat| FileType::from_raw_mode(s.st_mode) == FileType::RegularFile;
-    Ok(Some(Sizes {
-        lower: low.st_size as u64,
-        upper: up.st_size as u64,
-        regular_file: regular(&low) && regular(&up),
-    }))
-}
-
 /// Compares `path` in `upper` with the same path in `lower`.
 pub fn compare(lower: &Path, upper: &Path, path: &[u8]) -> Result<Verdict, LookupError> {
-    let parts = components(path)?;
-    if parts.is_empty() {
-        return Err(LookupError::BadPath);
-    }
+    examine(lower, upper, path).1
+}
+
+/// One look at a copy-up's object, walking each layer once: the sizes of
+/// both sides (None if either is gone) and how the upper one compares
+/// with the lower one.
+pub fn examine(
+    lower: &Path,
+    upper: &Path,
+    path: &[u8],
+) -> (Option<Sizes>, Result<Verdict, LookupError>) {
+    let parts = match components(path) {
+        Ok(p) if !p.is_empty() => p,
+        Ok(_) => return (None, Err(LookupError::BadPath)),
+        Err(e) => return (None, Err(e)),
+    };
     let name = std::ffi::OsStr::from_bytes(parts[parts.len() - 1]);
-    let Some((up, up_dir)) = stat_at(upper, &parts)? else {
-        return Ok(Verdict::Changed);
+    let up = match stat_at(upper, &parts) {
+        Ok(Some(up)) => up,
+        Ok(None) => return (None, Ok(Verdict::Changed)),
+        Err(e) => return (None, Err(e)),
     };
-    let Some((low, low_dir)) = stat_at(lower, &parts)? else {
-        return Ok(Verdict::Changed);
+    let low = match stat_at(lower, &parts) {
+        Ok(Some(low)) => low,
+        Ok(None) => return (None, Ok(Verdict::Changed)),
+        Err(e) => return (None, Err(e)),
     };
-    if !same_meta(&low, &up) {
+    let regular = |s: &Stat| FileType::from_raw_mode(s.st_mode) == FileType::RegularFile;
+    let sizes = Sizes {
+        lower: low.0.st_size as u64,
+        upper: up.0.st_size as u64,
+        regular_file: regular(&low.0) && regular(&up.0),
+    };
+    (Some(sizes), verdict(&low, &up, name))
+}
+
+/// How the upper object compares with the lower one, both stat'ed, each
+/// with the directory holding it.
+fn verdict(
+    (low, low_dir): &(Stat, std::os::fd::OwnedFd),
+    (up, up_dir): &(Stat, std::os::fd::OwnedFd),
+    name: &std::ffi::OsStr,
+) -> Result<Verdict, LookupError> {
+    if !same_meta(low, up) {
         return Ok(Verdict::Changed);
     }
     let io = |e: std::io::Error| LookupError::Io(e);
     match FileType::from_raw_mode(up.st_mode) {
         FileType::Symlink => {
-            let a = rustix::fs::readlinkat(&low_dir, name, Vec::new()).map_err(|e| io(e.into()))?;
-            let b = rustix::fs::readlinkat(&up_dir, name, Vec::new()).map_err(|e| io(e.into()))?;
+            let a = rustix::fs::readlinkat(low_dir, name, Vec::new()).map_err(|e| io(e.into()))?;
+            let b = rustix::fs::readlinkat(up_dir, name, Vec::new()).map_err(|e| io(e.into()))?;
             Ok(if a == b {
                 Verdict::Unchanged
             } else {
@@ -140,8 +158,8 @@ pub fn compare(lower: &Path, upper: &Path, path: &[u8]) -> Result<Verdict, Looku
             })
         }
         FileType::RegularFile if (up.st_size as u64) <= CONTENT_LIMIT => {
-            let mut a = open_file(&low_dir, name).map_err(io)?;
-            let mut b = open_file(&up_dir, name).map_err(io)?;
+            let mut a = open_file(low_dir, name).map_err(io)?;
+            let mut b = open_file(up_dir, name).map_err(io)?;
             Ok(
                 if same_content(&mut a, &mut b, up.st_size as u64).map_err(io)? {
                     Verdict::Unchanged
@@ -157,6 +175,7 @@ pub fn compare(lower: &Path, upper: &Path, path: &[u8]) -> Result<Verdict, Looku
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
 
@@ -178,6 +197,34 @@ mod tests {
             .open(u.join(rel))
             .unwrap();
         f.set_modified(m.modified().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn one_look_gives_both_sides_sizes_with_the_verdict() {
+        let (root, l, u) = pair("examine");
+        std::fs::write(l.join("d/log"), b"hello").unwrap();
+        copy_up(&l, &u, "d/log");
+        let (sizes, verdict) = examine(&l, &u, b"d/log");
+        let same = Sizes {
+            lower: 5,
+            upper: 5,
+            regular_file: true,
+        };
+        assert_eq!((sizes, verdict.unwrap()), (Some(same), Verdict::Unchanged));
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(u.join("d/log"))
+            .unwrap()
+            .write_all(b" world")
+            .unwrap();
+        let (sizes, verdict) = examine(&l, &u, b"d/log");
+        assert_eq!(sizes.map(|s| (s.lower, s.upper)), Some((5, 11)));
+        assert_eq!(verdict.unwrap(), Verdict::Changed);
+        // Gone from the upper layer: no sizes, a change.
+        std::fs::remove_file(u.join("d/log")).unwrap();
+        let (sizes, verdict) = examine(&l, &u, b"d/log");
+        assert_eq!((sizes, verdict.unwrap()), (None, Verdict::Changed));
+        let _ = std::fs::remove_dir_all(root);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::changes::{self, ChangeList};
 use super::image::{self, ImageCache, ImageLayers};
 use super::lookup::{topmost_holding, Found};
 use super::pending::{Pending, Want};
-use super::unchanged::{compare, sizes, Verdict};
+use super::unchanged::{examine, Verdict};
 use super::{mounted, storage};
 use super::{LayerAnswer, LayerRef, Unknown};
 use crate::event::{escape_bytes, KernelEvent, Kind};
@@ -63,9 +63,9 @@ const PREFETCH: usize = 64;
 /// Copy-ups checked between two looks at the questions waiting.
 const CHECK_SLICE: usize = 64;
 /// Copy-ups looked at again by one interval's check, in turn (the end's
-/// check looks at all). Each look walks four paths (the object in the
-/// upper and the lower layer, twice): looking at all [`MAX_TRACKED`] every
-/// 5 s interval was the soak's main CPU cost. The others keep what their
+/// check looks at all). Each look walks two paths (the object in the
+/// upper and the lower layer); looking at all [`MAX_TRACKED`] every 5 s
+/// interval, twice over, was likely the soak's main CPU cost. The others keep what their
 /// last look found.
 pub const CHECK_BUDGET: usize = 1_024;
 
@@ -322,10 +322,13 @@ struct Look {
 fn look(t: &mut Tracked) {
     let lower = &t.layers.lowers[t.lower].dir;
     t.last = match &t.layers.upper {
-        Some(upper) => Look {
-            sizes: sizes(lower, upper, &t.path).ok().flatten(),
-            verdict: compare(lower, upper, &t.path).ok(),
-        },
+        Some(upper) => {
+            let (sizes, verdict) = examine(lower, upper, &t.path);
+            Look {
+                sizes,
+                verdict: verdict.ok(),
+            }
+        }
         None => Look::default(),
     };
 }
