@@ -180,8 +180,7 @@ impl Stages {
             err_line(&format!(
                 "cowtrace: start-up: {what}: {:.1} ms (peak RSS {})",
                 (now - self.last).as_secs_f64() * 1000.0,
-                cowtrace::agent_cost::peak_rss_kib()
-                    .map_or("unknown".to_string(), |kib| format!("{kib} KiB"))
+                peak_rss_text()
             ));
         }
         self.last = now;
@@ -193,8 +192,7 @@ impl Stages {
             err_line(&format!(
                 "cowtrace: start-up: ready after {:.1} ms (peak RSS {})",
                 since.elapsed().as_secs_f64() * 1000.0,
-                cowtrace::agent_cost::peak_rss_kib()
-                    .map_or("unknown".to_string(), |kib| format!("{kib} KiB"))
+                peak_rss_text()
             ));
         }
     }
@@ -208,6 +206,11 @@ impl Stages {
             ));
         }
     }
+}
+
+/// The peak RSS so far, for the start-up lines.
+fn peak_rss_text() -> String {
+    cowtrace::agent_cost::peak_rss_kib().map_or("unknown".to_string(), |kib| format!("{kib} KiB"))
 }
 
 /// Usage errors exit 2, runtime failures 1.
@@ -1075,13 +1078,12 @@ impl EventSink<'_> {
             };
             let expired = all || now.duration_since(h.since) >= HOLD;
             let waited = expired || over_budget;
-            // Set when something was still unknown and only the budget
-            // sent the event out.
-            let mut early = false;
+            // Set when the event goes out with something still unknown.
+            let mut unknown = false;
             let by_cgroup = match self.attribution.owner_of_cgroup(h.ev.cgroup_id) {
                 Some(o) => o,
                 None if waited => {
-                    early = !expired;
+                    unknown = true;
                     Owner::host()
                 }
                 None => break,
@@ -1092,7 +1094,7 @@ impl EventSink<'_> {
                 Some(None) if !waited && self.attribution.describing(&by_cgroup.id) => break,
                 Some(fs) => fs,
                 None if waited => {
-                    early |= !expired;
+                    unknown = true;
                     None
                 }
                 None => break,
@@ -1108,7 +1110,7 @@ impl EventSink<'_> {
                 Asked::Waiting(t) => match self.layers.take(&t, &h.ev) {
                     Some(a) => a,
                     None if waited => {
-                        early |= !expired;
+                        unknown = true;
                         self.layers.give_up(t, &h.ev)
                     }
                     None => {
@@ -1119,7 +1121,8 @@ impl EventSink<'_> {
             };
             let owner = self.attribution.owner(by_cgroup, fs.as_ref());
             let h = self.held.pop_front().expect("front exists");
-            if early {
+            // Only the budget sent it out before its time.
+            if unknown && !expired {
                 self.held.count_released_early();
             }
             self.asked_upto = self.asked_upto.saturating_sub(1);
