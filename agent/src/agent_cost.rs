@@ -87,6 +87,38 @@ fn heap_kib() -> Option<(u64, u64)> {
     None
 }
 
+/// Big blocks (the report's buffers, which grow with the containers seen)
+/// get pages of their own from this size on, given back when freed.
+/// glibc's default moves this threshold up to the largest block freed
+/// so far (up to 32 MiB), after which such buffers were carved from the
+/// heap and left holes it kept: the soak's agent held 11.8 MiB of freed
+/// heap next to 3.2 MiB in use after 120 containers.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 128 << 10;
+
+/// Sets the allocator up for a process that runs for weeks: a fixed
+/// threshold for blocks of their own (see [`MMAP_THRESHOLD`]).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's parameters; called
+    // once at start, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+/// Gives the pages of freed heap back to the kernel (all arenas, not
+/// only the top of each, which is all glibc trims by itself). Called
+/// after each report, when the report's own tree has just been freed:
+/// a few milliseconds, once an interval.
+pub fn give_back_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes the allocator's locks itself.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The JSON's `agent` object.
 pub fn json(p: &ProcessCost, held: &HeldStats, questions: (usize, usize)) -> Value {
     json!({

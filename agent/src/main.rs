@@ -17,7 +17,7 @@ use cowtrace::kallsyms::Symbols;
 use cowtrace::kernel_maps::KernelMaps;
 use cowtrace::kernel_side::{Drops, KernelSide};
 use cowtrace::layers::totals::PerLayer;
-use cowtrace::layers::worker::{Asked, Layers, UnchangedReport};
+use cowtrace::layers::worker::{Asked, Layers};
 use cowtrace::layers::{advice, changes, LayerAnswer};
 use cowtrace::output::{err_line, err_text, EventsTarget, JsonTarget};
 use cowtrace::probes::{ProbeOptions, Probes};
@@ -226,6 +226,7 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn main() -> ExitCode {
+    cowtrace::agent_cost::tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -375,8 +376,12 @@ impl Out {
         ));
     }
 
-    fn json(&mut self, target: &JsonTarget, v: &serde_json::Value) {
-        match target.write(&report::to_bytes(v)) {
+    fn json(
+        &mut self,
+        target: &JsonTarget,
+        fill: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) {
+        match target.write_with(fill) {
             Ok(()) => {}
             Err(e) => {
                 self.failed = true;
@@ -702,7 +707,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
     let mono_to_wall = mono_offset();
     let base = RunBase {
         kernel: kernel_release,
-        started: started_wall,
+        started_text: fmt_rfc3339(started_wall),
         probes: kernel
             .probes()
             .map(|p| serde_json::to_value(&p.report.points).unwrap_or_default())
@@ -806,7 +811,12 @@ impl Run<'_> {
                     // cgroup and root filesystem too.
                     self.kernel.follow(&update)?;
                 }
-                _ = tick.tick() => self.report(Moment::Interval),
+                _ = tick.tick() => {
+                    self.report(Moment::Interval);
+                    // The report's rows and tree (they grow with the
+                    // containers seen) were freed just now.
+                    cowtrace::agent_cost::give_back_freed_heap();
+                }
                 _ = signals.any() => break,
                 _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
             }
@@ -903,16 +913,15 @@ impl Run<'_> {
             sink.layers.unchanged()
         };
         if let Some(t) = &self.json {
-            let v = build_report(
-                &self.base,
-                elapsed,
-                drops,
-                &self.kernel.maps,
-                &rows,
-                sink,
-                &unchanged,
-            );
-            sink.out.json(t, &v);
+            let info = run_info(&self.base, elapsed, drops, &self.kernel.maps, sink);
+            let (per_layer, rows) = (&sink.per_layer, &rows);
+            let containers = rows.iter().map(|(o, s, w)| {
+                let mut v = report::container_json(o, s, w);
+                per_layer.add_to_container_json(&o.id, &unchanged, &mut v);
+                v
+            });
+            sink.out
+                .json(t, |w| report::write_report(w, &info, containers));
         }
         // At the end the last numbers are served until the probes are
         // detached; then the endpoint closes with the process.
@@ -1242,26 +1251,25 @@ fn write_totals(
 /// What every report of a run shares.
 struct RunBase {
     kernel: String,
-    started: SystemTime,
+    /// When the run started, as the report writes it.
+    started_text: String,
     probes: serde_json::Value,
     mono_to_wall: i64,
     write_sample_every: u64,
     cgroup_mode: CgroupMode,
 }
 
-fn build_report(
-    base: &RunBase,
+/// The report's facts that are not per container.
+fn run_info<'a>(
+    base: &'a RunBase,
     elapsed: f64,
     drops: Drops,
     kernel_maps: &KernelMaps,
-    rows: &[Row<'_>],
     sink: &EventSink,
-    unchanged: &UnchangedReport,
-) -> serde_json::Value {
-    let started = fmt_rfc3339(base.started);
-    let info = RunInfo {
+) -> RunInfo<'a> {
+    RunInfo {
         kernel: &base.kernel,
-        started: &started,
+        started: &base.started_text,
         duration_s: elapsed,
         probes: base.probes.clone(),
         drops,
@@ -1276,17 +1284,7 @@ fn build_report(
             &sink.held.stats(),
             sink.layers.question_counts(),
         ),
-    };
-    let containers = rows
-        .iter()
-        .map(|(o, s, w)| {
-            let mut v = report::container_json(o, s, w);
-            sink.per_layer
-                .add_to_container_json(&o.id, unchanged, &mut v);
-            v
-        })
-        .collect();
-    report::report_json(&info, containers)
+    }
 }
 
 fn update_metrics(

@@ -188,12 +188,22 @@ impl JsonTarget {
     /// (exclusive, unpredictable name, never through a symlink), fsync,
     /// `renameat` over FILE, fsync of the directory.
     pub fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_with(|w| w.write_all(bytes))
+    }
+
+    /// As [`Self::write`], the content written by `fill` (through a
+    /// buffer: a report need not be in memory all at once).
+    pub fn write_with(
+        &self,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let name = OsStr::from_bytes(&self.name);
         let tmp = temp_name(name)?;
         let fd = create_new(&self.dir, &tmp, 0o644)?;
         let res = (|| -> std::io::Result<()> {
-            let mut f = File::from(fd);
-            f.write_all(bytes)?;
+            let mut w = std::io::BufWriter::with_capacity(64 << 10, File::from(fd));
+            fill(&mut w)?;
+            let f = w.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
             // Whatever took FILE's place meanwhile: a regular file or a
             // symlink someone planted is replaced (a rename never follows

@@ -134,7 +134,70 @@ pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
     })
 }
 
+/// The report as one JSON value (the schema test's, and the shape
+/// [`write_report`] streams).
 pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
+    let mut head = report_head(run);
+    head.insert("containers".into(), Value::Array(containers));
+    Value::Object(head)
+}
+
+/// Writes the report as [`to_bytes`] of [`report_json`] would, but makes
+/// each container's object only when it is written, and drops it before
+/// the next: the whole tree at once (about 100 KiB of it per container,
+/// for some 7 KB of text) was the agent's peak memory, growing with
+/// every container a long run saw.
+pub fn write_report(
+    out: &mut dyn std::io::Write,
+    run: &RunInfo,
+    containers: impl Iterator<Item = Value>,
+) -> std::io::Result<()> {
+    // The keys in the order the map keeps them, `containers` among them.
+    let mut head = report_head(run);
+    head.insert("containers".into(), Value::Null);
+    let doc = Streamed {
+        head: &head,
+        containers: std::cell::RefCell::new(Some(containers)),
+    };
+    serde_json::to_writer_pretty(&mut *out, &doc)?;
+    out.write_all(b"\n")
+}
+
+/// [`write_report`]'s document: `head`, with `containers` made as written.
+struct Streamed<'a, I> {
+    head: &'a Map<String, Value>,
+    containers: std::cell::RefCell<Option<I>>,
+}
+
+impl<I: Iterator<Item = Value>> serde::Serialize for Streamed<'_, I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.head.len()))?;
+        for (k, v) in self.head {
+            if k == "containers" {
+                m.serialize_entry(k, &Lazy(&self.containers))?;
+            } else {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// A sequence serialized from an iterator, one item at a time.
+struct Lazy<'a, I>(&'a std::cell::RefCell<Option<I>>);
+
+impl<I: Iterator<Item = Value>> serde::Serialize for Lazy<'_, I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.borrow_mut().take() {
+            Some(items) => s.collect_seq(items),
+            None => s.collect_seq(std::iter::empty::<Value>()),
+        }
+    }
+}
+
+/// Everything in the report but its containers.
+fn report_head(run: &RunInfo) -> Map<String, Value> {
     let mut drops: Map<String, Value> = agent_ebpf::EventKind::ALL
         .iter()
         .zip(run.drops)
@@ -153,7 +216,7 @@ pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
             (o.kind.key().to_string(), v)
         })
         .collect();
-    json!({
+    let head = json!({
         "schema": SCHEMA,
         "kernel": run.kernel,
         "started": run.started,
@@ -166,8 +229,11 @@ pub fn report_json(run: &RunInfo, containers: Vec<Value>) -> Value {
         "kernel_maps": kernel_maps,
         "overlays": run.overlays,
         "agent": run.agent,
-        "containers": containers,
-    })
+    });
+    match head {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
 }
 
 /// One `--events` line.
@@ -332,21 +398,9 @@ mod tests {
         p
     }
 
-    #[test]
-    fn schema_document_matches_the_report() {
-        let mut s = OwnerStats {
-            copy_up_count: 1,
-            ..Default::default()
-        };
-        s.copy_up.record(5_000);
-        s.copy_up_op.record(6_000);
-        s.files.record("etc/x", 5_000, 3);
-        let mut w = WriteTotals {
-            count: 1,
-            ..Default::default()
-        };
-        w.latency.record(100);
-        let run = RunInfo {
+    /// A run's facts, every field filled.
+    fn sample_run() -> RunInfo<'static> {
+        RunInfo {
             kernel: "6.1.0",
             started: "2026-11-27T00:00:00Z",
             duration_s: 1.0,
@@ -375,13 +429,54 @@ mod tests {
                 &Default::default(),
                 (0, 0),
             ),
+        }
+    }
+
+    /// A container with every field filled, as the report writes it.
+    fn sample_container() -> Value {
+        let mut s = OwnerStats {
+            copy_up_count: 1,
+            ..Default::default()
         };
+        s.copy_up.record(5_000);
+        s.copy_up_op.record(6_000);
+        s.files.record("etc/x", 5_000, 3);
+        let mut w = WriteTotals {
+            count: 1,
+            ..Default::default()
+        };
+        w.latency.record(100);
         let mut c = container_json(&Owner::host(), &s, &w);
         layer_sample().add_to_container_json(
             "host",
             &crate::layers::worker::UnchangedReport::new(),
             &mut c,
         );
+        c
+    }
+
+    #[test]
+    fn the_streamed_report_is_the_report() {
+        let run = sample_run();
+        let containers: Vec<Value> = (0..3)
+            .map(|i| {
+                let mut c = sample_container();
+                c["name"] = json!(format!("c{i}"));
+                c
+            })
+            .collect();
+        let mut streamed = Vec::new();
+        write_report(&mut streamed, &run, containers.clone().into_iter()).unwrap();
+        assert_eq!(
+            String::from_utf8(streamed).unwrap(),
+            String::from_utf8(to_bytes(&report_json(&run, containers))).unwrap()
+        );
+    }
+
+    #[test]
+    fn schema_document_matches_the_report() {
+        let run = sample_run();
+        let c = sample_container();
         let v = report_json(&run, vec![c]);
         let have = json_paths(&v);
         let documented = documented_paths(SCHEMA_DOC);

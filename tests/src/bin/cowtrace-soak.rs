@@ -100,6 +100,33 @@ fn cost(pid: u32) -> (f64, u64, u64) {
     (cpu, kib("VmHWM:"), kib("VmRSS:"))
 }
 
+/// CPU seconds per thread name (threads of one name summed), busiest
+/// first: which part of the agent the time goes to.
+fn cpu_by_thread(pid: u32) -> String {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"));
+    for t in tasks.into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // comm is between the first '(' and the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+        *by.entry(stat[open + 1..close].to_string()).or_default() +=
+            (field(11) + field(12)) / ticks;
+    }
+    let mut v: Vec<_> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.iter()
+        .map(|(n, s)| format!("{n} {s:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The agent's own account of where its memory is (the `agent` object of
 /// the report it rewrites every interval): heap in use, and how many events
 /// and layer questions waited at most.
@@ -215,8 +242,9 @@ fn run(out: &Path, containers: usize, files: usize, parallel: usize) -> Result<b
         if n / 10 != last / 10 || n == containers {
             let (cpu, hwm, rss) = cost(pid);
             println!(
-                "soak: {n}/{containers} containers, {:.0} s, cowtrace RSS {rss} KiB (peak {hwm}), CPU {cpu:.1} s; {}",
+                "soak: {n}/{containers} containers, {:.0} s, cowtrace RSS {rss} KiB (peak {hwm}), CPU {cpu:.1} s ({}); {}",
                 t0.elapsed().as_secs_f64(),
+                cpu_by_thread(pid),
                 queues(&report)
             );
             last = n;
