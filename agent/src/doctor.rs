@@ -90,6 +90,17 @@ pub struct Checked {
 /// them even when something else is missing; kallsyms is read on another
 /// thread while BTF is parsed.
 pub fn check(opts: &ProbeOptions) -> Checked {
+    let mut checked = check_kernel(opts);
+    // Last: the probes' lines come first, the mounts' after them.
+    checked.findings.extend(mount_findings());
+    checked
+}
+
+/// The checks a run needs before it attaches: [`check`] without the
+/// mounts, whose findings are never fatal and which read every process's
+/// mount table (seconds on a node with thousands of processes, before
+/// the run is ready).
+pub fn check_kernel(opts: &ProbeOptions) -> Checked {
     std::thread::scope(|s| {
         let syms = s.spawn(|| {
             let t = Instant::now();
@@ -195,8 +206,6 @@ fn check_with(
             },
         });
     }
-    // Last: the probes' lines come first, the mounts' after them.
-    f.extend(mount_findings());
     Checked {
         findings: f,
         syms,

@@ -487,7 +487,7 @@ impl Options {
 /// The kernel's symbols, BTF and the attach plan (doctor's), or why this
 /// kernel cannot be traced.
 fn kernel_checks(probe: &ProbeOptions, stages: &mut Stages) -> Result<Kernel, Failure> {
-    let checked = doctor::check(probe);
+    let checked = doctor::check_kernel(probe);
     for (stage, took) in &checked.stages {
         stages.took(stage, *took);
     }
