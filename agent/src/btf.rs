@@ -504,6 +504,29 @@ impl Btf {
         None
     }
 
+    /// Which of `names` are functions (`FUNC`) here: one pass over the
+    /// types, however many names are asked.
+    pub fn funcs_among<'n>(
+        &self,
+        names: &std::collections::HashSet<&'n str>,
+    ) -> std::collections::HashSet<&'n str> {
+        let mut found = std::collections::HashSet::new();
+        for part in &self.parts {
+            for &off in &part.offsets {
+                let off = off as usize;
+                let info = read_u32(&part.data, off + 4, self.big_endian).unwrap_or(0);
+                if Kind::from_raw((info >> 24) & 0x1f) != Some(Kind::Func) {
+                    continue;
+                }
+                let name_off = read_u32(&part.data, off, self.big_endian).unwrap_or(0);
+                if let Some(&n) = self.string(name_off).ok().and_then(|s| names.get(s)) {
+                    found.insert(n);
+                }
+            }
+        }
+        found
+    }
+
     /// Type id of the struct or union called `name` (or of a typedef of
     /// one).
     pub fn find_struct(&self, name: &str) -> Option<u32> {
@@ -1144,6 +1167,22 @@ mod tests {
             check_base(&split);
             assert!(!btf_base.has_func("ovl_copy_up_one"));
             assert!(split.has_func("ovl_copy_up_one"));
+            // One pass finds the functions of both parts, and only them.
+            let asked: std::collections::HashSet<&str> = [
+                "ovl_copy_up_one",
+                "ovl_other",
+                "do_thing",
+                "dentry",
+                "missing",
+            ]
+            .into();
+            let mut found: Vec<_> = split.funcs_among(&asked).into_iter().collect();
+            found.sort();
+            assert_eq!(found, ["do_thing", "ovl_copy_up_one", "ovl_other"]);
+            assert_eq!(
+                btf_base.funcs_among(&asked).into_iter().collect::<Vec<_>>(),
+                ["do_thing"]
+            );
             let p = split.func_params("ovl_copy_up_one").unwrap();
             assert!(p[0].type_desc.is_ptr_to_struct("dentry"));
             assert!(p[1].type_desc.is_ptr_to_struct("dentry"));

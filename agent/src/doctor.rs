@@ -3,7 +3,7 @@
 
 use crate::overlay_opts::{ModuleDefaults, OverlayOptions, FUSE_OVERLAYFS};
 use crate::points::{Method, Missing, Planned};
-use crate::probes::{plan, KernelBtf, KernelSymbols, ProbeOptions};
+use crate::probes::{plan, Kallsyms, KernelBtf, ProbeOptions};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -76,19 +76,19 @@ pub fn kernel_release() -> String {
 /// What [`check`] found: the findings, and what the run attaches with.
 pub struct Checked {
     pub findings: Vec<Finding>,
-    pub syms: Option<KernelSymbols>,
+    /// Read beside everything else, waited for only where BTF does not
+    /// answer (see [`Kallsyms`]).
+    pub kallsyms: Kallsyms,
     pub btf: Option<KernelBtf>,
-    /// The attach plan (empty when kallsyms could not be read): what
-    /// doctor shows is what the run attaches.
+    /// The attach plan: what doctor shows is what the run attaches.
     pub plan: Vec<Result<Planned, Missing>>,
-    /// How long reading BTF, kallsyms and making the plan took
-    /// (`--verbose`); kallsyms is read beside BTF.
+    /// How long reading BTF and making the plan took (`--verbose`).
     pub stages: Vec<(String, Duration)>,
 }
 
-/// Runs every check. `syms` and `btf` are loaded here so `doctor` can show
-/// them even when something else is missing; kallsyms is read on another
-/// thread while BTF is parsed.
+/// Runs every check. BTF is loaded here so `doctor` can show it even when
+/// something else is missing; kallsyms is read on another thread from the
+/// start.
 pub fn check(opts: &ProbeOptions) -> Checked {
     let mut checked = check_kernel(opts);
     // Last: the probes' lines come first, the mounts' after them.
@@ -101,26 +101,8 @@ pub fn check(opts: &ProbeOptions) -> Checked {
 /// mount table (seconds on a node with thousands of processes, before
 /// the run is ready).
 pub fn check_kernel(opts: &ProbeOptions) -> Checked {
-    std::thread::scope(|s| {
-        let syms = s.spawn(|| {
-            let t = Instant::now();
-            (KernelSymbols::load().ok(), t.elapsed())
-        });
-        check_with(opts, |stages| {
-            let t = Instant::now();
-            let (syms, took) = syms.join().unwrap_or((None, Duration::ZERO));
-            stages.push(("kallsyms read (beside BTF)".into(), took));
-            stages.push(("waited for kallsyms".into(), t.elapsed()));
-            syms
-        })
-    })
-}
-
-fn check_with(
-    opts: &ProbeOptions,
-    syms: impl FnOnce(&mut Vec<(String, Duration)>) -> Option<KernelSymbols>,
-) -> Checked {
-    let mut stages = Vec::new();
+    let kallsyms = Kallsyms::start();
+    let mut stages: Vec<(String, Duration)> = Vec::new();
     let mut f = Vec::new();
     let missing = missing_capabilities();
     f.push(Finding {
@@ -178,14 +160,16 @@ fn check_with(
         },
         fatal: true,
     });
-    let syms = syms(&mut stages);
     let btf = btf.ok();
     let t = Instant::now();
-    let plan = syms
-        .as_ref()
-        .map(|syms| plan(syms, btf.as_ref(), opts))
-        .unwrap_or_default();
-    stages.push(("attach plan (a test fentry load)".into(), t.elapsed()));
+    let plan = plan(&kallsyms, btf.as_ref(), opts);
+    stages.push((
+        "attach plan (BTF; kallsyms only where BTF does not say; a test fentry load)".into(),
+        t.elapsed(),
+    ));
+    if let Some(took) = kallsyms.took() {
+        stages.push(("kallsyms read, needed for the plan".into(), took));
+    }
     f.push(tracing_finding(&plan));
     for p in &plan {
         f.push(match p {
@@ -208,7 +192,7 @@ fn check_with(
     }
     Checked {
         findings: f,
-        syms,
+        kallsyms,
         btf,
         plan,
         stages,

@@ -13,14 +13,13 @@ use cowtrace::cgroup::CgroupMode;
 use cowtrace::event::escape_str;
 use cowtrace::event::{decode, KernelEvent};
 use cowtrace::held::{Held, HeldQueue, HELD_BUDGET};
-use cowtrace::kallsyms::Symbols;
 use cowtrace::kernel_maps::KernelMaps;
 use cowtrace::kernel_side::{Drops, KernelSide};
 use cowtrace::layers::totals::PerLayer;
 use cowtrace::layers::worker::{Asked, Layers};
 use cowtrace::layers::{advice, changes, LayerAnswer};
 use cowtrace::output::{err_line, err_text, EventsTarget, JsonTarget};
-use cowtrace::probes::{ProbeOptions, Probes};
+use cowtrace::probes::{Kallsyms, ProbeOptions, Probes};
 use cowtrace::report::{self, RunInfo};
 use cowtrace::stats::{Owner, Row, Stats, WriteTotals};
 use cowtrace::{doctor, live, privileges, shutdown};
@@ -491,27 +490,25 @@ fn kernel_checks(probe: &ProbeOptions, stages: &mut Stages) -> Result<Kernel, Fa
     for (stage, took) in &checked.stages {
         stages.took(stage, *took);
     }
-    stages.done("kernel checks, BTF, kallsyms and the attach plan, in all");
+    stages.done("kernel checks, BTF and the attach plan, in all");
     if let Some(msg) = doctor::first_fatal(&checked.findings) {
         return Err(Failure::Runtime(anyhow!(
             "cannot run here: {msg} (see `cowtrace doctor`)"
         )));
     }
-    match (checked.syms, checked.btf) {
-        (Some(syms), Some(btf)) => Ok(Kernel {
-            syms,
+    match checked.btf {
+        Some(btf) => Ok(Kernel {
+            kallsyms: checked.kallsyms,
             btf,
             plan: checked.plan,
         }),
-        _ => Err(Failure::Runtime(anyhow!(
-            "cannot read kernel symbols or BTF"
-        ))),
+        None => Err(Failure::Runtime(anyhow!("cannot read the kernel's BTF"))),
     }
 }
 
 /// What attaching needs from the kernel checks.
 struct Kernel {
-    syms: cowtrace::probes::KernelSymbols,
+    kallsyms: Kallsyms,
     btf: cowtrace::probes::KernelBtf,
     plan: Vec<Result<cowtrace::points::Planned, cowtrace::points::Missing>>,
 }
@@ -603,13 +600,17 @@ fn attach(
     (
         KernelSide,
         cowtrace::attribution::KernelCgroupNames,
-        cowtrace::probes::KernelSymbols,
+        Kallsyms,
     ),
     Failure,
 > {
-    let Kernel { syms, btf, plan } = kernel;
+    let Kernel {
+        kallsyms,
+        btf,
+        plan,
+    } = kernel;
     let mut probes =
-        Probes::attach(&plan, &syms, &btf, prepared, &opts.probe).map_err(Failure::Runtime)?;
+        Probes::attach(&plan, &kallsyms, &btf, prepared, &opts.probe).map_err(Failure::Runtime)?;
     for (stage, took) in &probes.stages {
         stages.took(stage, *took);
     }
@@ -626,7 +627,7 @@ fn attach(
     kernel.pass(&cgroups, &devs)?;
     privileges::drop_after_attach().map_err(Failure::Runtime)?;
     stages.done("filters filled, capabilities dropped");
-    Ok((kernel, names, syms))
+    Ok((kernel, names, kallsyms))
 }
 
 /// The run as a pipeline: options validated; the kernel checked;
@@ -653,7 +654,8 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
 
     let mut signals = Signals::install()?;
     let t_attach = Instant::now();
-    let (kernel, cgroup_names, syms) = attach(&opts, kernel, &prepared, &followed, &mut stages)?;
+    let (kernel, cgroup_names, kallsyms) =
+        attach(&opts, kernel, &prepared, &followed, &mut stages)?;
     drop(prepared);
     attribution.use_kernel_names(cgroup_names);
     let kernel_release = doctor::kernel_release();
@@ -724,7 +726,8 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             attribution,
             held: HeldQueue::new(HELD_BUDGET),
             asked_upto: 0,
-            symbols: syms.table,
+            kallsyms,
+            kallsyms_warned: false,
             stats,
             out,
             print_events,
@@ -991,7 +994,10 @@ struct EventSink<'a> {
     held: HeldQueue,
     /// The held events before this index have had their layer asked.
     asked_upto: usize,
-    symbols: Symbols,
+    /// A copy-up's trigger is named from its stack with kallsyms (still
+    /// being read, maybe, when the first copy-up comes: waited for then).
+    kallsyms: Kallsyms,
+    kallsyms_warned: bool,
     stats: Stats,
     out: Out,
     print_events: bool,
@@ -1185,6 +1191,19 @@ impl EventSink<'_> {
         self.release(Instant::now(), true)
     }
 
+    /// What made overlay copy up, from the copy-up's stack.
+    fn trigger_of(&mut self, stack: &[u64]) -> cowtrace::kallsyms::Trigger {
+        match self.kallsyms.get() {
+            Some(k) => k.table.classify_copy_up(stack),
+            None => {
+                if !std::mem::replace(&mut self.kallsyms_warned, true) {
+                    err_line("cowtrace: warning: cannot read /proc/kallsyms: copy-up triggers are reported as \"other\"");
+                }
+                cowtrace::kallsyms::Trigger::Other
+            }
+        }
+    }
+
     fn handle(&mut self, owner: &Owner, fs: Option<Owner>, layer: &LayerAnswer, ev: &KernelEvent) {
         let cause = match &ev.kind {
             // The kernel knows this one; the stack would show the remove
@@ -1192,7 +1211,7 @@ impl EventSink<'_> {
             cowtrace::event::Kind::CopyUp(c) if c.removed => {
                 Some(cowtrace::kallsyms::Trigger::Remove)
             }
-            cowtrace::event::Kind::CopyUp(c) => Some(self.symbols.classify_copy_up(&c.stack)),
+            cowtrace::event::Kind::CopyUp(c) => Some(self.trigger_of(&c.stack)),
             _ => None,
         };
         let trigger = cause.map(|t| t.as_str());

@@ -143,11 +143,109 @@ impl Scan {
 /// see through it.
 const OLD_KRETPROBE_TRAMPOLINE: &str = "kretprobe_trampoline";
 
+/// The functions with which, since 5.15, the unwinder finds a return
+/// probe's real return address (the second where return probes run on
+/// rethook): a kernel whose BTF has one need not be asked kallsyms for
+/// the trampoline's name.
+const RETURN_ADDRESS_RECOVERY: [&str; 2] = ["kretprobe_find_ret_addr", "rethook_find_ret_addr"];
+
+/// `/proc/kallsyms`, read on a thread of its own from the start (up to a
+/// second or more on a slow machine): the run waits for it only where BTF
+/// cannot answer (a kernel without overlay's module BTF, a candidate BTF
+/// does not list), and to name a copy-up's trigger from its stack.
+pub struct Kallsyms {
+    reading: std::sync::Mutex<Option<std::thread::JoinHandle<Read>>>,
+    read: std::sync::OnceLock<Read>,
+}
+
+/// What reading kallsyms gave, and how long it took.
+struct Read {
+    symbols: Option<KernelSymbols>,
+    took: std::time::Duration,
+}
+
+impl Kallsyms {
+    /// Starts reading. The thread opens kallsyms at once, with the
+    /// capabilities of now (addresses are shown to the opener's), reads
+    /// it and ends: it runs nothing but that read, so it is not among the
+    /// threads that give up capabilities after attaching.
+    pub fn start() -> Self {
+        let read = || {
+            let t = std::time::Instant::now();
+            let symbols = KernelSymbols::load().ok();
+            Read {
+                symbols,
+                took: t.elapsed(),
+            }
+        };
+        let reading = std::thread::Builder::new()
+            .name("cowtrace-kallsyms".into())
+            .spawn(read);
+        let k = Kallsyms {
+            reading: std::sync::Mutex::new(None),
+            read: std::sync::OnceLock::new(),
+        };
+        match reading {
+            Ok(handle) => *k.lock() = Some(handle),
+            // No thread: read here and now.
+            Err(_) => {
+                let _ = k.read.set(read());
+            }
+        }
+        k
+    }
+
+    /// Already read: kallsyms from a string (tests).
+    #[cfg(test)]
+    fn parsed(text: &str) -> Self {
+        let k = Kallsyms {
+            reading: std::sync::Mutex::new(None),
+            read: std::sync::OnceLock::new(),
+        };
+        let _ = k.read.set(Read {
+            symbols: Some(KernelSymbols::parse(text)),
+            took: std::time::Duration::ZERO,
+        });
+        k
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<std::thread::JoinHandle<Read>>> {
+        self.reading.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn finished(&self) -> &Read {
+        self.read.get_or_init(|| {
+            let handle = self.lock().take();
+            handle.and_then(|h| h.join().ok()).unwrap_or(Read {
+                symbols: None,
+                took: std::time::Duration::ZERO,
+            })
+        })
+    }
+
+    /// The symbols, waiting for the read to finish if it has not (None:
+    /// kallsyms could not be read).
+    pub fn get(&self) -> Option<&KernelSymbols> {
+        self.finished().symbols.as_ref()
+    }
+
+    /// How long the read took, once it was waited for (`--verbose`).
+    pub fn took(&self) -> Option<std::time::Duration> {
+        self.read.get().map(|r| r.took)
+    }
+}
+
 /// The kernel's BTF: vmlinux, and the overlay module's if it has one,
 /// read by cowtrace's own reader (aya's parse is `loader`'s business).
 pub struct KernelBtf {
     pub vmlinux: Btf,
     pub overlay: Option<Btf>,
+    /// The attach candidates and [`RETURN_ADDRESS_RECOVERY`] functions
+    /// that BTF lists. BTF lists only functions the kernel has a symbol
+    /// for, so each of them is in kallsyms too; one it does not list may
+    /// still be (5.10 has no module BTF; pahole leaves out functions whose
+    /// name two static functions share).
+    pub functions: HashSet<&'static str>,
 }
 
 impl KernelBtf {
@@ -156,8 +254,42 @@ impl KernelBtf {
             "this kernel has no BTF (/sys/kernel/btf/vmlinux): cowtrace needs CONFIG_DEBUG_INFO_BTF=y",
         )?;
         let overlay = Btf::split_from_file("/sys/kernel/btf/overlay", &vmlinux).ok();
-        Ok(Self { vmlinux, overlay })
+        let wanted: HashSet<&'static str> = crate::points::all_candidates()
+            .chain(RETURN_ADDRESS_RECOVERY)
+            .collect();
+        // The split object looks at vmlinux's types too.
+        let functions = overlay.as_ref().unwrap_or(&vmlinux).funcs_among(&wanted);
+        Ok(Self {
+            vmlinux,
+            overlay,
+            functions,
+        })
     }
+}
+
+/// Whether the kernel's stack unwinder stops at a return probe's
+/// trampoline (then the probes take the stack at an operation's start):
+/// not where BTF has a [`RETURN_ADDRESS_RECOVERY`] function; else as
+/// kallsyms says, by the trampoline's name.
+pub fn unwind_stops_at_kretprobe(btf: &KernelBtf, kallsyms: &Kallsyms) -> bool {
+    unwind_stops(&btf.functions, kallsyms)
+}
+
+fn unwind_stops(btf_functions: &HashSet<&str>, kallsyms: &Kallsyms) -> bool {
+    if RETURN_ADDRESS_RECOVERY
+        .iter()
+        .any(|f| btf_functions.contains(f))
+    {
+        return false;
+    }
+    kallsyms.get().is_some_and(|s| s.unwind_stops_at_kretprobe)
+}
+
+/// What kallsyms would say of `function`: where BTF lists it, it is there
+/// (kallsyms is not waited for); else as kallsyms says.
+fn has_symbol(btf_functions: Option<&HashSet<&str>>, kallsyms: &Kallsyms, function: &str) -> bool {
+    btf_functions.is_some_and(|f| f.contains(function))
+        || kallsyms.get().is_some_and(|s| s.has(function))
 }
 
 /// `vfs_rename` took its flags directly until 5.11, then in a struct.
@@ -241,13 +373,15 @@ pub struct Probes {
 /// The kernel's answers to what [`crate::points::plan`] asks: kallsyms, and
 /// a test load of a tracing program (both doctor and the run use this).
 pub struct KernelFacts<'a> {
-    pub syms: &'a KernelSymbols,
+    pub kallsyms: &'a Kallsyms,
     pub btf: Option<&'a KernelBtf>,
 }
 
 impl Facts for KernelFacts<'_> {
+    /// What kallsyms would say: where BTF lists the function it is there,
+    /// and kallsyms is waited for only where BTF does not.
     fn has_symbol(&self, function: &str) -> bool {
-        self.syms.has(function)
+        has_symbol(self.btf.map(|b| &b.functions), self.kallsyms, function)
     }
 
     fn fentry(&self, function: &str) -> std::result::Result<(), String> {
@@ -260,11 +394,11 @@ impl Facts for KernelFacts<'_> {
 
 /// The plan for this kernel and these options (see [`crate::points::plan`]).
 pub fn plan(
-    syms: &KernelSymbols,
+    kallsyms: &Kallsyms,
     btf: Option<&KernelBtf>,
     opts: &ProbeOptions,
 ) -> Vec<Result<Planned, Missing>> {
-    crate::points::plan(&KernelFacts { syms, btf }, opts.force_kprobes)
+    crate::points::plan(&KernelFacts { kallsyms, btf }, opts.force_kprobes)
 }
 
 impl Probes {
@@ -275,7 +409,7 @@ impl Probes {
     /// BTF, which `prepared` parses meanwhile.
     pub fn attach(
         plan: &[Result<Planned, Missing>],
-        syms: &KernelSymbols,
+        kallsyms: &Kallsyms,
         btf: &KernelBtf,
         prepared: &crate::loader::Prepared,
         opts: &ProbeOptions,
@@ -296,7 +430,7 @@ impl Probes {
         let mut cfg = layout(btf, plan)?;
         cfg.filter = opts.filter as u32;
         cfg.write_sample_shift = opts.write_sample_shift;
-        cfg.stack_at_op_start = syms.unwind_stops_at_kretprobe as u32;
+        cfg.stack_at_op_start = unwind_stops_at_kretprobe(btf, kallsyms) as u32;
         lap("layout from BTF".into(), &mut stages);
         let (mut loader, made) = prepared.loader();
         stages.push(("aya's loader made (beside the checks)".into(), made));
@@ -673,6 +807,38 @@ mod tests {
                 "the object's program {name} is in no attach point"
             );
         }
+    }
+
+    /// Kallsyms that cannot be read (as if the read failed).
+    fn unreadable() -> Kallsyms {
+        Kallsyms {
+            reading: std::sync::Mutex::new(None),
+            read: std::sync::OnceLock::new(),
+        }
+    }
+
+    #[test]
+    fn btf_answers_for_the_functions_it_lists_and_kallsyms_for_the_others() {
+        let btf: HashSet<&str> = ["ovl_copy_up_one"].into();
+        // Listed by BTF: there, without kallsyms.
+        assert!(has_symbol(Some(&btf), &unreadable(), "ovl_copy_up_one"));
+        // Not listed: kallsyms says, either way.
+        assert!(!has_symbol(Some(&btf), &unreadable(), "ovl_copy_up_file"));
+        let k = Kallsyms::parsed("ffffffffc0000000 t ovl_copy_up_file\t[overlay]\n");
+        assert!(has_symbol(Some(&btf), &k, "ovl_copy_up_file"));
+        assert!(has_symbol(None, &k, "ovl_copy_up_file"));
+        assert!(!has_symbol(None, &k, "ovl_copy_up_one"));
+    }
+
+    #[test]
+    fn a_kernel_whose_btf_has_the_return_address_recovery_does_not_stop_at_the_trampoline() {
+        let old = Kallsyms::parsed("ffffffff81000000 T kretprobe_trampoline\n");
+        assert!(unwind_stops(&HashSet::new(), &old));
+        for f in RETURN_ADDRESS_RECOVERY {
+            assert!(!unwind_stops(&[f].into(), &unreadable()));
+        }
+        let new = Kallsyms::parsed("ffffffff81000000 T __kretprobe_trampoline\n");
+        assert!(!unwind_stops(&HashSet::new(), &new));
     }
 
     #[test]
