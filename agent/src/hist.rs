@@ -254,6 +254,20 @@ impl LogHist {
         h
     }
 
+    /// The values as the report's `hdr` field has them: base64 of the
+    /// equivalent HdrHistogram's V2 serialization (empty if it cannot be
+    /// serialized). Not kept between reports: about 4 us a histogram, and
+    /// kept it cost 4 MiB more at 10,000 containers.
+    pub fn hdr_base64(&self) -> String {
+        use base64::Engine as _;
+        use hdrhistogram::serialization::{Serializer, V2Serializer};
+        let mut bytes = Vec::new();
+        match V2Serializer::new().serialize(&self.to_hdr(), &mut bytes) {
+            Ok(_) => base64::engine::general_purpose::STANDARD.encode(&bytes),
+            Err(_) => String::new(),
+        }
+    }
+
     /// As `Histogram::value_at_quantile`: the highest value equivalent to
     /// the value below which `q` of the values lie (0 when empty).
     pub fn value_at_quantile(&self, q: f64) -> u64 {
@@ -328,7 +342,26 @@ impl LogHist {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
+
+    #[test]
+    fn the_encoding_decodes_to_the_values() {
+        use base64::Engine as _;
+        use hdrhistogram::serialization::Deserializer;
+        let mut h = LogHist::new();
+        h.record(5_000);
+        let first = h.hdr_base64();
+        h.record(9_000_000);
+        let second = h.hdr_base64();
+        assert_ne!(first, second);
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&second)
+            .unwrap();
+        let back: Histogram<u64> = Deserializer::new().deserialize(&mut &bytes[..]).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(LogHist::from_hdr(&back).max(), h.max());
+    }
 
     /// xorshift64*: deterministic values without a dependency.
     fn rng(seed: u64) -> impl FnMut() -> u64 {

@@ -3,10 +3,8 @@
 //! from [`crate::stats`] only: nothing here knows about the kernel.
 
 use crate::event::{KernelEvent, Kind};
+use crate::hist::LogHist;
 use crate::stats::{Owner, OwnerStats, WriteTotals, SHOWN};
-use base64::Engine as _;
-use hdrhistogram::serialization::{Serializer, V2Serializer};
-use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
 pub mod read;
@@ -36,7 +34,7 @@ pub struct RunInfo<'a> {
 }
 
 /// `{count, bytes, latency_ns{...}, buckets, hdr}` for one histogram.
-pub fn latency_block(count: u64, bytes: u64, h: &Histogram<u64>) -> Value {
+pub fn latency_block(count: u64, bytes: u64, h: &LogHist) -> Value {
     let empty = h.is_empty();
     let q = |q: f64| {
         if empty {
@@ -44,11 +42,6 @@ pub fn latency_block(count: u64, bytes: u64, h: &Histogram<u64>) -> Value {
         } else {
             json!(h.value_at_quantile(q))
         }
-    };
-    let mut hdr = Vec::new();
-    let hdr = match V2Serializer::new().serialize(h, &mut hdr) {
-        Ok(_) => base64::engine::general_purpose::STANDARD.encode(&hdr),
-        Err(_) => String::new(),
     };
     // Log2 buckets like bpftrace's hist(): [lo, hi) ns with counts.
     let buckets: Vec<Value> = if empty {
@@ -76,11 +69,11 @@ pub fn latency_block(count: u64, bytes: u64, h: &Histogram<u64>) -> Value {
             "mean": if empty { Value::Null } else { json!(h.mean().round() as u64) },
         },
         "buckets": buckets,
-        "hdr": hdr,
+        "hdr": h.hdr_base64(),
     })
 }
 
-fn ratio(a: &Histogram<u64>, b: &Histogram<u64>, q: f64) -> Value {
+fn ratio(a: &LogHist, b: &LogHist, q: f64) -> Value {
     if a.is_empty() || b.is_empty() {
         return Value::Null;
     }
@@ -96,11 +89,10 @@ pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
         .map(|f| json!({"path": f.path, "count": f.cost.count, "total_ns": f.cost.total_ns, "bytes": f.cost.bytes, "error_ns": f.error_ns}))
         .collect();
     let other = s.files.other(SHOWN);
-    // Dense histograms only while this container is rendered.
-    let (cu, w_lat) = (s.copy_up.to_hdr(), w.latency.to_hdr());
-    let mut copy_up = latency_block(s.copy_up_count, s.copy_up_bytes, &cu);
+    let (cu, w_lat) = (&s.copy_up, &w.latency);
+    let mut copy_up = latency_block(s.copy_up_count, s.copy_up_bytes, cu);
     copy_up["operation_latency_ns"] =
-        latency_block(s.copy_up_op.len(), 0, &s.copy_up_op.to_hdr())["latency_ns"].clone();
+        latency_block(s.copy_up_op.len(), 0, &s.copy_up_op)["latency_ns"].clone();
     copy_up["by_kind"] = crate::event::CopyUpKind::ALL
         .iter()
         .map(|k| {
@@ -112,7 +104,7 @@ pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
         })
         .collect::<Map<String, Value>>()
         .into();
-    let mut writes = latency_block(w.count, w.bytes, &w_lat);
+    let mut writes = latency_block(w.count, w.bytes, w_lat);
     writes["timed"] = json!(w.timed);
     json!({
         "id": owner.id,
@@ -126,8 +118,8 @@ pub fn container_json(owner: &Owner, s: &OwnerStats, w: &WriteTotals) -> Value {
         "opaque_dirs": {"count": s.opaque_dirs},
         "redirects": {"count": s.redirects},
         "copy_up_vs_write": {
-            "p50_ratio": ratio(&cu, &w_lat, 0.5),
-            "p99_ratio": ratio(&cu, &w_lat, 0.99),
+            "p50_ratio": ratio(cu, w_lat, 0.5),
+            "p99_ratio": ratio(cu, w_lat, 0.99),
         },
         "top_files": top,
         "top_files_other": {"count": other.count, "total_ns": other.total_ns, "bytes": other.bytes},
@@ -336,7 +328,6 @@ pub const SCHEMA_DOC: &str = include_str!("../../docs/json-schema.md");
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::new_hist;
 
     #[test]
     fn container_json_has_the_documented_shape() {
@@ -363,7 +354,7 @@ mod tests {
         assert!(v["copy_up_vs_write"]["p50_ratio"].as_f64().unwrap() > 50.0);
         assert_eq!(v["writes"]["count"], 3);
         assert_eq!(v["whiteouts"]["count"], 0);
-        let empty = latency_block(0, 0, &new_hist());
+        let empty = latency_block(0, 0, &LogHist::new());
         assert!(empty["latency_ns"]["p50"].is_null());
     }
 

@@ -114,7 +114,7 @@ impl PerLayer {
             .layers
             .values()
             .map(|(l, t)| {
-                let block = latency_block(t.copy_up_count, t.copy_up_bytes, &t.copy_up.to_hdr());
+                let block = latency_block(t.copy_up_count, t.copy_up_bytes, &t.copy_up);
                 let mut v = l.json();
                 v["copy_up"] = json!({
                     "count": t.copy_up_count,
