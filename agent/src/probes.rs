@@ -147,7 +147,7 @@ const OLD_KRETPROBE_TRAMPOLINE: &str = "kretprobe_trampoline";
 /// probe's real return address (the second where return probes run on
 /// rethook): a kernel whose BTF has one need not be asked kallsyms for
 /// the trampoline's name.
-const RETURN_ADDRESS_RECOVERY: [&str; 2] = ["kretprobe_find_ret_addr", "rethook_find_ret_addr"];
+pub const RETURN_ADDRESS_RECOVERY: [&str; 2] = ["kretprobe_find_ret_addr", "rethook_find_ret_addr"];
 
 /// `/proc/kallsyms`, read on a thread of its own from the start (up to a
 /// second or more on a slow machine): the run waits for it only where BTF

@@ -402,14 +402,15 @@ fn fallback_argument_positions_match_module_btf() {
         println!("no overlay module BTF on this kernel: nothing to compare");
         return;
     };
-    let syms = cowtrace::probes::KernelSymbols::load().unwrap();
+    let kallsyms = cowtrace::probes::Kallsyms::start();
     let opts = cowtrace::probes::ProbeOptions::default();
-    let plan = cowtrace::probes::plan(&syms, Some(&btf), &opts);
+    let plan = cowtrace::probes::plan(&kallsyms, Some(&btf), &opts);
     let with = cowtrace::probes::layout(&btf, &plan).unwrap();
     let without = cowtrace::probes::layout(
         &cowtrace::probes::KernelBtf {
             vmlinux: btf.vmlinux.clone(),
             overlay: None,
+            functions: btf.functions.clone(),
         },
         &plan,
     )
@@ -430,6 +431,38 @@ fn fallback_argument_positions_match_module_btf() {
         .find(|f| ovl.has_func(f))
         .expect("a data-copy function in overlay BTF");
     assert_eq!(ovl.param_index(data_fn, "len"), Some(3));
+}
+
+/// The plan asks BTF before kallsyms (so a run need not wait for
+/// kallsyms): every attach candidate BTF lists must be one kallsyms lists,
+/// and where BTF has the unwinder's return-address recovery, kallsyms must
+/// not have the trampoline's old name.
+#[test]
+#[ignore = "needs a guest kernel: run through `cargo xtask test`"]
+fn btf_answers_what_kallsyms_would() {
+    let _ov = Overlay::new("btfks", |_| {});
+    let btf = cowtrace::probes::KernelBtf::load().unwrap();
+    let syms = cowtrace::probes::KernelSymbols::load().unwrap();
+    let mut by_btf = Vec::new();
+    for c in cowtrace::points::all_candidates() {
+        if btf.functions.contains(c) {
+            assert!(syms.has(c), "BTF lists {c}, kallsyms does not");
+            by_btf.push(c);
+        }
+    }
+    let recovery = cowtrace::probes::RETURN_ADDRESS_RECOVERY
+        .iter()
+        .any(|f| btf.functions.contains(f));
+    if recovery {
+        assert!(
+            !syms.unwind_stops_at_kretprobe,
+            "BTF has a return-address recovery function, kallsyms the old trampoline"
+        );
+    }
+    println!(
+        "BTF lists {} of the candidates ({by_btf:?}); return-address recovery in BTF: {recovery}",
+        by_btf.len()
+    );
 }
 
 #[test]
