@@ -217,7 +217,10 @@ fn tracing_finding(plan: &[Result<Planned, Missing>]) -> Finding {
                 format!("{note}: kprobes are used instead"),
             )
         }
-        None => (false, "not known: kallsyms could not be read".into()),
+        None => (
+            false,
+            "not known: no attach point that prefers them was found".into(),
+        ),
     };
     Finding {
         what: "BPF tracing programs",

@@ -181,10 +181,7 @@ impl Kallsyms {
         let reading = std::thread::Builder::new()
             .name("cowtrace-kallsyms".into())
             .spawn(read);
-        let k = Kallsyms {
-            reading: std::sync::Mutex::new(None),
-            read: std::sync::OnceLock::new(),
-        };
+        let k = Kallsyms::unread();
         match reading {
             Ok(handle) => *k.lock() = Some(handle),
             // No thread: read here and now.
@@ -195,13 +192,18 @@ impl Kallsyms {
         k
     }
 
+    /// Neither being read nor read (asked, it gives no symbols).
+    fn unread() -> Self {
+        Kallsyms {
+            reading: std::sync::Mutex::new(None),
+            read: std::sync::OnceLock::new(),
+        }
+    }
+
     /// Already read: kallsyms from a string (tests).
     #[cfg(test)]
     fn parsed(text: &str) -> Self {
-        let k = Kallsyms {
-            reading: std::sync::Mutex::new(None),
-            read: std::sync::OnceLock::new(),
-        };
+        let k = Kallsyms::unread();
         let _ = k.read.set(Read {
             symbols: Some(KernelSymbols::parse(text)),
             took: std::time::Duration::ZERO,
@@ -809,21 +811,21 @@ mod tests {
         }
     }
 
-    /// Kallsyms that cannot be read (as if the read failed).
-    fn unreadable() -> Kallsyms {
-        Kallsyms {
-            reading: std::sync::Mutex::new(None),
-            read: std::sync::OnceLock::new(),
-        }
-    }
-
     #[test]
     fn btf_answers_for_the_functions_it_lists_and_kallsyms_for_the_others() {
         let btf: HashSet<&str> = ["ovl_copy_up_one"].into();
         // Listed by BTF: there, without kallsyms.
-        assert!(has_symbol(Some(&btf), &unreadable(), "ovl_copy_up_one"));
+        assert!(has_symbol(
+            Some(&btf),
+            &Kallsyms::unread(),
+            "ovl_copy_up_one"
+        ));
         // Not listed: kallsyms says, either way.
-        assert!(!has_symbol(Some(&btf), &unreadable(), "ovl_copy_up_file"));
+        assert!(!has_symbol(
+            Some(&btf),
+            &Kallsyms::unread(),
+            "ovl_copy_up_file"
+        ));
         let k = Kallsyms::parsed("ffffffffc0000000 t ovl_copy_up_file\t[overlay]\n");
         assert!(has_symbol(Some(&btf), &k, "ovl_copy_up_file"));
         assert!(has_symbol(None, &k, "ovl_copy_up_file"));
@@ -835,7 +837,7 @@ mod tests {
         let old = Kallsyms::parsed("ffffffff81000000 T kretprobe_trampoline\n");
         assert!(unwind_stops(&HashSet::new(), &old));
         for f in RETURN_ADDRESS_RECOVERY {
-            assert!(!unwind_stops(&[f].into(), &unreadable()));
+            assert!(!unwind_stops(&[f].into(), &Kallsyms::unread()));
         }
         let new = Kallsyms::parsed("ffffffff81000000 T __kretprobe_trampoline\n");
         assert!(!unwind_stops(&HashSet::new(), &new));
