@@ -176,7 +176,13 @@ pub fn boot(b: &Boot, sinks: &mut Sinks) -> Result<Report> {
         .arg(&b.vmlinuz)
         .arg("-initrd")
         .arg(&b.initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"]);
+        // `oops=panic`: a kernel oops ends the guest (and the run says
+        // so) instead of killing one process and letting its tests go on
+        // against a damaged kernel.
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 oops=panic quiet loglevel=3",
+        ]);
     for name in ["console.log", "stdout.log", "stderr.log", "control.log"] {
         cmd.arg("-serial")
             .arg(format!("file:{}", b.run_dir.join(name).display()));
