@@ -92,8 +92,8 @@ fn heap_kib() -> Option<(u64, u64)> {
 /// glibc's default moves this threshold up to the largest block freed
 /// so far (up to 32 MiB), after which such buffers are carved from the
 /// heap, where a freed one leaves a hole glibc keeps (with the report
-/// built as one tree, the soak's agent held 11.8 MiB of freed heap next
-/// to 3.2 MiB in use after 120 containers).
+/// built as one tree, the soak's agent held 11.5 MiB of freed heap next
+/// to 3.1 MiB in use after 120 containers).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: libc::c_int = 128 << 10;
 
