@@ -184,15 +184,10 @@ impl JsonTarget {
         &self.path
     }
 
-    /// Writes `bytes` as the new content of FILE: a new temporary file
-    /// (exclusive, unpredictable name, never through a symlink), fsync,
-    /// `renameat` over FILE, fsync of the directory.
-    pub fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
-        self.write_with(|w| w.write_all(bytes))
-    }
-
-    /// As [`Self::write`], the content written by `fill` (through a
-    /// buffer: a report need not be in memory all at once).
+    /// Writes what `fill` writes (through a buffer: a report need not be
+    /// in memory all at once) as the new content of FILE: a new temporary
+    /// file (exclusive, unpredictable name, never through a symlink),
+    /// fsync, `renameat` over FILE, fsync of the directory.
     pub fn write_with(
         &self,
         fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
@@ -354,8 +349,8 @@ mod tests {
         let d = tmpdir("write");
         let p = d.join("r.json");
         let t = JsonTarget::open(&p).unwrap();
-        t.write(b"1\n").unwrap();
-        t.write(b"2\n").unwrap();
+        t.write_with(|w| w.write_all(b"1\n")).unwrap();
+        t.write_with(|w| w.write_all(b"2\n")).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"2\n");
         let names: Vec<_> = std::fs::read_dir(&d)
             .unwrap()
@@ -366,7 +361,7 @@ mod tests {
         // followed.
         std::fs::remove_file(&p).unwrap();
         std::os::unix::fs::symlink("/dev/null", &p).unwrap();
-        t.write(b"3\n").unwrap();
+        t.write_with(|w| w.write_all(b"3\n")).unwrap();
         assert!(std::fs::symlink_metadata(&p).unwrap().file_type().is_file());
         use std::os::unix::fs::FileTypeExt;
         assert!(std::fs::metadata("/dev/null")
