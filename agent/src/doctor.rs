@@ -76,8 +76,8 @@ pub fn kernel_release() -> String {
 /// What [`check`] found: the findings, and what the run attaches with.
 pub struct Checked {
     pub findings: Vec<Finding>,
-    /// Read beside everything else, waited for only where BTF does not
-    /// answer (see [`Kallsyms`]).
+    /// Opened; read where BTF does not answer, and beside the run once it
+    /// is attached (see [`Kallsyms`]).
     pub kallsyms: Kallsyms,
     pub btf: Option<KernelBtf>,
     /// The attach plan: what doctor shows is what the run attaches.
@@ -87,8 +87,8 @@ pub struct Checked {
 }
 
 /// Runs every check. BTF is loaded here so `doctor` can show it even when
-/// something else is missing; kallsyms is read on another thread from the
-/// start.
+/// something else is missing; kallsyms is read only where BTF does not
+/// answer.
 pub fn check(opts: &ProbeOptions) -> Checked {
     let mut checked = check_kernel(opts);
     // Last: the probes' lines come first, the mounts' after them.
@@ -101,7 +101,7 @@ pub fn check(opts: &ProbeOptions) -> Checked {
 /// mount table (seconds on a node with thousands of processes, before
 /// the run is ready).
 pub fn check_kernel(opts: &ProbeOptions) -> Checked {
-    let kallsyms = Kallsyms::start();
+    let kallsyms = Kallsyms::open();
     let mut stages: Vec<(String, Duration)> = Vec::new();
     let mut f = Vec::new();
     let missing = missing_capabilities();

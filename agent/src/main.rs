@@ -620,6 +620,9 @@ fn attach(
     stages.done("eBPF object loaded and attached, in all");
     // BTF is only needed to attach; give its memory back.
     drop(btf);
+    // Needed from now on only to name triggers: read beside the run,
+    // before the capabilities go.
+    kallsyms.read_beside();
     let (mut kernel, names) = KernelSide::take(probes)?;
     let mut cgroups = opts.cgroup_ids.clone();
     cgroups.extend(followed.iter().filter_map(|c| c.cgroup_id));

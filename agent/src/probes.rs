@@ -70,8 +70,13 @@ pub struct KernelSymbols {
 impl KernelSymbols {
     /// Reads `/proc/kallsyms` a line at a time (see [`SymbolsBuilder`]).
     pub fn load() -> Result<Self> {
-        use std::io::BufRead;
         let file = std::fs::File::open("/proc/kallsyms").context("reading /proc/kallsyms")?;
+        Self::read(file)
+    }
+
+    /// Reads an opened `/proc/kallsyms`.
+    fn read(file: std::fs::File) -> Result<Self> {
+        use std::io::BufRead;
         let mut reader = std::io::BufReader::with_capacity(64 << 10, file);
         let mut scan = Scan::new();
         let mut line = String::new();
@@ -149,13 +154,26 @@ const OLD_KRETPROBE_TRAMPOLINE: &str = "kretprobe_trampoline";
 /// the trampoline's name.
 pub const RETURN_ADDRESS_RECOVERY: [&str; 2] = ["kretprobe_find_ret_addr", "rethook_find_ret_addr"];
 
-/// `/proc/kallsyms`, read on a thread of its own from the start (up to a
-/// second or more on a slow machine): the run waits for it only where BTF
-/// cannot answer (a kernel without overlay's module BTF, a candidate BTF
-/// does not list), and to name a copy-up's trigger from its stack.
+/// `/proc/kallsyms`, opened at the start and read when it is first needed
+/// or on a thread of its own (up to a second or more on a slow machine):
+/// a run waits for it only where BTF cannot answer (a kernel without
+/// overlay's module BTF, a candidate BTF does not list), and to name a
+/// copy-up's trigger from its stack. A run starts the thread once it is
+/// attached ([`Kallsyms::read_beside`]): read during start-up it took CPU
+/// from verifying the programs on a two-CPU machine.
 pub struct Kallsyms {
-    reading: std::sync::Mutex<Option<std::thread::JoinHandle<Read>>>,
+    state: std::sync::Mutex<Reading>,
     read: std::sync::OnceLock<Read>,
+}
+
+/// Where reading kallsyms is.
+enum Reading {
+    /// Opened, not read yet (None: it could not be opened).
+    Opened(Option<std::fs::File>),
+    /// Being read on its own thread.
+    Beside(std::thread::JoinHandle<Read>),
+    /// Taken by [`Kallsyms::finished`].
+    Done,
 }
 
 /// What reading kallsyms gave, and how long it took.
@@ -164,38 +182,61 @@ struct Read {
     took: std::time::Duration,
 }
 
-impl Kallsyms {
-    /// Starts reading. The thread opens kallsyms at once, with the
-    /// capabilities of now (addresses are shown to the opener's), reads
-    /// it and ends: it runs nothing but that read, so it is not among the
-    /// threads that give up capabilities after attaching.
-    pub fn start() -> Self {
-        let read = || {
-            let t = std::time::Instant::now();
-            let symbols = KernelSymbols::load().ok();
-            Read {
-                symbols,
-                took: t.elapsed(),
-            }
-        };
-        let reading = std::thread::Builder::new()
-            .name("cowtrace-kallsyms".into())
-            .spawn(read);
-        let k = Kallsyms::unread();
-        match reading {
-            Ok(handle) => *k.lock() = Some(handle),
-            // No thread: read here and now.
-            Err(_) => {
-                let _ = k.read.set(read());
-            }
+impl Read {
+    fn from(file: Option<std::fs::File>) -> Read {
+        let t = std::time::Instant::now();
+        let symbols = file.and_then(|f| KernelSymbols::read(f).ok());
+        Read {
+            symbols,
+            took: t.elapsed(),
         }
+    }
+}
+
+impl Kallsyms {
+    /// Opens kallsyms with the capabilities of now (the kernel shows
+    /// addresses by the opener's credentials, so it may be read after
+    /// they are dropped), to be read when first needed.
+    pub fn open() -> Self {
+        let file = std::fs::File::open("/proc/kallsyms").ok();
+        Kallsyms {
+            state: std::sync::Mutex::new(Reading::Opened(file)),
+            read: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Opens kallsyms and starts reading it beside the caller.
+    pub fn start() -> Self {
+        let k = Kallsyms::open();
+        k.read_beside();
         k
     }
 
+    /// Starts reading on a thread of its own, unless it is read or being
+    /// read already. The thread runs nothing but that read, so it is not
+    /// among the threads that give up capabilities after attaching; call
+    /// it before they are dropped.
+    pub fn read_beside(&self) {
+        let mut state = self.lock();
+        let Reading::Opened(file) = std::mem::replace(&mut *state, Reading::Done) else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("cowtrace-kallsyms".into())
+            .spawn(move || Read::from(file));
+        *state = match spawned {
+            Ok(handle) => Reading::Beside(handle),
+            // No thread (the file went with it): opened again, to be read
+            // when first needed.
+            Err(_) => Reading::Opened(std::fs::File::open("/proc/kallsyms").ok()),
+        };
+    }
+
     /// Neither being read nor read (asked, it gives no symbols).
+    #[cfg(test)]
     fn unread() -> Self {
         Kallsyms {
-            reading: std::sync::Mutex::new(None),
+            state: std::sync::Mutex::new(Reading::Opened(None)),
             read: std::sync::OnceLock::new(),
         }
     }
@@ -211,22 +252,22 @@ impl Kallsyms {
         k
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<std::thread::JoinHandle<Read>>> {
-        self.reading.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Reading> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn finished(&self) -> &Read {
-        self.read.get_or_init(|| {
-            let handle = self.lock().take();
-            handle.and_then(|h| h.join().ok()).unwrap_or(Read {
-                symbols: None,
-                took: std::time::Duration::ZERO,
-            })
-        })
+        self.read.get_or_init(
+            || match std::mem::replace(&mut *self.lock(), Reading::Done) {
+                Reading::Opened(file) => Read::from(file),
+                Reading::Beside(h) => h.join().unwrap_or_else(|_| Read::from(None)),
+                Reading::Done => Read::from(None),
+            },
+        )
     }
 
-    /// The symbols, waiting for the read to finish if it has not (None:
-    /// kallsyms could not be read).
+    /// The symbols, reading them or waiting for the read to finish if it
+    /// has not (None: kallsyms could not be read).
     pub fn get(&self) -> Option<&KernelSymbols> {
         self.finished().symbols.as_ref()
     }
