@@ -132,6 +132,10 @@ struct Running {
     child: Option<Child>,
     attach_s: f64,
     started: Instant,
+    /// CPU seconds it had used when it became ready (start-up: parsing
+    /// BTF, verifying programs, attaching), kept apart from its cost while
+    /// tracing.
+    cpu_at_ready: f64,
 }
 
 fn start(t: Tracer, events: bool) -> Running {
@@ -148,6 +152,7 @@ fn start(t: Tracer, events: bool) -> Running {
                 child: None,
                 attach_s: 0.0,
                 started: t0,
+                cpu_at_ready: 0.0,
             }
         }
         Tracer::Cowtrace => {
@@ -196,10 +201,13 @@ fn start(t: Tracer, events: bool) -> Running {
         }
     }
     std::thread::spawn(move || for _ in rx {});
+    let attach_s = t0.elapsed().as_secs_f64();
+    let (cpu_at_ready, _) = cost(child.id());
     Running {
         child: Some(child),
-        attach_s: t0.elapsed().as_secs_f64(),
+        attach_s,
         started: Instant::now(),
+        cpu_at_ready,
     }
 }
 
@@ -221,16 +229,32 @@ fn cost(pid: u32) -> (f64, u64) {
     (cpu, hwm)
 }
 
-/// Stops the tracer: its CPU seconds, peak RSS and seconds it ran.
-fn stop(r: Running) -> (f64, u64, f64) {
+/// What a tracer cost from its start to its stop.
+#[derive(Default)]
+struct Spent {
+    /// CPU seconds from ready to stop, and those seconds.
+    cpu_s: f64,
+    ran_s: f64,
+    /// CPU seconds until ready.
+    startup_cpu_s: f64,
+    peak_rss_kib: u64,
+}
+
+/// Stops the tracer: what it cost.
+fn stop(r: Running) -> Spent {
     let Some(mut child) = r.child else {
-        return (0.0, 0, 0.0);
+        return Spent::default();
     };
     let (cpu, rss) = cost(child.id());
     let ran = r.started.elapsed().as_secs_f64();
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let _ = child.wait();
-    (cpu, rss, ran)
+    Spent {
+        cpu_s: cpu - r.cpu_at_ready,
+        ran_s: ran,
+        startup_cpu_s: r.cpu_at_ready,
+        peak_rss_kib: rss,
+    }
 }
 
 /// Writeback of earlier work done and page cache empty: every phase
@@ -459,16 +483,18 @@ fn main() {
             progress(&format!("round {} / {rounds}: {}", round + 1, t.name()));
             let mut row = json!({"round": round, "tracer": t.name()});
             let (mut cpu_s, mut rss_kib, mut ran_s, mut attach) = (0.0, 0u64, 0.0, Vec::new());
+            let mut startup_cpu = Vec::new();
             for m in METRICS {
                 let ov = Overlay::over(&format!("bench-{}", t.name()), lower);
                 let r = start(t, false);
                 attach.push(r.attach_s);
                 settle();
                 let rate = phase(&ov, m, &sizes);
-                let (c, rss, ran) = stop(r);
-                cpu_s += c;
-                rss_kib = rss_kib.max(rss);
-                ran_s += ran;
+                let spent = stop(r);
+                cpu_s += spent.cpu_s;
+                rss_kib = rss_kib.max(spent.peak_rss_kib);
+                ran_s += spent.ran_s;
+                startup_cpu.push(spent.startup_cpu_s);
                 row[m.key()] = json!(rate);
                 if t == Tracer::Cowtrace {
                     let report: Value = std::fs::read_to_string("/tmp/bench-report.json")
@@ -480,6 +506,8 @@ fn main() {
             }
             attach.sort_by(f64::total_cmp);
             row["attach_s"] = json!(attach[attach.len() / 2]);
+            startup_cpu.sort_by(f64::total_cmp);
+            row["agent_startup_cpu_s"] = json!(startup_cpu[startup_cpu.len() / 2]);
             row["agent_cpu_s"] = json!(cpu_s);
             row["agent_cpu_frac"] = json!(if ran_s > 0.0 { cpu_s / ran_s } else { 0.0 });
             row["agent_peak_rss_kib"] = json!(rss_kib);
