@@ -3,7 +3,7 @@
 
 use crate::overlay_opts::{ModuleDefaults, OverlayOptions, FUSE_OVERLAYFS};
 use crate::points::{Method, Missing, Planned};
-use crate::probes::{plan, Kallsyms, KernelBtf, ProbeOptions};
+use crate::probes::{plan, Kallsyms, KernelBtf, ProbeOptions, OVERLAY_BTF};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -102,6 +102,11 @@ pub fn check(opts: &ProbeOptions) -> Checked {
 /// the run is ready).
 pub fn check_kernel(opts: &ProbeOptions) -> Checked {
     let kallsyms = Kallsyms::open();
+    // Without overlay's module BTF (Debian 5.10, or overlay not loaded)
+    // the plan asks kallsyms: read it while BTF is read.
+    if !std::path::Path::new(OVERLAY_BTF).exists() {
+        kallsyms.read_beside();
+    }
     let mut stages: Vec<(String, Duration)> = Vec::new();
     let mut f = Vec::new();
     let missing = missing_capabilities();

@@ -278,6 +278,9 @@ impl Kallsyms {
     }
 }
 
+/// Overlay's module BTF, where the kernel has it (Debian 6.1 and later).
+pub const OVERLAY_BTF: &str = "/sys/kernel/btf/overlay";
+
 /// The kernel's BTF: vmlinux, and the overlay module's if it has one,
 /// read by cowtrace's own reader (aya's parse is `loader`'s business).
 pub struct KernelBtf {
@@ -296,7 +299,7 @@ impl KernelBtf {
         let vmlinux = Btf::from_file("/sys/kernel/btf/vmlinux").context(
             "this kernel has no BTF (/sys/kernel/btf/vmlinux): cowtrace needs CONFIG_DEBUG_INFO_BTF=y",
         )?;
-        let overlay = Btf::split_from_file("/sys/kernel/btf/overlay", &vmlinux).ok();
+        let overlay = Btf::split_from_file(OVERLAY_BTF, &vmlinux).ok();
         let wanted: HashSet<&'static str> = crate::points::all_candidates()
             .chain(RETURN_ADDRESS_RECOVERY)
             .collect();
