@@ -620,15 +620,17 @@ fn attach(
     stages.done("eBPF object loaded and attached, in all");
     // BTF is only needed to attach; give its memory back.
     drop(btf);
-    // Needed from now on only to name triggers: read beside the run,
-    // before the capabilities go.
-    kallsyms.read_beside();
     let (mut kernel, names) = KernelSide::take(probes)?;
     let mut cgroups = opts.cgroup_ids.clone();
     cgroups.extend(followed.iter().filter_map(|c| c.cgroup_id));
     let devs: Vec<u32> = followed.iter().filter_map(|c| c.root_dev).collect();
     kernel.pass(&cgroups, &devs)?;
     privileges::drop_after_attach().map_err(Failure::Runtime)?;
+    // Needed from now on only to name triggers: read beside the run, on a
+    // thread made after the capabilities went (it has only those kept;
+    // the file was opened with them, and the kernel shows addresses by
+    // the opener's).
+    kallsyms.read_beside();
     stages.done("filters filled, capabilities dropped");
     Ok((kernel, names, kallsyms))
 }

@@ -213,9 +213,9 @@ impl Kallsyms {
     }
 
     /// Starts reading on a thread of its own, unless it is read or being
-    /// read already. The thread runs nothing but that read, so it is not
-    /// among the threads that give up capabilities after attaching; call
-    /// it before they are dropped.
+    /// read already. A thread inherits its maker's capabilities: a run
+    /// calls this after giving up its own, which the read does not need
+    /// (the file was opened with them).
     pub fn read_beside(&self) {
         let mut state = self.lock();
         let Reading::Opened(file) = std::mem::replace(&mut *state, Reading::Done) else {
