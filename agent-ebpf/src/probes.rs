@@ -6,9 +6,7 @@ use agent_ebpf::{
     OVERLAYFS_SUPER_MAGIC, PATH_DEPTH, RENAME_WHITEOUT, STACK_DEPTH,
 };
 use aya_ebpf::{
-    bindings::{
-        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-    },
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
@@ -46,11 +44,8 @@ static MAP_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAP_FULL_KINDS
 /// One entry per (cgroup, overlay) pair for all CPUs, added to atomically
 /// (as libbpf-tools' histograms are): a per-CPU map preallocates
 /// entries x value size x possible CPUs, 1 GiB of kernel memory for 4096
-/// pairs on a 96-CPU host. Not preallocated either: an entry is made once
-/// per pair, at its first write, and 4096 of them are 10 MiB the kernel
-/// allocated and cleared before anything was traced (under emulation a
-/// large part of creating the maps, on the way to `tracing`).
-static WRITES: HashMap<WriteKey, WriteStats> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+/// pairs on a 96-CPU host.
+static WRITES: HashMap<WriteKey, WriteStats> = HashMap::with_max_entries(4096, 0);
 #[map]
 static CGROUP_FILTER: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
