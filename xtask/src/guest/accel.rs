@@ -92,6 +92,7 @@ fn probe_boot(cache: &Path, kernel: &Kernel) -> Result<bool> {
         run_dir: dir.clone(),
         timeout: Duration::from_secs(20),
         accel: Accel::Kvm,
+        one_tcg_thread: false,
         memory_mb: 512,
     };
     let ok = matches!(

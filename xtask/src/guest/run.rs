@@ -120,6 +120,7 @@ fn boot(
     accel: Accel,
     sinks: &mut Sinks,
 ) -> Result<Report> {
+    let one_tcg_thread = disk.is_none();
     let b = Boot {
         vmlinuz: kernel.vmlinuz(),
         initrd: initrd.to_path_buf(),
@@ -127,6 +128,9 @@ fn boot(
         run_dir: run_dir.to_path_buf(),
         timeout: accel.timeout(timeout),
         accel,
+        // The kernel guests (no disk), where the probes are detached under
+        // load; the Docker guests keep a thread per vCPU for their speed.
+        one_tcg_thread,
         memory_mb: 2048,
     };
     let r = vm::boot(&b, sinks)?;
