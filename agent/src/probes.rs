@@ -221,14 +221,16 @@ impl Kallsyms {
         let Reading::Opened(file) = std::mem::replace(&mut *state, Reading::Done) else {
             return;
         };
+        // The same open file (and so the same opener's credentials), kept
+        // in case no thread can be made: the closure takes the other.
+        let spare = file.as_ref().and_then(|f| f.try_clone().ok());
         let spawned = std::thread::Builder::new()
             .name("cowtrace-kallsyms".into())
             .spawn(move || Read::from(file));
         *state = match spawned {
             Ok(handle) => Reading::Beside(handle),
-            // No thread (the file went with it): opened again, to be read
-            // when first needed.
-            Err(_) => Reading::Opened(std::fs::File::open("/proc/kallsyms").ok()),
+            // No thread: read when first needed.
+            Err(_) => Reading::Opened(spare),
         };
     }
 
