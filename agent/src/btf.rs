@@ -552,24 +552,14 @@ impl Btf {
 
     /// `part`'s index (see [`Part::names`]): one pass over its types.
     fn name_index(&self, part: &Part) -> Vec<(u64, u32)> {
-        let mut index = Vec::new();
-        for (i, &off) in part.offsets.iter().enumerate() {
-            let off = off as usize;
-            let info = read_u32(&part.data, off + 4, self.big_endian).unwrap_or(0);
-            let Some(kind) = Kind::from_raw((info >> 24) & 0x1f) else {
-                continue;
-            };
-            if !INDEXED.contains(&kind) {
-                continue;
-            }
-            let name_off = read_u32(&part.data, off, self.big_endian).unwrap_or(0);
-            match self.name_bytes(name_off) {
-                Some(name) if !name.is_empty() => {
-                    index.push((name_key(kind, name), part.first_id + i as u32))
-                }
-                _ => {}
-            }
-        }
+        let mut index: Vec<(u64, u32)> = self
+            .kinds_and_names(part)
+            .filter(|(_, kind, _)| INDEXED.contains(kind))
+            .filter_map(|(id, kind, name_off)| {
+                let name = self.name_bytes(name_off).filter(|n| !n.is_empty())?;
+                Some((name_key(kind, name), id))
+            })
+            .collect();
         // Ids ascend within a key after the sort, so dedup keeps the first.
         index.sort_unstable();
         index.dedup_by_key(|e| e.0);
@@ -585,23 +575,26 @@ impl Btf {
 
     /// [`Self::find_type`] by reading every type (kinds not indexed).
     fn scan_for_type(&self, kinds: &[Kind], name: &str) -> Option<u32> {
-        for part in &self.parts {
-            for (i, &off) in part.offsets.iter().enumerate() {
+        self.parts.iter().find_map(|part| {
+            self.kinds_and_names(part)
+                .find(|(_, kind, name_off)| kinds.contains(kind) && self.name_is(*name_off, name))
+                .map(|(id, _, _)| id)
+        })
+    }
+
+    /// (type id, kind, name offset) of each type of `part`, in order.
+    fn kinds_and_names<'p>(&self, part: &'p Part) -> impl Iterator<Item = (u32, Kind, u32)> + 'p {
+        let be = self.big_endian;
+        part.offsets
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, &off)| {
                 let off = off as usize;
-                let info = read_u32(&part.data, off + 4, self.big_endian).unwrap_or(0);
-                let Some(kind) = Kind::from_raw((info >> 24) & 0x1f) else {
-                    continue;
-                };
-                if !kinds.contains(&kind) {
-                    continue;
-                }
-                let name_off = read_u32(&part.data, off, self.big_endian).unwrap_or(0);
-                if self.name_is(name_off, name) {
-                    return Some(part.first_id + i as u32);
-                }
-            }
-        }
-        None
+                let info = read_u32(&part.data, off + 4, be).unwrap_or(0);
+                let kind = Kind::from_raw((info >> 24) & 0x1f)?;
+                let name_off = read_u32(&part.data, off, be).unwrap_or(0);
+                Some((part.first_id + i as u32, kind, name_off))
+            })
     }
 
     /// Which of `names` are functions (`FUNC`) here.
