@@ -70,7 +70,7 @@ pub struct KernelSymbols {
 impl KernelSymbols {
     /// Reads `/proc/kallsyms` a line at a time (see [`SymbolsBuilder`]).
     pub fn load() -> Result<Self> {
-        let file = std::fs::File::open("/proc/kallsyms").context("reading /proc/kallsyms")?;
+        let file = std::fs::File::open(KALLSYMS).context("reading /proc/kallsyms")?;
         Self::read(file)
     }
 
@@ -144,6 +144,9 @@ impl Scan {
     }
 }
 
+/// The kernel's symbol table.
+const KALLSYMS: &str = "/proc/kallsyms";
+
 /// Renamed `__kretprobe_trampoline` in 5.15, when x86's unwinder learnt to
 /// see through it.
 const OLD_KRETPROBE_TRAMPOLINE: &str = "kretprobe_trampoline";
@@ -198,7 +201,7 @@ impl Kallsyms {
     /// addresses by the opener's credentials, so it may be read after
     /// they are dropped), to be read when first needed.
     pub fn open() -> Self {
-        let file = std::fs::File::open("/proc/kallsyms").ok();
+        let file = std::fs::File::open(KALLSYMS).ok();
         Kallsyms {
             state: std::sync::Mutex::new(Reading::Opened(file)),
             read: std::sync::OnceLock::new(),
