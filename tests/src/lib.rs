@@ -136,6 +136,24 @@ impl Drop for Overlay {
     }
 }
 
+/// A tmpfs mounted on a directory, unmounted when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn at(dir: &Path) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        mount("tmpfs", dir, "tmpfs", "size=1g");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let p = CString::new(self.0.to_str().unwrap()).unwrap();
+        unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
 /// Writes `size` bytes of a pattern to `path`.
 pub fn make_file(path: &Path, size: usize) {
     if let Some(p) = path.parent() {

@@ -1598,3 +1598,154 @@ fn redirect_dir_on_reports_a_renamed_lower_directory_as_a_redirect() {
     assert_eq!(host["copy_up"]["count"], 1);
     assert_eq!(tr.report["drops"]["redirect"], 0);
 }
+
+/// The running kernel's (major, minor).
+fn kernel_release() -> (u32, u32) {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut n = r
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|s| s.parse().unwrap());
+    (n.next().unwrap(), n.next().unwrap())
+}
+
+/// Whether the filesystem of `dir` keeps `user.*` attributes (tmpfs does
+/// from 6.6): overlay's `userxattr` marks whiteouts and opaque directories
+/// with them on its upper layer.
+fn keeps_user_xattrs(dir: &Path) -> bool {
+    let f = dir.join("user-xattr-probe");
+    std::fs::write(&f, b"").unwrap();
+    let (p, n) = (cstr(&f), CString::new("user.cowtrace").unwrap());
+    let rc = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    std::fs::remove_file(&f).unwrap();
+    rc == 0
+}
+
+/// Overlay's `userxattr` mode as rootless podman uses it, without podman:
+/// an unprivileged user (uid 1000) mounts overlay in a user and mount
+/// namespace of its own (5.11+), which the host's mountinfo does not
+/// show. Its copy-ups, whiteouts and opaque directory are exact, and the
+/// overlay is recorded with `userxattr` from the mountinfo of the
+/// namespace's process. Whiteouts and opaque directories need an upper
+/// layer that keeps `user.*` attributes: tmpfs from 6.6 (on 6.1 the
+/// Docker guest's rootless podman test covers them, on ext4).
+#[test]
+#[ignore = "needs a guest kernel: run through `cargo xtask test`"]
+fn userxattr_in_an_unprivileged_users_namespace_is_exact() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let root = Path::new("/tmp/ct-userxattr");
+    let _tmpfs = cowtrace_tests::Tmpfs::at(root);
+    let sizes = [1usize, 4096, 300_000];
+    for s in sizes {
+        make_file(&root.join(format!("lower/d/f{s}")), s);
+    }
+    make_file(&root.join("lower/rmme"), 10);
+    std::fs::create_dir(root.join("lower/emptydir")).unwrap();
+    make_file(&root.join("lower/tree/x/y"), 10);
+    make_file(&root.join("lower/tree/z"), 10);
+    for d in ["upper", "work", "merged"] {
+        std::fs::create_dir(root.join(d)).unwrap();
+    }
+    let st = std::process::Command::new("chown")
+        .args(["-R", "1000:1000", root.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let removals = keeps_user_xattrs(root);
+    // tmpfs keeps user.* attributes from 6.6: the check below is skipped
+    // only where the kernel cannot do it.
+    assert_eq!(removals, kernel_release() >= (6, 6));
+    let r = root.display();
+    let script = format!(
+        "mount -t overlay overlay -o lowerdir={r}/lower,upperdir={r}/upper,workdir={r}/work,userxattr {r}/merged || exit 3
+         cd {r}/merged
+         for s in {sizes}; do echo x >> d/f$s; done
+         if [ {removals} = true ]; then rm rmme; rmdir emptydir; rm -r tree; mkdir tree; fi
+         echo ready
+         read _ || true",
+        sizes = sizes.map(|s| s.to_string()).join(" "),
+    );
+    let t = Tracer::start("userxattr", &[]);
+    // The shell does the appends itself (builtin echo): the first event's
+    // process is alive, in the namespace, when cowtrace looks for its mount.
+    let mut ns = std::process::Command::new("unshare")
+        .args(["-r", "-m", "sh", "-c", &script])
+        .uid(1000)
+        .gid(1000)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(ns.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    if kernel_release() < (5, 11) {
+        // Overlay can be mounted in a user namespace from 5.11 on.
+        assert_eq!(line, "", "{line}");
+        assert_eq!(
+            ns.wait().unwrap().code(),
+            Some(3),
+            "the mount should be refused"
+        );
+        let tr = t.stop();
+        assert!(tr.events.is_empty(), "{:#?}", tr.events);
+        return;
+    }
+    assert_eq!(line, "ready\n", "{:?}", ns.wait());
+    let merged = format!("{r}/merged");
+    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", ns.id())).unwrap();
+    let mount = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(merged.as_str()))
+        .unwrap_or_else(|| panic!("no {merged} in the namespace:\n{mountinfo}"));
+    let dev = mount.split(' ').nth(2).unwrap().to_string();
+    let tr = t.stop();
+    drop(ns.stdin.take());
+    assert!(ns.wait().unwrap().success());
+
+    let o = tr.overlay(&dev);
+    assert_eq!(o["overlay_options"]["userxattr"], true, "{o:#}");
+    assert_eq!(o["mount_point"], merged, "{o:#}");
+    for s in sizes {
+        let ev = tr.copy_up(&dev, &format!("d/f{s}"));
+        assert_eq!(ev.len(), 1, "f{s}: {ev:#?}");
+        assert_eq!(ev[0]["bytes"], s as u64, "f{s}");
+        assert_eq!(ev[0]["trigger"], "open", "f{s}");
+    }
+    assert_eq!(tr.copy_up(&dev, "d").len(), 1);
+    let host = tr.container("host");
+    let copy_ups = tr.of("copy_up", &dev);
+    assert_eq!(host["copy_up"]["count"], copy_ups.len() as u64);
+    assert_eq!(host["copy_up"]["bytes"], sizes.iter().sum::<usize>() as u64);
+    assert_eq!(tr.report["drops"]["copy_up"], 0);
+    if !removals {
+        println!("this kernel's tmpfs keeps no user.* attributes: whiteouts and opaque directories left to the Docker guest's rootless podman test");
+        assert_eq!(copy_ups.len(), sizes.len() + 1, "{copy_ups:#?}");
+        return;
+    }
+    // rm -r copies up the parents of what it removes first.
+    for p in ["tree", "tree/x"] {
+        assert_eq!(tr.copy_up(&dev, p).len(), 1, "{p}: {copy_ups:#?}");
+    }
+    assert_eq!(copy_ups.len(), sizes.len() + 3, "{copy_ups:#?}");
+    let wh = tr.of("whiteout", &dev);
+    let find = |p: &str| wh.iter().filter(|e| e["path"] == p).count();
+    for p in ["rmme", "emptydir", "tree/x/y", "tree/x", "tree/z", "tree"] {
+        assert_eq!(find(p), 1, "{p}: {wh:#?}");
+    }
+    assert_eq!(wh.len(), 6, "{wh:#?}");
+    let opaque = tr.of("opaque_dir", &dev);
+    assert_eq!(opaque.len(), 1, "{opaque:#?}");
+    assert_eq!(opaque[0]["path"], "tree");
+    // The mode really was userxattr: the upper layer's marks are user.*.
+    let upper_tree = root.join("upper/tree");
+    assert_eq!(
+        xattr(&upper_tree, "user.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(xattr(&upper_tree, "trusted.overlay.opaque"), None);
+    assert_eq!(host["whiteouts"]["count"], 6);
+    assert_eq!(host["opaque_dirs"]["count"], 1);
+    assert_eq!(tr.report["drops"]["whiteout"], 0);
+}
