@@ -29,12 +29,15 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// At most this many processes are looked at per scan.
 const MAX_PROCESSES: usize = 8192;
 /// A process's mountinfo is read up to this size (a namespace with
 /// thousands of mounts; past it, the mounts listed first are kept).
 const MAX_MOUNTINFO: u64 = 4 << 20;
+/// Storage roots remembered for the layer worker.
+const MAX_ROOTS: usize = 4096;
 
 /// A rootless container found behind an overlay device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +74,28 @@ impl FuseMount {
             self.dev.1
         )
     }
+}
+
+static ROOTS: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+
+/// The storage root of rootless container `id`, once attribution has
+/// found it (for its image layers, [`crate::layers::storage`]).
+pub fn storage_root_of(id: &str) -> Option<PathBuf> {
+    ROOTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()?
+        .get(id)
+        .cloned()
+}
+
+fn remember_root(id: &str, root: &Path) {
+    let mut g = ROOTS.lock().unwrap_or_else(|p| p.into_inner());
+    let m = g.get_or_insert_with(HashMap::new);
+    if m.len() >= MAX_ROOTS && !m.contains_key(id) {
+        m.clear();
+    }
+    m.insert(id.to_string(), root.to_path_buf());
 }
 
 /// The storage root and read-write layer of a containers-storage
@@ -192,6 +217,7 @@ pub fn find_dev(dev: u32, pid: Option<u32>) -> Option<Found> {
             .any(|m| m.mount_point == "/" && m.kernel_dev() == dev)
             .then_some(pid)
     });
+    remember_root(&info.id, &root);
     Some(Found {
         info,
         dev,
@@ -376,5 +402,13 @@ mod tests {
         assert_eq!(user_of(&link), None, "a symlinked root is not followed");
         std::fs::remove_file(&link).unwrap();
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn storage_roots_are_remembered_for_the_layers() {
+        let id = "d".repeat(64);
+        assert_eq!(storage_root_of(&id), None);
+        remember_root(&id, Path::new("/home/u/s"));
+        assert_eq!(storage_root_of(&id), Some(PathBuf::from("/home/u/s")));
     }
 }

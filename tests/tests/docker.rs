@@ -1588,8 +1588,8 @@ mod any_init {
             let l = &e["layer"];
             assert_eq!(
                 l["index"], index,
-                "{e}\nlayers_unknown {}, layers {:#}",
-                row["layers_unknown"], row["layers"]
+                "{e}\nlayers_unknown {} {}, layers {:#}\ncowtrace's stderr:\n{}",
+                row["layers_unknown"], row["layers_unknown_why"], row["layers"], tr.stderr
             );
             assert_eq!(l["diff_id"], want[index].0, "{e}");
             assert_eq!(l["created_by"], want[index].1, "{e}");
@@ -1704,12 +1704,13 @@ mod any_init {
     /// overlay its events happen in (the mount's upper directory in the
     /// user's containers-storage) and attributes them to it by name:
     /// exactly the copy-ups, whiteouts and opaque directory the script
-    /// made. (Its image layers are not found yet: see the README.)
+    /// made, with the image layer of each from the user's store.
     #[test]
     #[ignore = "needs the Docker guest: run through `cargo xtask test`"]
-    fn a_rootless_podman_container_is_traced_exactly_by_name() {
+    fn a_rootless_podman_container_is_traced_exactly_by_name_with_its_layers() {
         layered_image();
         rootless_user();
+        let (diff_ids, history) = image_facts(LAYERED);
         run(
             "sh",
             &[
@@ -1727,6 +1728,11 @@ mod any_init {
             "podman run -d --name rlpm --network none {LAYERED} sleep 3600"
         ));
         let _c = RootlessContainer("rlpm");
+        let podman_ids: Vec<String> = serde_json::from_str(&as_rootless(&format!(
+            "podman image inspect -f '{{{{json .RootFS.Layers}}}}' {LAYERED}"
+        )))
+        .unwrap();
+        assert_eq!(podman_ids, diff_ids);
         let pid = as_rootless("podman inspect -f '{{.State.Pid}}' rlpm");
         let image = as_rootless("podman inspect -f '{{.ImageName}}' rlpm");
         // What this guest gives: a cgroup that names no container.
@@ -1817,6 +1823,16 @@ mod any_init {
         let o = tr.overlay(&dev);
         assert_eq!(o["overlay_options"]["userxattr"], true, "{o:#}");
         assert_eq!(o["filesystem"]["name"], "rlpm", "{o:#}");
+        // Image layers from the user's store, as for rootful podman.
+        let instruction = |needle: &str| instruction(&history, needle);
+        let created_by = [
+            history[0].0.clone(),
+            instruction("echo base"),
+            instruction("echo override"),
+        ];
+        let want: [(Value, Value); 3] =
+            std::array::from_fn(|i| (diff_ids[i].clone().into(), created_by[i].clone().into()));
+        expect_layered_events(&tr, &id, &want);
     }
 
     /// fuse-overlayfs (Debian's package; rootless podman's other overlay)

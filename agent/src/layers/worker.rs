@@ -418,6 +418,10 @@ impl Worker {
             Ok(None) => {}
             Err(_) => return None,
         }
+        // A rootless container's, from its user's store.
+        if let Some(root) = crate::rootless::storage_root_of(id) {
+            return storage::fetch(&root, id).ok().flatten();
+        }
         let pid = crate::bundle::describe(id)?.pid?;
         mounted::of_pid(pid).ok()
     }
