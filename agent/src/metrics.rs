@@ -10,6 +10,7 @@
 //! scrapers and tools that do not ask for OpenMetrics (`promtool check
 //! metrics`, `curl`). The HTTP side is [`crate::metrics_server`].
 
+use crate::event::CopyUpKind;
 use crate::stats::Row;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
@@ -121,6 +122,8 @@ struct Series {
     whiteouts: u64,
     opaque_dirs: u64,
     redirects: u64,
+    /// Copy-ups per [`CopyUpKind`], indexed by its value.
+    copy_ups_by_kind: [u64; 3],
 }
 
 /// What `/metrics` shows: taken by the event loop, read by the server.
@@ -172,6 +175,7 @@ impl Snapshot {
                 whiteouts: s.whiteouts,
                 opaque_dirs: s.opaque_dirs,
                 redirects: s.redirects,
+                copy_ups_by_kind: s.by_kind.map(|k| k.count),
             })
             .collect();
         self.drops = drops.to_vec();
@@ -322,6 +326,26 @@ impl Collector for SnapshotCollector {
         )?;
         {
             let mut family = encoder.encode_descriptor(
+                "cowtrace_copy_ups_by_kind",
+                "Copy-ups by what they copied: full (data and metadata), metadata_only (metacopy=on's chown or chmod), deferred_data (metacopy=on's data, on the first write).",
+                None,
+                MetricType::Counter,
+            )?;
+            for s in &snap.series {
+                for kind in CopyUpKind::ALL {
+                    let mut pairs = s.labels.pairs();
+                    pairs.push(("copy_kind", kind.key()));
+                    family
+                        .encode_family(&pairs)?
+                        .encode_counter::<NoLabelSet, _, u64>(
+                            &s.copy_ups_by_kind[kind as usize],
+                            None,
+                        )?;
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
                 "cowtrace_dropped_events",
                 "Events the kernel could not deliver or record, per kind.",
                 None,
@@ -441,6 +465,35 @@ mod tests {
         assert_eq!(Format::from_accept(Some(prom)), Format::OpenMetrics);
         assert_eq!(Format::from_accept(Some("*/*")), Format::Classic);
         assert_eq!(Format::from_accept(None), Format::Classic);
+    }
+
+    #[test]
+    fn copy_ups_are_counted_per_kind_and_container() {
+        let owner = Owner::host();
+        let mut stats = crate::stats::OwnerStats::default();
+        stats.by_kind[CopyUpKind::Full as usize].count = 4;
+        stats.by_kind[CopyUpKind::MetadataOnly as usize].count = 5;
+        stats.by_kind[CopyUpKind::DeferredData as usize].count = 2;
+        let w = crate::stats::WriteTotals::default();
+        let mut snap = Snapshot::started(1, 0.1);
+        snap.update(&[(&owner, &stats, &w)], &[], &HashSet::new());
+        for format in [Format::Classic, Format::OpenMetrics] {
+            let text = encode(&snap, format);
+            let samples: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("cowtrace_copy_ups_by_kind_total{"))
+                .collect();
+            assert_eq!(samples.len(), 3, "{text}");
+            for (kind, n) in [("full", 4), ("metadata_only", 5), ("deferred_data", 2)] {
+                let needle = format!("copy_kind=\"{kind}\"}} {n}");
+                assert!(
+                    samples
+                        .iter()
+                        .any(|l| l.ends_with(&needle) && l.contains("container=\"host\"")),
+                    "{needle}: {samples:#?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -2170,6 +2170,12 @@ mod any_init {
             "histogram_quantile(0.5, sum by (le) (cowtrace_copy_up_seconds_bucket{sel}))"
         ))
         .expect("a median");
+        let by_kind = |k: &str| {
+            prom_query(&format!(
+                "cowtrace_copy_ups_by_kind_total{{container=\"scraped\",copy_kind=\"{k}\"}}"
+            ))
+        };
+        let kinds = ["full", "metadata_only", "deferred_data"].map(by_kind);
         let info = prom_query("cowtrace_build_info");
         let probes = prom_query("cowtrace_probes_attached").unwrap_or(0.0);
 
@@ -2225,6 +2231,8 @@ mod any_init {
         );
         assert_eq!(whiteouts, mine["whiteouts"]["count"].as_f64(), "{mine:#}");
         assert_eq!(bytes, mine["copy_up"]["bytes"].as_f64(), "{mine:#}");
+        // Docker's mounts copy everything up in full (no metacopy).
+        assert_eq!(kinds, [Some(stored), Some(0.0), Some(0.0)], "{mine:#}");
         assert_eq!(info, Some(1.0));
         assert!(probes > 0.0);
         // histogram_quantile interpolates inside the bucket holding the median:
