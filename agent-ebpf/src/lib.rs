@@ -302,6 +302,19 @@ pub struct Event {
     pub path: Path,
 }
 
+impl Event {
+    /// A record's bytes before its path's names: every record has them.
+    pub const FIXED_LEN: usize =
+        core::mem::offset_of!(Event, path) + core::mem::offset_of!(Path, names);
+
+    /// A record's length in the ring: the fixed part and the `depth` names
+    /// its path has. The names past the depth are not sent (a path a few
+    /// names deep is about a third of the whole [`Event`]).
+    pub const fn wire_len(depth: usize) -> usize {
+        Self::FIXED_LEN + depth * NAME_LEN
+    }
+}
+
 /// Key of the in-kernel write histograms: who wrote, into which overlay.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -405,7 +405,17 @@ fn submit(ev: &Event) {
     } else {
         BPF_RB_NO_WAKEUP as u64
     };
-    if EVENTS.output::<Event>(ev, flags).is_err() {
+    // Only the names the path has (the verifier needs the bound spelled out).
+    let depth = ev.path.depth as usize;
+    let depth = if depth > PATH_DEPTH {
+        PATH_DEPTH
+    } else {
+        depth
+    };
+    let record = unsafe {
+        core::slice::from_raw_parts((ev as *const Event).cast::<u8>(), Event::wire_len(depth))
+    };
+    if EVENTS.output::<[u8]>(record, flags).is_err() {
         count_drop(unsafe { core::mem::transmute::<u32, EventKind>(ev.kind) });
     }
 }

@@ -245,14 +245,21 @@ pub fn record_kind(bytes: &[u8]) -> Option<EventKind> {
     EventKind::from_u32(u32::from_ne_bytes(head))
 }
 
-/// Decodes one ring-buffer record; `None` if it is not a whole [`Event`].
+/// Decodes one ring-buffer record ([`Event::wire_len`] bytes: an [`Event`]
+/// up to its path's last name); `None` if it is not a whole one.
 pub fn decode(bytes: &[u8]) -> Option<KernelEvent> {
-    if bytes.len() < std::mem::size_of::<Event>() {
+    const FULL: usize = std::mem::size_of::<Event>();
+    if bytes.len() < Event::FIXED_LEN || bytes.len() > FULL {
         return None;
     }
-    // SAFETY: length checked; Event is plain old data valid for any bits.
-    let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const Event) };
+    let mut whole = [0u8; FULL];
+    whole[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: a whole Event's bytes; Event is plain old data valid for any bits.
+    let ev: Event = unsafe { std::ptr::read_unaligned(whole.as_ptr() as *const Event) };
     let depth = (ev.path.depth as usize).min(agent_ebpf::PATH_DEPTH);
+    if bytes.len() < Event::wire_len(depth) {
+        return None;
+    }
     let mut path = Vec::new();
     let mut names_cut = Vec::with_capacity(depth);
     for i in (0..depth).rev() {
@@ -390,6 +397,38 @@ mod tests {
         let mut ev = blank();
         ev.kind = 99;
         assert!(decode(&bytes(&ev)).is_none());
+    }
+
+    /// The kernel sends a record up to its path's last name.
+    #[test]
+    fn a_record_ends_after_its_paths_names() {
+        let mut ev = blank();
+        ev.kind = EventKind::Whiteout as u32;
+        ev.cause = WhiteoutCause::Unlink as u32;
+        ev.path.depth = 2;
+        ev.path.names[0][..1].copy_from_slice(b"f");
+        ev.path.names[1][..1].copy_from_slice(b"d");
+        let whole = bytes(&ev);
+        let sent = &whole[..Event::wire_len(2)];
+        assert!(sent.len() < whole.len() / 2);
+        let e = decode(sent).unwrap();
+        assert_eq!(e.path, b"d/f");
+        assert_eq!(
+            e.kind,
+            Kind::Whiteout {
+                cause: WhiteoutCause::Unlink
+            }
+        );
+        assert_eq!(decode(&whole).unwrap().path, b"d/f");
+        // A name short, or more than an Event: not a record.
+        assert!(decode(&whole[..Event::wire_len(2) - 1]).is_none());
+        assert!(decode(&whole[..Event::FIXED_LEN]).is_none());
+        let mut longer = whole.clone();
+        longer.push(0);
+        assert!(decode(&longer).is_none());
+        // A path of no names (the overlay's root) is the fixed part alone.
+        ev.path.depth = 0;
+        assert_eq!(decode(&bytes(&ev)[..Event::FIXED_LEN]).unwrap().path, b"");
     }
 
     #[test]
