@@ -397,10 +397,13 @@ impl Worker {
     /// Container `id`'s layers from whichever runtime keeps it: the
     /// engine's API and layer store; else podman's containers-storage;
     /// else, for a container described from its OCI bundle (containerd),
-    /// the lower directories of its init's root overlay, by position only.
+    /// the lower directories of its init's root overlay, by position only;
+    /// else, for a rootless podman container, its user's store.
     /// An engine that knows the container but cannot say its layers, or
     /// does not answer, gives no guess by position (its own layers, such
-    /// as Docker's `-init`, would be counted as the image's).
+    /// as Docker's `-init`, would be counted as the image's). A user's
+    /// store comes last: it can name any id, and must not describe the
+    /// layers of a container a runtime keeps.
     async fn fetch(&mut self, id: &str) -> Option<ImageLayers> {
         if let Some(client) = &self.client {
             if self.root.is_none() {
@@ -418,12 +421,11 @@ impl Worker {
             Ok(None) => {}
             Err(_) => return None,
         }
-        // A rootless container's, from its user's store.
-        if let Some(root) = crate::rootless::storage_root_of(id) {
-            return storage::fetch(&root, id).ok().flatten();
+        if let Some(c) = crate::bundle::describe(id) {
+            return mounted::of_pid(c.pid?).ok();
         }
-        let pid = crate::bundle::describe(id)?.pid?;
-        mounted::of_pid(pid).ok()
+        let root = crate::rootless::storage_root_of(id)?;
+        storage::fetch(&root, id).ok().flatten()
     }
 
     async fn changes(&mut self, id: &str) -> Option<ChangeList> {
