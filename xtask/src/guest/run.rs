@@ -183,6 +183,7 @@ fn finish(spec: &GuestSpec, kernel: &Kernel, r: Report) -> Result<i32> {
             }
         ),
         Outcome::Panicked(line) => format!("{what}: kernel panic: {line}"),
+        Outcome::LockedUp(line) => format!("{what}: stopped at a soft lockup: {line}"),
         Outcome::InitFailed(why) => format!("{what}: guest init failed: {why}"),
         Outcome::NoStatus => {
             let qemu_err = fs::read_to_string(&r.qemu_log).unwrap_or_default();

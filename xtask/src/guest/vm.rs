@@ -90,6 +90,10 @@ pub enum Outcome {
     TimedOut,
     /// The kernel panicked (the panic line).
     Panicked(String),
+    /// The kernel's watchdog found a vCPU stuck for [`LOCKED_UP_S`]
+    /// seconds or more (its soft-lockup line): QEMU was killed then rather
+    /// than at the timeout.
+    LockedUp(String),
     /// The guest init reported a failure before the command.
     InitFailed(String),
     /// QEMU stopped without an exit status (boot failure, crash).
@@ -99,6 +103,18 @@ pub enum Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vcpu_stuck_long_enough_is_a_lockup() {
+        let early = "[   56.413542] watchdog: BUG: soft lockup - CPU#0 stuck for 45s! [runc:213]";
+        let late = "[  120.498557] watchdog: BUG: soft lockup - CPU#1 stuck for 105s! [exe:219]";
+        assert_eq!(locked_up(early), None);
+        assert_eq!(locked_up(&format!("boot\n{early}\n{late}\n")), Some(late));
+        assert_eq!(
+            locked_up("x stuck for 500s! without the watchdog's words"),
+            None
+        );
+    }
 
     #[test]
     fn timeouts_scale_with_the_accelerator() {
@@ -138,6 +154,23 @@ impl Report {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
+}
+
+/// A vCPU stuck this long ends the guest: no test survives it, and
+/// waiting for the timeout would cost the rest of the run's time.
+pub const LOCKED_UP_S: u64 = 90;
+
+/// The first soft-lockup line of `console` whose vCPU had been stuck for
+/// [`LOCKED_UP_S`] seconds or more (`watchdog: BUG: soft lockup - CPU#1
+/// stuck for 105s! [runc:213]`).
+pub fn locked_up(console: &str) -> Option<&str> {
+    console.lines().find(|l| {
+        l.split_once("soft lockup - CPU#")
+            .and_then(|(_, rest)| rest.split_once("stuck for "))
+            .and_then(|(_, rest)| rest.split_once("s!"))
+            .and_then(|(secs, _)| secs.parse::<u64>().ok())
+            .is_some_and(|s| s >= LOCKED_UP_S)
+    })
 }
 
 struct Tail {
@@ -222,6 +255,8 @@ pub fn boot(b: &Boot, sinks: &mut Sinks) -> Result<Report> {
 
     let mut c = Control::default();
     let mut buf = Vec::new();
+    let mut console_text = Vec::new();
+    let mut lockup = None;
     let mut timed_out = false;
     let mut exit_seen_at: Option<Instant> = None;
     loop {
@@ -243,6 +278,14 @@ pub fn boot(b: &Boot, sinks: &mut Sinks) -> Result<Report> {
         if ctl.read_new(&mut buf) > 0 {
             moved += buf.len();
             c.feed(&buf, t0.elapsed());
+        }
+        if console.read_new(&mut console_text) > 0 {
+            if let Some(l) = locked_up(&String::from_utf8_lossy(&console_text)) {
+                lockup = Some(l.trim().to_string());
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
         }
         if status.is_some() {
             break;
@@ -277,9 +320,8 @@ pub fn boot(b: &Boot, sinks: &mut Sinks) -> Result<Report> {
     ctl.read_new(&mut buf);
     c.feed(&buf, t0.elapsed());
     c.feed(b"\n", t0.elapsed());
-    let mut log = Vec::new();
-    console.read_new(&mut log);
-    let log = String::from_utf8_lossy(&log);
+    console.read_new(&mut console_text);
+    let log = String::from_utf8_lossy(&console_text);
     let panic = log
         .lines()
         .find(|l| l.contains("Kernel panic"))
@@ -287,6 +329,8 @@ pub fn boot(b: &Boot, sinks: &mut Sinks) -> Result<Report> {
 
     let outcome = if let Some(rc) = c.exit {
         Outcome::Exited(rc)
+    } else if let Some(l) = lockup {
+        Outcome::LockedUp(l)
     } else if timed_out {
         Outcome::TimedOut
     } else if let Some(p) = panic {
