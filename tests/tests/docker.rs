@@ -1571,6 +1571,17 @@ mod any_init {
         );
     }
 
+    /// The `(diff_id, created_by)` each layer of [`LAYERED`] should be
+    /// named by, base first, from [`image_facts`].
+    fn layered_want(diff_ids: &[String], history: &[(String, String)]) -> [(Value, Value); 3] {
+        let created_by = [
+            history[0].0.clone(),
+            instruction(history, "echo base"),
+            instruction(history, "echo override"),
+        ];
+        std::array::from_fn(|i| (diff_ids[i].clone().into(), created_by[i].clone().into()))
+    }
+
     fn expect_layered_events(tr: &cowtrace_tests::Trace, id: &str, want: &[(Value, Value); 3]) {
         let mine: Vec<&Value> = tr
             .events
@@ -1636,14 +1647,7 @@ mod any_init {
         ]))
         .unwrap();
         assert_eq!(podman_ids, diff_ids);
-        let instruction = |needle: &str| instruction(&history, needle);
-        let created_by = [
-            history[0].0.clone(),
-            instruction("echo base"),
-            instruction("echo override"),
-        ];
-        let want: [(Value, Value); 3] =
-            std::array::from_fn(|i| (diff_ids[i].clone().into(), created_by[i].clone().into()));
+        let want = layered_want(&diff_ids, &history);
         let t = Tracer::start("podman-layers", &[]);
         podman(&["exec", "pmlayers", "sh", "-c", LAYERED_WORK]);
         std::thread::sleep(std::time::Duration::from_secs(2));
@@ -1824,14 +1828,7 @@ mod any_init {
         assert_eq!(o["overlay_options"]["userxattr"], true, "{o:#}");
         assert_eq!(o["filesystem"]["name"], "rlpm", "{o:#}");
         // Image layers from the user's store, as for rootful podman.
-        let instruction = |needle: &str| instruction(&history, needle);
-        let created_by = [
-            history[0].0.clone(),
-            instruction("echo base"),
-            instruction("echo override"),
-        ];
-        let want: [(Value, Value); 3] =
-            std::array::from_fn(|i| (diff_ids[i].clone().into(), created_by[i].clone().into()));
+        let want = layered_want(&diff_ids, &history);
         expect_layered_events(&tr, &id, &want);
     }
 

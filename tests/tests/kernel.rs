@@ -1232,12 +1232,7 @@ fn volatile_copy_ups_are_counted_exactly() {
     let tr = t.stop();
     let dev = ov.dev();
     assert_eq!(tr.overlay(&dev)["overlay_options"]["volatile"], true);
-    for s in sizes {
-        let ev = tr.copy_up(&dev, &format!("d/f{s}"));
-        assert_eq!(ev.len(), 1, "f{s}: {ev:#?}");
-        assert_eq!(ev[0]["bytes"], s as u64, "f{s}");
-        assert_eq!(ev[0]["trigger"], "open", "f{s}");
-    }
+    each_copied_up_once_by_open(&tr, &dev, &sizes);
     // The files and their one parent directory, copied up once.
     assert_eq!(tr.copy_up(&dev, "d").len(), 1);
     assert_eq!(tr.of("copy_up", &dev).len(), sizes.len() + 1);
@@ -1245,6 +1240,17 @@ fn volatile_copy_ups_are_counted_exactly() {
     assert_eq!(host["copy_up"]["count"], sizes.len() as u64 + 1);
     assert_eq!(host["copy_up"]["bytes"], sizes.iter().sum::<usize>() as u64);
     assert_eq!(tr.report["drops"]["copy_up"], 0);
+}
+
+/// Each `d/f<size>` of `sizes` was copied up once, with exactly its
+/// bytes, for an open.
+fn each_copied_up_once_by_open(tr: &cowtrace_tests::Trace, dev: &str, sizes: &[usize]) {
+    for s in sizes {
+        let ev = tr.copy_up(dev, &format!("d/f{s}"));
+        assert_eq!(ev.len(), 1, "f{s}: {ev:#?}");
+        assert_eq!(ev[0]["bytes"], *s as u64, "f{s}");
+        assert_eq!(ev[0]["trigger"], "open", "f{s}");
+    }
 }
 
 /// Appends `x` to `path` from a shell of its own; its pid.
@@ -1707,12 +1713,7 @@ fn userxattr_in_an_unprivileged_users_namespace_is_exact() {
     let o = tr.overlay(&dev);
     assert_eq!(o["overlay_options"]["userxattr"], true, "{o:#}");
     assert_eq!(o["mount_point"], merged, "{o:#}");
-    for s in sizes {
-        let ev = tr.copy_up(&dev, &format!("d/f{s}"));
-        assert_eq!(ev.len(), 1, "f{s}: {ev:#?}");
-        assert_eq!(ev[0]["bytes"], s as u64, "f{s}");
-        assert_eq!(ev[0]["trigger"], "open", "f{s}");
-    }
+    each_copied_up_once_by_open(&tr, &dev, &sizes);
     assert_eq!(tr.copy_up(&dev, "d").len(), 1);
     let host = tr.container("host");
     let copy_ups = tr.of("copy_up", &dev);
