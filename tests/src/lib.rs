@@ -48,8 +48,9 @@ pub struct Overlay {
     pub root: PathBuf,
     pub lower: PathBuf,
     pub merged: PathBuf,
-    /// The layers live on a tmpfs of their own (else on the root disk).
-    tmpfs: bool,
+    /// The tmpfs the layers live on (else they are on the root disk);
+    /// unmounted after the overlay.
+    tmpfs: Option<Tmpfs>,
 }
 
 impl Overlay {
@@ -62,9 +63,8 @@ impl Overlay {
     /// `index=off,metacopy=on`) after the layer directories.
     pub fn with_options(name: &str, options: &str, populate: impl FnOnce(&Path)) -> Overlay {
         let root = PathBuf::from(format!("/tmp/ct-{name}"));
-        std::fs::create_dir_all(&root).unwrap();
-        mount("tmpfs", &root, "tmpfs", "size=1g");
-        Self::layers(root, true, options, populate)
+        let tmpfs = Tmpfs::at(&root);
+        Self::layers(root, Some(tmpfs), options, populate)
     }
 
     /// Layers on the root filesystem (ext4 in the Docker guest), as a
@@ -73,7 +73,7 @@ impl Overlay {
         let root = PathBuf::from(format!("/var/tmp/ct-{name}"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
-        Self::layers(root, false, "index=off", populate)
+        Self::layers(root, None, "index=off", populate)
     }
 
     /// A fresh upper layer on the root disk over an existing `lower`
@@ -83,10 +83,15 @@ impl Overlay {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         std::os::unix::fs::symlink(lower, root.join("lower")).unwrap();
-        Self::layers(root, false, "index=off", |_| {})
+        Self::layers(root, None, "index=off", |_| {})
     }
 
-    fn layers(root: PathBuf, tmpfs: bool, options: &str, populate: impl FnOnce(&Path)) -> Overlay {
+    fn layers(
+        root: PathBuf,
+        tmpfs: Option<Tmpfs>,
+        options: &str,
+        populate: impl FnOnce(&Path),
+    ) -> Overlay {
         let lower = root.join("lower");
         let merged = root.join("merged");
         for d in ["lower", "upper", "work", "merged"] {
@@ -123,14 +128,10 @@ impl Overlay {
 
 impl Drop for Overlay {
     fn drop(&mut self) {
-        let c = |p: &Path| CString::new(p.to_str().unwrap()).unwrap();
-        unsafe {
-            libc::umount2(c(&self.merged).as_ptr(), libc::MNT_DETACH);
-            if self.tmpfs {
-                libc::umount2(c(&self.root).as_ptr(), libc::MNT_DETACH);
-            }
-        }
-        if !self.tmpfs {
+        let merged = CString::new(self.merged.to_str().unwrap()).unwrap();
+        unsafe { libc::umount2(merged.as_ptr(), libc::MNT_DETACH) };
+        // The tmpfs, if any, goes with its field, after this.
+        if self.tmpfs.is_none() {
             let _ = std::fs::remove_dir_all(&self.root);
         }
     }
