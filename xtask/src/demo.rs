@@ -58,6 +58,7 @@ pub fn run(
         ],
         agent: Some(agent.clone()),
         cgroups: Default::default(),
+        clock: Default::default(),
     };
     let rc = guest::run(&spec)?;
     if rc != 0 {

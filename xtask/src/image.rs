@@ -38,6 +38,7 @@ pub fn run(tooling: &Tooling, out: &Path) -> Result<i32> {
         command: vec!["sh".into(), "-c".into(), script],
         agent: Some(agent),
         cgroups: Default::default(),
+        clock: Default::default(),
     };
     let rc = guest::run(&spec)?;
     if rc != 0 {

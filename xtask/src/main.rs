@@ -223,6 +223,7 @@ fn run(cli: Cli) -> Result<i32> {
                 command: a.command,
                 agent: Some(agent),
                 cgroups: a.cgroup,
+                clock: Default::default(),
             };
             guest::run(&spec)
         }

@@ -45,6 +45,7 @@ pub fn run(tooling: &Tooling, kernel: Series, out: &Path, size: &SoakSize) -> Re
         ],
         agent: Some(agent),
         cgroups: Default::default(),
+        clock: Default::default(),
     };
     let rc = guest::run(&spec)?;
     println!(

@@ -153,6 +153,7 @@ fn guest_tests(
             command,
             agent: Some(agent.clone()),
             cgroups: guest_run.cgroups,
+            clock: Default::default(),
         };
         let mut boots = 0;
         let (result, c) = loop {

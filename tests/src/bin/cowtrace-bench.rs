@@ -491,6 +491,9 @@ fn main() {
                 settle();
                 let rate = phase(&ov, m, &sizes);
                 let spent = stop(r);
+                if t == Tracer::Cowtrace && spent.ran_s > 0.0 {
+                    row["agent_cpu_frac_by_phase"][m.event()] = json!(spent.cpu_s / spent.ran_s);
+                }
                 cpu_s += spent.cpu_s;
                 rss_kib = rss_kib.max(spent.peak_rss_kib);
                 ran_s += spent.ran_s;

@@ -93,6 +93,7 @@ fn probe_boot(cache: &Path, kernel: &Kernel) -> Result<bool> {
         timeout: Duration::from_secs(20),
         accel: Accel::Kvm,
         one_tcg_thread: false,
+        clock: Default::default(),
         memory_mb: 512,
     };
     let ok = matches!(

@@ -26,4 +26,4 @@ pub mod vm;
 
 pub use run::{run, run_with, GuestFailure};
 pub use spec::{Cgroups, Copy, GuestKind, GuestSpec, Init};
-pub use vm::Sinks;
+pub use vm::{Clock, Sinks};

@@ -94,29 +94,29 @@ pub fn run_with(spec: &GuestSpec, sinks: &mut Sinks) -> Result<i32> {
                     .arg(&disk),
             )?;
             let r = boot(
+                spec,
                 &kernel,
                 &initrd,
                 Some((disk.clone(), "qcow2")),
                 &run_dir,
-                spec.timeout,
                 accel,
                 sinks,
             )?;
             let _ = fs::remove_file(&disk);
             r
         }
-        GuestKind::Small => boot(&kernel, &initrd, None, &run_dir, spec.timeout, accel, sinks)?,
+        GuestKind::Small => boot(spec, &kernel, &initrd, None, &run_dir, accel, sinks)?,
     };
     let _ = fs::remove_file(run_dir.join("initrd.gz"));
     finish(spec, &kernel, report)
 }
 
 fn boot(
+    spec: &GuestSpec,
     kernel: &Kernel,
     initrd: &Path,
     disk: Option<(PathBuf, &'static str)>,
     run_dir: &Path,
-    timeout: Duration,
     accel: Accel,
     sinks: &mut Sinks,
 ) -> Result<Report> {
@@ -126,8 +126,9 @@ fn boot(
         initrd: initrd.to_path_buf(),
         disk,
         run_dir: run_dir.to_path_buf(),
-        timeout: accel.timeout(timeout),
+        timeout: accel.timeout(spec.timeout),
         accel,
+        clock: spec.clock,
         // The kernel guests (no disk), where the probes are detached under
         // load; the Docker guests keep a thread per vCPU for their speed.
         one_tcg_thread,
@@ -251,11 +252,11 @@ fn prepare_disk(
         stderr: Box::new(fs::File::create(run_dir.join("prepare.stderr"))?),
     };
     let r = boot(
+        &spec,
         kernel,
         &initrd,
         Some((disk.to_path_buf(), "raw")),
         &run_dir,
-        timeout,
         accel,
         &mut sinks,
     )?;

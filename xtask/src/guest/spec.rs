@@ -144,6 +144,7 @@ pub struct GuestSpec {
     pub agent: Option<PathBuf>,
     /// The shell init's cgroups (systemd mounts its own: v2 only).
     pub cgroups: Cgroups,
+    pub clock: crate::guest::Clock,
 }
 
 impl GuestSpec {
@@ -157,6 +158,7 @@ impl GuestSpec {
             command,
             agent: None,
             cgroups: Cgroups::V2,
+            clock: Default::default(),
         }
     }
 }

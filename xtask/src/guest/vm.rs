@@ -56,7 +56,32 @@ pub struct Boot {
     /// vCPUs take turns and see each other's code changes as CPUs do; the
     /// kernel tests took as long (latest: 162 s, against 160-170 s).
     pub one_tcg_thread: bool,
+    pub clock: Clock,
     pub memory_mb: u32,
+}
+
+/// The guest kernel's clocksource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Clock {
+    /// Whatever the kernel picks. Under TCG it finds the vCPUs' TSCs
+    /// unsynchronized and reads the emulated HPET instead, so every clock
+    /// read (the kernel's, a program's `bpf_ktime_get_ns`, a benchmark's
+    /// `clock_gettime`) is an emulated device access, under QEMU's big
+    /// lock with a thread per vCPU.
+    #[default]
+    KernelChoice,
+    /// `tsc=reliable`: the TSC, as on the hosts cowtrace runs on (QEMU
+    /// derives every vCPU's TSC from the host's, so they agree).
+    Tsc,
+}
+
+impl Clock {
+    fn kernel_args(self) -> &'static str {
+        match self {
+            Clock::KernelChoice => "",
+            Clock::Tsc => " tsc=reliable",
+        }
+    }
 }
 
 /// Where the command's output goes on the host.
@@ -223,10 +248,11 @@ pub fn boot(b: &Boot, sinks: &mut Sinks) -> Result<Report> {
         // `oops=panic`: a kernel oops ends the guest (and the run says
         // so) instead of killing one process and letting its tests go on
         // against a damaged kernel.
-        .args([
-            "-append",
-            "console=ttyS0 panic=-1 oops=panic quiet loglevel=3",
-        ]);
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 oops=panic quiet loglevel=3{}",
+            b.clock.kernel_args()
+        ));
     for name in ["console.log", "stdout.log", "stderr.log", "control.log"] {
         cmd.arg("-serial")
             .arg(format!("file:{}", b.run_dir.join(name).display()));
