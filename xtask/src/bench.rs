@@ -243,6 +243,14 @@ pub fn summarize(raw: &Value) -> Result<Value> {
     }))
 }
 
+/// A tracer's BPF time per event in each pass, in pass order.
+fn passes(e: &Value) -> Vec<f64> {
+    e["passes_ns_per_event"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
 pub fn markdown(s: &Value) -> String {
     let mut md = String::new();
     let _ = writeln!(
@@ -293,24 +301,38 @@ pub fn markdown(s: &Value) -> String {
     if bpf.as_object().is_some_and(|o| !o.is_empty()) {
         let _ = writeln!(
             md,
-            "\nBPF run time per event (kernel.bpf_stats_enabled: the programs' own run_time_ns / run_cnt, not the kprobe or trampoline around them), ns (program runs per event):\n"
+            "\nBPF run time per event (kernel.bpf_stats_enabled: the programs' own run_time_ns / run_cnt, not the kprobe or trampoline around them), ns, the median of the passes (min-max) (program runs per event); last column: cowtrace's time over the like-for-like script's in the same pass, median (min-max):\n"
         );
         let _ = writeln!(
             md,
-            "| event | cowtrace | bpftrace | bpftrace (like for like) |"
+            "| event | cowtrace | bpftrace | bpftrace (like for like) | cowtrace / like for like |"
         );
-        let _ = writeln!(md, "|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|");
         for (ev, label) in BPF_EVENTS {
             let c = |t: &str| {
                 let e = &bpf[t][*ev];
+                let spread = match median_min_max(passes(e)) {
+                    (_, lo, hi) if passes(e).len() > 1 => format!(" ({lo:.0}-{hi:.0})"),
+                    _ => String::new(),
+                };
                 match (e["ns_per_event"].as_f64(), e["hits_per_event"].as_f64()) {
-                    (Some(ns), Some(h)) => format!("{ns:.0} ({h:.2})"),
+                    (Some(ns), Some(h)) => format!("{ns:.0}{spread} ({h:.2})"),
                     _ => "-".into(),
                 }
             };
+            let paired: Vec<f64> = passes(&bpf["cowtrace"][*ev])
+                .iter()
+                .zip(passes(&bpf["bpftrace_full"][*ev]))
+                .filter(|&(_, full)| full > 0.0)
+                .map(|(mine, full)| mine / full)
+                .collect();
+            let ratio = match median_min_max(paired.clone()) {
+                _ if paired.is_empty() => "-".to_string(),
+                (med, lo, hi) => format!("{med:.2}x ({lo:.2}-{hi:.2})"),
+            };
             let _ = writeln!(
                 md,
-                "| {label} | {} | {} | {} |",
+                "| {label} | {} | {} | {} | {ratio} |",
                 c("cowtrace"),
                 c("bpftrace"),
                 c("bpftrace_full")
@@ -373,7 +395,12 @@ mod tests {
                 );
             }
         }
-        let bpf = json!({"cowtrace": {"whiteout": {"ns_per_event": 812.4, "hits_per_event": 3.0}}});
+        let bpf = json!({
+            "cowtrace": {"whiteout": {"ns_per_event": 812.4, "hits_per_event": 3.0,
+                "passes_ns_per_event": [812.4, 700.0, 1500.0]}},
+            "bpftrace_full": {"whiteout": {"ns_per_event": 1600.0, "hits_per_event": 4.0,
+                "passes_ns_per_event": [1600.0, 1000.0, 3000.0]}},
+        });
         let s = summarize(&json!({"kernel": "6.1", "rounds": 3, "results": results, "bpf": bpf}))
             .unwrap();
         assert_eq!(s["tracers"]["none"]["writes_per_s"]["median"], 100.0);
@@ -391,7 +418,11 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("0.970x ["), "{md}");
-        assert!(md.contains("| whiteout | 812 (3.00) | - | - |"), "{md}");
+        // Per pass 0.51, 0.70 and 0.50: median 0.51.
+        assert!(
+            md.contains("| whiteout | 812 (700-1500) (3.00) | - | 1600 (1000-3000) (4.00) | 0.51x (0.50-0.70) |"),
+            "{md}"
+        );
         assert!(
             md.contains("2.0% of one CPU; start-up until ready: 1.50 CPU s per start"),
             "{md}"
