@@ -44,8 +44,9 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
         /// No round starts after this many minutes in the guest (0: no limit; the BPF statistics and one round always run).
-        /// The default keeps a warm run under 30 minutes on an idle 2-core machine (5 rounds of about 4.3 minutes
-        /// after 3 minutes of statistics) and lets a machine twice as slow end with fewer rounds rather than time out.
+        /// The default keeps a warm run under 30 minutes on an idle 2-core machine (about 7.5 minutes of statistics,
+        /// three passes, then rounds of about 4.3 minutes) and lets a machine twice as slow end with fewer rounds rather
+        /// than time out.
         #[arg(long, default_value_t = 22.0)]
         minutes: f64,
         /// Seconds the guest may take (a round started just before the budget ends can take 9 minutes on a slow machine).
