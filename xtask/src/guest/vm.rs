@@ -66,8 +66,7 @@ pub enum Clock {
     /// Whatever the kernel picks. Under TCG it finds the vCPUs' TSCs
     /// unsynchronized and reads the emulated HPET instead, so every clock
     /// read (the kernel's, a program's `bpf_ktime_get_ns`, a benchmark's
-    /// `clock_gettime`) is an emulated device access, under QEMU's big
-    /// lock with a thread per vCPU.
+    /// `clock_gettime`) is an emulated device access.
     #[default]
     KernelChoice,
     /// `tsc=reliable`: the TSC, as on the hosts cowtrace runs on (QEMU
