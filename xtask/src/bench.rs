@@ -313,9 +313,12 @@ pub fn markdown(s: &Value) -> String {
         for (ev, label) in BPF_EVENTS {
             let c = |t: &str| {
                 let e = &bpf[t][*ev];
-                let spread = match median_min_max(passes(e)) {
-                    (_, lo, hi) if passes(e).len() > 1 => format!(" ({lo:.0}-{hi:.0})"),
-                    _ => String::new(),
+                let each = passes(e);
+                let spread = if each.len() > 1 {
+                    let (_, lo, hi) = median_min_max(each);
+                    format!(" ({lo:.0}-{hi:.0})")
+                } else {
+                    String::new()
                 };
                 match (e["ns_per_event"].as_f64(), e["hits_per_event"].as_f64()) {
                     (Some(ns), Some(h)) => format!("{ns:.0}{spread} ({h:.2})"),
@@ -328,9 +331,11 @@ pub fn markdown(s: &Value) -> String {
                 .filter(|&(_, full)| full > 0.0)
                 .map(|(mine, full)| mine / full)
                 .collect();
-            let ratio = match median_min_max(paired.clone()) {
-                _ if paired.is_empty() => "-".to_string(),
-                (med, lo, hi) => format!("{med:.2}x ({lo:.2}-{hi:.2})"),
+            let ratio = if paired.is_empty() {
+                "-".to_string()
+            } else {
+                let (med, lo, hi) = median_min_max(paired);
+                format!("{med:.2}x ({lo:.2}-{hi:.2})")
             };
             let _ = writeln!(
                 md,
