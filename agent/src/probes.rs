@@ -7,7 +7,7 @@
 //! the result is described in a [`ProbeReport`] for `doctor` and the JSON.
 
 use crate::btf::Btf;
-use crate::kallsyms::SymbolsBuilder;
+use crate::kallsyms::{Line, SymbolsBuilder};
 use crate::kretprobe::{self, TracefsKretprobe};
 use crate::points::{Facts, Method, Missing, Planned, Probe};
 use agent_ebpf::{Config, DIRECT};
@@ -79,11 +79,11 @@ impl KernelSymbols {
         use std::io::BufRead;
         let mut reader = std::io::BufReader::with_capacity(64 << 10, file);
         let mut scan = Scan::new();
-        let mut line = String::new();
+        let mut line = Vec::new();
         loop {
             line.clear();
             if reader
-                .read_line(&mut line)
+                .read_until(b'\n', &mut line)
                 .context("reading /proc/kallsyms")?
                 == 0
             {
@@ -97,7 +97,7 @@ impl KernelSymbols {
     pub fn parse(text: &str) -> Self {
         let mut scan = Scan::new();
         for line in text.lines() {
-            scan.line(line);
+            scan.line(line.as_bytes());
         }
         scan.finish()
     }
@@ -110,29 +110,43 @@ impl KernelSymbols {
 /// One pass over kallsyms: which attach points exist, and the symbol table.
 struct Scan {
     wanted: HashSet<&'static str>,
+    /// Bit `n` set: some wanted name is `n` bytes long (a name of another
+    /// length is not hashed: kallsyms has 100k+ of them).
+    wanted_lengths: u128,
     present: HashSet<String>,
     table: SymbolsBuilder<fn(&str, Option<&str>) -> bool>,
 }
 
 impl Scan {
     fn new() -> Self {
+        let wanted: HashSet<&'static str> = crate::points::all_candidates()
+            .chain([OLD_KRETPROBE_TRAMPOLINE])
+            .collect();
+        let wanted_lengths = wanted
+            .iter()
+            .filter(|n| n.len() < 128)
+            .fold(0u128, |m, n| m | 1 << n.len());
         Self {
-            wanted: crate::points::all_candidates().collect(),
+            wanted,
+            wanted_lengths,
             present: HashSet::new(),
             table: SymbolsBuilder::new(crate::kallsyms::default_keep),
         }
     }
 
-    fn line(&mut self, line: &str) {
-        let mut it = line.split_whitespace();
-        if let (Some(_addr), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) {
-            if matches!(ty, "t" | "T")
-                && (self.wanted.contains(name) || name == OLD_KRETPROBE_TRAMPOLINE)
-            {
-                self.present.insert(name.to_string());
-            }
+    fn line(&mut self, line: &[u8]) {
+        let Some(line) = Line::split(line) else {
+            return;
+        };
+        let name = line.name;
+        if line.is_text()
+            && name.len() < 128
+            && self.wanted_lengths & (1 << name.len()) != 0
+            && self.wanted.contains(name)
+        {
+            self.present.insert(name.to_string());
         }
-        self.table.line(line);
+        self.table.line(&line);
     }
 
     fn finish(self) -> KernelSymbols {
