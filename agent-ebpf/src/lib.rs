@@ -25,6 +25,26 @@ pub const STACK_DEPTH: usize = 12;
 /// included (`cri-containerd-<64 hex>.scope` is 85).
 pub const CGROUP_NAME_LEN: usize = 96;
 
+/// Bytes kept of a kernel address's name as `%ps` writes it (`name`, or
+/// `name [module]` for a module's), NUL included.
+pub const SYMBOL_LEN: usize = 128;
+
+/// Kernel code addresses for `name_kernel_addresses` to name: one
+/// copy-up's stack at most (unused slots 0).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SymbolAddrs {
+    pub addrs: [u64; STACK_DEPTH],
+}
+
+/// What `name_kernel_addresses` wrote for each of [`SymbolAddrs`]: the
+/// symbol's name, or the address in hex where the kernel has none.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SymbolNames {
+    pub names: [[u8; SYMBOL_LEN]; STACK_DEPTH],
+}
+
 /// The kernfs names of a cgroup and of its parent, as the kernel saw them
 /// when an event came from it: the container id survives the cgroup's
 /// removal (a short-lived container is gone before userspace looks).
@@ -481,6 +501,8 @@ mod user {
     unsafe impl aya::Pod for super::WriteKey {}
     unsafe impl aya::Pod for super::WriteStats {}
     unsafe impl aya::Pod for super::CgroupName {}
+    unsafe impl aya::Pod for super::SymbolAddrs {}
+    unsafe impl aya::Pod for super::SymbolNames {}
 }
 
 #[cfg(test)]

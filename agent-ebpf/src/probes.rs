@@ -1,9 +1,10 @@
 //! The programs themselves (see `main.rs` for the design).
 
 use agent_ebpf::{
-    flags, hist_bucket, CgroupName, Config, CopyUpKind, Event, EventKind, MapFull, WhiteoutCause,
-    WriteKey, WriteStats, CGROUP_NAME_LEN, EVENT_KINDS, HIST_BUCKETS, MAP_FULL_KINDS, NAME_LEN,
-    OVERLAYFS_SUPER_MAGIC, PATH_DEPTH, RENAME_WHITEOUT, STACK_DEPTH,
+    flags, hist_bucket, CgroupName, Config, CopyUpKind, Event, EventKind, MapFull, SymbolAddrs,
+    SymbolNames, WhiteoutCause, WriteKey, WriteStats, CGROUP_NAME_LEN, EVENT_KINDS, HIST_BUCKETS,
+    MAP_FULL_KINDS, NAME_LEN, OVERLAYFS_SUPER_MAGIC, PATH_DEPTH, RENAME_WHITEOUT, STACK_DEPTH,
+    SYMBOL_LEN,
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -11,12 +12,15 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_stack, bpf_ktime_get_ns,
-            bpf_probe_read_kernel_str,
+            bpf_probe_read_kernel_str, bpf_snprintf,
         },
     },
-    macros::{fentry, fexit, kprobe, kretprobe, map, tracepoint},
+    macros::{fentry, fexit, kprobe, kretprobe, map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    programs::{
+        FEntryContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
+    },
     EbpfContext,
 };
 use aya_log_ebpf::warn;
@@ -1041,6 +1045,46 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let _ = COPY_OBJS.remove(&tid);
     let _ = OVL_OPS.remove(&tid);
     let _ = WRITE_STARTS.remove(&tid);
+    0
+}
+
+// ------------------------------------------------- naming kernel addresses
+
+/// `%ps`: the name of the kernel symbol an address is in.
+static SYMBOL_FORMAT: [u8; 4] = *b"%ps\0";
+
+/// The addresses `name_kernel_addresses` names (written by the agent).
+#[map]
+static SYMBOL_ADDRS: Array<SymbolAddrs> = Array::with_max_entries(1, 0);
+
+/// Their names (read by the agent).
+#[map]
+static SYMBOL_NAMES: Array<SymbolNames> = Array::with_max_entries(1, 0);
+
+/// Never attached: the agent runs it (BPF_PROG_TEST_RUN) to have the
+/// kernel name the frames of a copy-up's stack, so that it need not read
+/// all of /proc/kallsyms for them. `bpf_snprintf` came in 5.13; where the
+/// kernel refuses this program the agent reads kallsyms.
+#[raw_tracepoint]
+pub fn name_kernel_addresses(_ctx: RawTracePointContext) -> i32 {
+    let (Some(addrs), Some(names)) = (SYMBOL_ADDRS.get_ptr(0), SYMBOL_NAMES.get_ptr_mut(0)) else {
+        return 0;
+    };
+    for i in 0..STACK_DEPTH {
+        // SAFETY: both point into map values the verifier bounds, `i` is
+        // below their length, and the helper writes at most SYMBOL_LEN bytes.
+        unsafe {
+            let addr = core::ptr::addr_of!((*addrs).addrs[i]);
+            let name = core::ptr::addr_of_mut!((*names).names[i]);
+            bpf_snprintf(
+                name.cast(),
+                SYMBOL_LEN as u32,
+                SYMBOL_FORMAT.as_ptr().cast(),
+                addr.cast_mut(),
+                8,
+            );
+        }
+    }
     0
 }
 

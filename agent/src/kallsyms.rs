@@ -209,32 +209,42 @@ impl Symbols {
     /// `ovl_link` the new name's parent is copied up from
     /// `ovl_create_object`, which is a parent copy-up, not the link source.
     pub fn classify_copy_up(&self, stack: &[u64]) -> Trigger {
-        let frames: Vec<&str> = stack
-            .iter()
-            .take_while(|&&a| a != 0)
-            .enumerate()
-            .map(|(i, &a)| {
-                // Outer frames hold return addresses, which point after the
-                // call and may be past the end of a function ending in a
-                // call; step back one byte. Frame 0 is the probed IP.
-                let a = if i == 0 { a } else { a - 1 };
-                self.resolve(a).map(base_name).unwrap_or("")
-            })
+        let frames: Vec<&str> = frame_addresses(stack)
+            .map(|a| self.resolve(a).map(base_name).unwrap_or(""))
             .collect();
-        for (i, name) in frames.iter().enumerate() {
-            if is_copy_up_helper(name) {
-                continue;
-            }
-            let Some(t) = entry_point(name) else {
-                continue;
-            };
-            if t == Trigger::Setattr && frames[i + 1..].iter().any(|n| n.contains("truncate")) {
-                return Trigger::Truncate;
-            }
-            return t;
-        }
-        Trigger::Other
+        classify_frames(&frames)
     }
+}
+
+/// The addresses to name in a stack captured in a copy-up (innermost
+/// frame first, zero-terminated). Outer frames hold return addresses,
+/// which point after the call and may be past the end of a function
+/// ending in a call: each is stepped back one byte. Frame 0 is the probed
+/// IP, taken as it is.
+pub fn frame_addresses(stack: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    stack
+        .iter()
+        .take_while(|&&a| a != 0)
+        .enumerate()
+        .map(|(i, &a)| if i == 0 { a } else { a - 1 })
+}
+
+/// The trigger from the base names of a copy-up's frames (innermost first,
+/// "" for a frame without a name); see [`Symbols::classify_copy_up`].
+pub fn classify_frames(frames: &[&str]) -> Trigger {
+    for (i, name) in frames.iter().enumerate() {
+        if is_copy_up_helper(name) {
+            continue;
+        }
+        let Some(t) = entry_point(name) else {
+            continue;
+        };
+        if t == Trigger::Setattr && frames[i + 1..].iter().any(|n| n.contains("truncate")) {
+            return Trigger::Truncate;
+        }
+        return t;
+    }
+    Trigger::Other
 }
 
 fn is_copy_up_helper(name: &str) -> bool {

@@ -4,6 +4,7 @@
 
 use crate::attribution::{FilterUpdate, KernelCgroupNames};
 use crate::kernel_maps::KernelMaps;
+use crate::kernel_names::KernelNames;
 use crate::probes::Probes;
 use agent_ebpf::{WriteKey, WriteStats};
 use anyhow::{anyhow, Context, Result};
@@ -27,6 +28,9 @@ pub struct KernelSide {
     dev_filter: BpfHashMap<MapData, u32, u8>,
     /// The counters of refused inserts and the maps that can fill.
     pub maps: KernelMaps,
+    /// The kernel naming copy-up stacks' frames, where it can (taken by
+    /// the event sink).
+    pub kernel_names: Option<KernelNames>,
     /// Each (cgroup, overlay) pair's write totals as last read (the
     /// kernel's are cumulative).
     writes_seen: HashMap<WriteKey, WriteStats>,
@@ -38,6 +42,10 @@ impl KernelSide {
     pub fn take(mut probes: Probes) -> Result<(Self, KernelCgroupNames)> {
         // Handles of its own first: some of the same maps are taken below.
         let maps = KernelMaps::open(&probes.ebpf)?;
+        let kernel_names = match probes.kernel_names {
+            true => Some(KernelNames::take(&mut probes.ebpf)?),
+            false => None,
+        };
         let mut take = |name: &str| {
             probes
                 .ebpf
@@ -64,6 +72,7 @@ impl KernelSide {
                 cgroup_filter,
                 dev_filter,
                 maps,
+                kernel_names,
                 writes_seen: HashMap::new(),
             },
             names,

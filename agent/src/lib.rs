@@ -29,6 +29,7 @@ pub mod held;
 pub mod hist;
 pub mod kallsyms;
 pub mod kernel_maps;
+pub mod kernel_names;
 pub mod kernel_side;
 pub mod kretprobe;
 pub mod kube;

@@ -656,7 +656,7 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
 
     let mut signals = Signals::install()?;
     let t_attach = Instant::now();
-    let (kernel, cgroup_names, kallsyms) =
+    let (mut kernel, cgroup_names, kallsyms) =
         attach(&opts, kernel, &prepared, &followed, &mut stages)?;
     drop(prepared);
     attribution.use_kernel_names(cgroup_names);
@@ -728,7 +728,10 @@ async fn trace(cli: Cli) -> Result<Ended, Failure> {
             attribution,
             held: HeldQueue::new(HELD_BUDGET),
             asked_upto: 0,
-            kallsyms,
+            frame_names: cowtrace::kernel_names::FrameNames::new(
+                kernel.kernel_names.take(),
+                kallsyms,
+            ),
             kallsyms_warned: false,
             stats,
             out,
@@ -1003,13 +1006,14 @@ struct EventSink<'a> {
     held: HeldQueue,
     /// The held events before this index have had their layer asked.
     asked_upto: usize,
-    /// A copy-up's trigger is named from its stack with kallsyms, read on
-    /// a thread of its own from the first copy-up (waited for when that
-    /// copy-up leaves attribution): a run without copy-ups never reads it.
-    /// The thread is made after the capabilities went (it has only those
-    /// kept; the file was opened with them, and the kernel shows addresses
-    /// by the opener's).
-    kallsyms: Kallsyms,
+    /// A copy-up's trigger is named from its stack's frames, which the
+    /// kernel names where it can; else kallsyms does, read on a thread of
+    /// its own from the first copy-up (waited for when that copy-up leaves
+    /// attribution): a run without copy-ups never reads it. The thread is
+    /// made after the capabilities went (it has only those kept; the file
+    /// was opened with them, and the kernel shows addresses by the
+    /// opener's).
+    frame_names: cowtrace::kernel_names::FrameNames,
     kallsyms_warned: bool,
     stats: Stats,
     out: Out,
@@ -1090,7 +1094,7 @@ impl EventSink<'_> {
             return;
         }
         if matches!(ev.kind, cowtrace::event::Kind::CopyUp(_)) {
-            self.kallsyms.read_beside();
+            self.frame_names.prepare();
         }
         self.held.push(Held {
             since: now,
@@ -1209,15 +1213,19 @@ impl EventSink<'_> {
 
     /// What made overlay copy up, from the copy-up's stack.
     fn trigger_of(&mut self, stack: &[u64]) -> cowtrace::kallsyms::Trigger {
-        match self.kallsyms.get() {
-            Some(k) => k.table.classify_copy_up(stack),
-            None => {
-                if !std::mem::replace(&mut self.kallsyms_warned, true) {
-                    err_line("cowtrace: warning: cannot read /proc/kallsyms: copy-up triggers are reported as \"other\"");
-                }
-                cowtrace::kallsyms::Trigger::Other
-            }
+        let trigger = self.frame_names.trigger(stack);
+        if let Some(why) = self.frame_names.kernel_failed.take() {
+            err_line(&format!(
+                "cowtrace: warning: the kernel stopped naming copy-up stacks ({}): reading /proc/kallsyms instead",
+                escape_str(&why)
+            ));
         }
+        trigger.unwrap_or_else(|| {
+            if !std::mem::replace(&mut self.kallsyms_warned, true) {
+                err_line("cowtrace: warning: cannot read /proc/kallsyms: copy-up triggers are reported as \"other\"");
+            }
+            cowtrace::kallsyms::Trigger::Other
+        })
     }
 
     fn handle(&mut self, owner: &Owner, fs: Option<Owner>, layer: &LayerAnswer, ev: &KernelEvent) {
@@ -1319,6 +1327,7 @@ fn run_info<'a>(
             &sink.held.stats(),
             sink.layers.question_counts(),
         ),
+        trigger_names: sink.frame_names.source(),
     }
 }
 

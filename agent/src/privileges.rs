@@ -28,7 +28,7 @@ pub const TO_START: &[Need] = &[
     Need {
         name: "CAP_SYSLOG",
         bit: 34,
-        why: "read kernel addresses in /proc/kallsyms, to tell a copy-up's trigger from its stack (without it every trigger is `other`)",
+        why: "read kernel addresses in /proc/kallsyms, to tell a copy-up's trigger from its stack where the kernel cannot name its frames itself (before 5.13; without it every trigger there is `other`)",
     },
     Need {
         name: "CAP_DAC_OVERRIDE",

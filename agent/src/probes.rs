@@ -438,6 +438,8 @@ pub struct Probes {
     pub report: ProbeReport,
     /// How long each part of loading and attaching took (`--verbose`).
     pub stages: Vec<(String, std::time::Duration)>,
+    /// The kernel verified [`crate::kernel_names::PROGRAM`].
+    pub kernel_names: bool,
 }
 
 /// The kernel's answers to what [`crate::points::plan`] asks: kallsyms, and
@@ -526,6 +528,16 @@ impl Probes {
             "kprobe and tracepoint programs verified".into(),
             &mut stages,
         );
+        let kernel_names = crate::kernel_names::load(&mut ebpf);
+        lap(
+            match &kernel_names {
+                Ok(()) => "the kernel names copy-up stacks (program verified)".into(),
+                Err(e) => format!(
+                    "kallsyms names copy-up stacks (the kernel refused the naming program: {e})"
+                ),
+            },
+            &mut stages,
+        );
         let mut report = ProbeReport::default();
         let mut att = Attacher {
             tracefs: kretprobe::tracefs(),
@@ -577,6 +589,7 @@ impl Probes {
             ebpf,
             report,
             stages,
+            kernel_names: kernel_names.is_ok(),
         })
     }
 
@@ -890,7 +903,7 @@ mod tests {
         }
         for name in obj.programs.keys() {
             assert!(
-                table.iter().any(|(n, _)| n == name),
+                table.iter().any(|(n, _)| n == name) || name == crate::kernel_names::PROGRAM,
                 "the object's program {name} is in no attach point"
             );
         }

@@ -31,6 +31,9 @@ pub struct RunInfo<'a> {
     pub overlays: Value,
     /// The agent's own cost ([`crate::agent_cost::json`]).
     pub agent: Value,
+    /// Who named copy-up stacks' frames for their triggers: `kernel` or
+    /// `kallsyms` ([`crate::kernel_names::FrameNames::source`]).
+    pub trigger_names: &'static str,
 }
 
 /// `{count, bytes, latency_ns{...}, buckets, hdr}` for one histogram.
@@ -214,6 +217,7 @@ fn report_head(run: &RunInfo) -> Map<String, Value> {
         "started": run.started,
         "duration_s": (run.duration_s * 1000.0).round() / 1000.0,
         "probes": run.probes,
+        "trigger_names": run.trigger_names,
         "write_sample_every": run.write_sample_every,
         "clock": {"monotonic_to_unix_ns": run.monotonic_to_unix_ns},
         "cgroup": {"mode": run.cgroup_mode, "attribution": run.cgroup_mode.attribution()},
@@ -420,6 +424,7 @@ mod tests {
                 &Default::default(),
                 (0, 0),
             ),
+            trigger_names: "kernel",
         }
     }
 

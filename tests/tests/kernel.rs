@@ -172,6 +172,14 @@ fn each_syscall_reports_its_trigger() {
         assert_eq!(e.len(), 1, "{path}: {:#?}", tr.of("copy_up", &dev));
         assert_eq!(e[0]["trigger"], trigger, "{path}: {:#}", e[0]);
     }
+    // From 5.13 the kernel names the stacks' frames (bpf_snprintf's %ps);
+    // before, kallsyms does.
+    let named_by = if kernel_release() >= (5, 13) {
+        "kernel"
+    } else {
+        "kallsyms"
+    };
+    assert_eq!(tr.report["trigger_names"], named_by, "{}", tr.stderr);
 }
 
 #[test]

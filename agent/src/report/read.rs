@@ -40,6 +40,10 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<Cgroup>,
     pub probes: Vec<Probe>,
+    /// Added within v1 (issue 12): `kernel` or `kallsyms`; absent in
+    /// older reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger_names: Option<String>,
     pub drops: Drops,
     /// Added within v1: absent in older reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,6 +108,8 @@ pub const ADDED_WITHIN_V1: &[&str] = &[
     "kernel_maps.ovl_ops",
     "kernel_maps.ovl_ops.entries",
     "kernel_maps.ovl_ops.max_entries",
+    // Who named copy-up stacks' frames (issue 12).
+    "trigger_names",
     // The agent's own cost (issue 10).
     "agent",
     "agent.rss_kib",
@@ -646,7 +652,9 @@ mod tests {
             serde_json::json!({"count": 3, "total_ns": 9, "bytes": 12});
         v["containers"][0]["pod"] = "web".into();
         v["containers"][0]["namespace"] = "shop".into();
+        v["trigger_names"] = "kernel".into();
         let run = parse("r.json", &v.to_string()).unwrap();
+        assert_eq!(run.report.trigger_names.as_deref(), Some("kernel"));
         assert_eq!(run.report.containers[0].top_files[0].error_ns, Some(0));
         let owner = &run.containers[0].owner;
         assert_eq!(owner.label(), "shop/web/nginx");
