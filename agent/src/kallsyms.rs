@@ -10,7 +10,9 @@
 //! kernels a kretprobe trampoline can replace the direct caller's return
 //! address. So we resolve every frame and classify by the *nearest overlay
 //! entry point* (an `inode_operations` / `file_operations` / xattr handler
-//! of overlayfs), which is stable across versions.
+//! of overlayfs), which is stable across versions. From 5.13 the kernel
+//! names the frames itself ([`crate::kernel_names`]) and kallsyms is not
+//! read for them; the classification ([`classify_frames`]) is the same.
 //!
 //! Memory: kallsyms has ~200k lines; we keep only overlay symbols and the
 //! few vmlinux names the classification needs (truncate paths), but each kept
