@@ -128,7 +128,8 @@ fn run(program: std::os::fd::BorrowedFd<'_>) -> Result<()> {
     // fields to be zero).
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     attr.test.prog_fd = program.as_raw_fd() as u32;
-    // SAFETY: attr outlives the call; the kernel reads only it.
+    // SAFETY: attr outlives the call; the kernel reads it and writes the
+    // run's results (retval, duration) back into it.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -144,6 +145,16 @@ fn run(program: std::os::fd::BorrowedFd<'_>) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Who names a copy-up stack's frames (the JSON's `trigger_names`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamedBy {
+    /// `name_kernel_addresses` (5.13+).
+    Kernel,
+    /// /proc/kallsyms.
+    Kallsyms,
 }
 
 /// Where a copy-up's frames get their names: the kernel where it can,
@@ -164,13 +175,12 @@ impl FrameNames {
         }
     }
 
-    /// Who names the frames now: `kernel` or `kallsyms` (the JSON's
-    /// `trigger_names`).
-    pub fn source(&self) -> &'static str {
+    /// Who names the frames now.
+    pub fn source(&self) -> NamedBy {
         if self.kernel.is_some() {
-            "kernel"
+            NamedBy::Kernel
         } else {
-            "kallsyms"
+            NamedBy::Kallsyms
         }
     }
 
@@ -212,6 +222,12 @@ mod tests {
         let mut b = [0; SYMBOL_LEN];
         b[..s.len()].copy_from_slice(s.as_bytes());
         b
+    }
+
+    #[test]
+    fn the_json_names_who_named_the_frames() {
+        assert_eq!(serde_json::to_value(NamedBy::Kernel).unwrap(), "kernel");
+        assert_eq!(serde_json::to_value(NamedBy::Kallsyms).unwrap(), "kallsyms");
     }
 
     #[test]

@@ -31,9 +31,8 @@ pub struct RunInfo<'a> {
     pub overlays: Value,
     /// The agent's own cost ([`crate::agent_cost::json`]).
     pub agent: Value,
-    /// Who named copy-up stacks' frames for their triggers: `kernel` or
-    /// `kallsyms` ([`crate::kernel_names::FrameNames::source`]).
-    pub trigger_names: &'static str,
+    /// Who named copy-up stacks' frames for their triggers.
+    pub trigger_names: crate::kernel_names::NamedBy,
 }
 
 /// `{count, bytes, latency_ns{...}, buckets, hdr}` for one histogram.
@@ -424,7 +423,7 @@ mod tests {
                 &Default::default(),
                 (0, 0),
             ),
-            trigger_names: "kernel",
+            trigger_names: crate::kernel_names::NamedBy::Kernel,
         }
     }
 
