@@ -195,8 +195,8 @@ impl FrameNames {
     /// The trigger a copy-up's stack shows; None if no names can be had
     /// (kallsyms unreadable).
     pub fn trigger(&mut self, stack: &[u64]) -> Option<Trigger> {
-        let addrs: Vec<u64> = frame_addresses(stack).collect();
         if let Some(k) = &mut self.kernel {
+            let addrs: Vec<u64> = frame_addresses(stack).collect();
             match k.names(&addrs) {
                 Ok(names) => return Some(classify_frames(&names)),
                 Err(e) => {
@@ -205,12 +205,7 @@ impl FrameNames {
                 }
             }
         }
-        let table = &self.kallsyms.get()?.table;
-        let names: Vec<&str> = addrs
-            .iter()
-            .map(|&a| table.resolve(a).map(base_name).unwrap_or(""))
-            .collect();
-        Some(classify_frames(&names))
+        Some(self.kallsyms.get()?.table.classify_copy_up(stack))
     }
 }
 
